@@ -1,0 +1,35 @@
+# The README's commands. Each creates .venv when missing and installs the project into it.
+# On a CPU-only machine torch==$(TORCH_VERSION) is installed first (a local CPU wheel here), so pip never
+# pulls CUDA wheels; where torch is already importable in .venv it is kept as it is.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+NUM_RANKS ?= 2
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
+	@$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+demo: install
+	@rm -rf runs/demo-t5
+	$(VENV)/bin/deepspeed --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-t5-synthetic.yaml
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests launchers
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,32 @@
+"""Packaging for cotdistill. Install torch first on CPU-only machines (see README)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cotdistill",
+    version="0.1.0",
+    description="Distill multi-step reasoning from large teachers into small T5/GPT-2 students with DeepSpeed",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"cotdistill": ["model_configs/*.json", "resources/*"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3,<3",
+        "deepspeed>=0.16,<0.20",
+        "transformers>=5.0,<6",
+        "accelerate>=1.1,<2",
+        "datasets>=3.0,<6",
+        "sentencepiece>=0.2,<0.3",
+        "tokenizers>=0.20,<0.30",
+        "safetensors>=0.4,<1",
+        "tensorboard>=2.15,<3",
+        "fire>=0.6,<0.8",
+        "pyyaml>=6,<7",
+        "tqdm>=4.66,<5",
+        "numpy>=1.26,<3",
+    ],
+    extras_require={"dev": ["pytest>=8,<10", "ruff>=0.6,<1"]},
+    entry_points={"console_scripts": ["cotdistill=cotdistill.cli:main"]},
+)

@@ -1,0 +1,57 @@
+"""The ``cotdistill`` command (python-fire): make-tiny, export, show-config.
+
+Training runs through ``deepspeed launchers/train.py`` so that the DeepSpeed launcher owns the ranks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fire
+
+from cotdistill.config import load_config, to_yaml
+from cotdistill.entrypoints import run_or_exit
+
+
+def make_tiny(architecture: str, out_dir: str, config: str = "", *overrides: str) -> str:
+    """Write a tiny random T5 or GPT-2 (architecture: t5 | gpt2) with a tokenizer trained on a recipe's data.
+
+    Example: cotdistill make-tiny t5 runs/tiny-t5 --config recipes/demo-t5-synthetic.yaml
+    """
+
+    def work() -> str:
+        from cotdistill.formats import build_examples
+        from cotdistill.run_data import load_run_problems
+        from cotdistill.tiny import build_tiny_model
+
+        run = load_config(config or None, list(overrides))
+        problems, _ = load_run_problems(run.data)
+        examples = build_examples(problems, run.data.formats, k_shot=run.data.k_shot, seed=run.train.seed)
+        path = build_tiny_model(architecture, out_dir, [e.source + e.target for e in examples], run.model.tiny,
+                                seed=run.train.seed)
+        return str(path)
+
+    return run_or_exit(work)
+
+
+def export(checkpoint: str, out_dir: str, dtype: str = "bf16") -> str:
+    """Consolidate a saved checkpoint (any world size) into Hugging Face weights, on CPU.
+
+    Example: cotdistill export runs/demo-t5/checkpoints/step-000200 runs/demo-t5/step200-hf
+    """
+    from cotdistill.export import export_checkpoint
+
+    return str(run_or_exit(lambda: export_checkpoint(Path(checkpoint), Path(out_dir), dtype=dtype)))
+
+
+def show_config(config: str = "", *overrides: str) -> None:
+    """Print the fully resolved run config of a recipe with overrides applied (validates it)."""
+    print(to_yaml(run_or_exit(lambda: load_config(config or None, list(overrides)))), end="")
+
+
+def main() -> None:
+    fire.Fire({"make-tiny": make_tiny, "export": export, "show-config": show_config})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""The one config system: typed dataclasses, a YAML recipe, dotted ``key=value`` overrides, validation.
+
+A run is described by :class:`RunConfig`. ``load_config(path, overrides)`` reads a recipe, applies
+overrides such as ``train.max_steps=20 output_dir=runs/x``, and validates the result. Unknown keys are
+errors that list the valid ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cotdistill.errors import ConfigError
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field carrying its help text (shown by ``describe_config``)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TinyModelConfig:
+    """Size of a randomly initialised student made offline from the training texts."""
+
+    vocab_size: int = _help("tokenizer vocabulary size", 384)
+    d_model: int = _help("hidden size", 128)
+    num_layers: int = _help("layers (encoder and decoder each, for T5)", 2)
+    num_heads: int = _help("attention heads", 4)
+    d_ff: int = _help("feed-forward size", 512)
+    n_positions: int = _help("GPT-2 context length", 512)
+    dropout: float = _help("dropout rate of the tiny model", 0.0)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _help("hub id (google/flan-t5-base, gpt2-large) or local folder", "")
+    kind: str = _help("auto | seq2seq | causal; auto reads the model config", "auto")
+    make_tiny: str = _help(
+        "'' or t5 | gpt2: when name_or_path does not exist, build a tiny random model of this "
+        "architecture there from the training texts (offline demos and tests)", "")
+    tiny: TinyModelConfig = _help("size of the tiny model made by make_tiny", factory=TinyModelConfig)
+    gradient_checkpointing: bool = _help("recompute activations in backward to save memory", False)
+
+
+@dataclass
+class SyntheticDataConfig:
+    train_size: int = _help("synthetic training problems", 2000)
+    eval_size: int = _help("held-out synthetic problems for evaluation", 100)
+    seed: int = _help("generator seed (the held-out set uses a disjoint seed)", 1234)
+    min_steps: int = _help("fewest operations per problem", 1)
+    max_steps: int = _help("most operations per problem", 3)
+    eval_steps: int = _help("operations per held-out problem (0: same range as training)", 3)
+    operand_min: int = _help("smallest operand", 1)
+    operand_max: int = _help("largest operand", 20)
+    operations: list[str] = _help("subset of add, sub, mul", factory=lambda: ["add", "sub"])
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _help(
+        "synthetic, or a loader name (gsm8k, svamp, asdiv, multiarith, strategyqa, traces, jsonl)", "synthetic")
+    split: str = _help("split of the dataset to train on", "train")
+    path: str = _help("file for the traces/jsonl loaders", "")
+    data_dir: str = _help("folder laid out like shared/data (default: $COTDISTILL_DATA_DIR)", "")
+    limit: int = _help("use at most this many training problems (0: all)", 0)
+    synthetic: SyntheticDataConfig = _help("the embedded generator's settings", factory=SyntheticDataConfig)
+    formats: dict[str, float] = _help(
+        "mixture of answer_only, zero_shot_cot, few_shot_cot with weights",
+        factory=lambda: {"zero_shot_cot": 1.0})
+    k_shot: int = _help("demonstrations in few_shot_cot prompts", 2)
+    max_source_tokens: int = _help("source (prompt) tokens kept; longer prompts lose their start", 256)
+    max_target_tokens: int = _help("target tokens kept; longer targets are cut at the end", 192)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _help("optimizer steps (0: derive from epochs)", 0)
+    epochs: float = _help("passes over the training examples when max_steps is 0", 1.0)
+    micro_batch_size: int = _help("examples per rank per forward", 8)
+    gradient_accumulation: int = _help("micro-batches per optimizer step", 1)
+    lr: float = _help("peak learning rate", 5e-4)
+    min_lr_ratio: float = _help("learning rate the decay ends at (one step past the last update), as a fraction of the peak", 0.0)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    warmup_steps: int = _help("linear warmup, in optimizer steps", 0)
+    schedule: str = _help("cosine | linear | constant decay after warmup", "cosine")
+    grad_clip: float = _help("clip the global gradient norm (0: off)", 1.0)
+    precision: str = _help("bf16 | fp16 | fp32", "bf16")
+    allow_fp16_t5: bool = _help("permit fp16 for T5 anyway (T5 overflows in fp16)", False)
+    group_by_length: bool = _help("batch examples of similar length to cut padding", True)
+    seed: int = _help("seed for sampling, dropout and data mixing", 42)
+    log_every: int = _help("log scalars every N optimizer steps", 1)
+    stop_after_steps: int = _help(
+        "end this invocation after N more optimizer steps with a checkpoint, keeping the max_steps "
+        "schedule (time-sliced jobs; 0: run to the end)", 0)
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = _help("save every N optimizer steps (0: only at the end)", 100)
+    keep_last: int = _help("complete checkpoints kept; older ones are deleted", 2)
+    resume: bool = _help("resume from the newest complete checkpoint in output_dir", True)
+    export_final: bool = _help("write Hugging Face weights to output_dir/final at the end", True)
+
+
+@dataclass
+class EvalConfig:
+    format: str = _help("prompt format for evaluation ('': the training mixture's heaviest format)", "")
+    at_end: bool = _help("evaluate greedy accuracy on the held-out problems after training", True)
+    max_new_tokens: int = _help("generation budget per problem", 160)
+    batch_size: int = _help("problems per generate call per rank", 16)
+    limit: int = _help("evaluate at most this many held-out problems (0: all)", 0)
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = _help("run folder: checkpoints, TensorBoard, exported weights, metrics", "runs/default")
+    deepspeed_config: str = _help("DeepSpeed JSON template (ds_configs/*.json)", "ds_configs/zero3_offload.json")
+    model: ModelConfig = _help("the student", factory=ModelConfig)
+    data: DataConfig = _help("training data and formats", factory=DataConfig)
+    train: TrainConfig = _help("optimisation", factory=TrainConfig)
+    checkpoint: CheckpointConfig = _help("saving, resuming and export", factory=CheckpointConfig)
+    eval: EvalConfig = _help("evaluation during and after training", factory=EvalConfig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading and overriding
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turn a YAML value or override string into the annotated type, or say what was expected where."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+        return _build(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        key_t, val_t = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping like {{a: 1, b: 2}}, got {value!r}")
+        return {_coerce(k, key_t, where): _coerce(v, val_t, f"{where}.{k}") for k, v in value.items()}
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            if annotation is float:
+                return float(value)
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return value if isinstance(value, int) else int(str(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def _unknown_key(cls: type, key: str, where: str) -> ConfigError:
+    valid = ", ".join(f.name for f in dataclasses.fields(cls))
+    label = f"{where}.{key}" if where else key
+    return ConfigError(f"unknown config key '{label}'; valid keys{' in ' + where if where else ''}: {valid}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in types_:
+            raise _unknown_key(cls, key, where)
+        kwargs[key] = _coerce(value, types_[key], f"{where}.{key}" if where else key)
+    return cls(**kwargs)
+
+
+def _set_dotted(config: Any, dotted: str, raw: str) -> None:
+    parts = dotted.split(".")
+    target, where = config, ""
+    for part in parts[:-1]:
+        types_ = _field_types(type(target))
+        if part not in types_:
+            raise _unknown_key(type(target), part, where)
+        if not dataclasses.is_dataclass(types_[part]):
+            label = f"{where}.{part}" if where else part
+            raise ConfigError(f"'{label}' is a single value, not a section: write {label}=<value>")
+        target, where = getattr(target, part), f"{where}.{part}" if where else part
+    leaf = parts[-1]
+    types_ = _field_types(type(target))
+    if leaf not in types_:
+        raise _unknown_key(type(target), leaf, where)
+    if dataclasses.is_dataclass(types_[leaf]):
+        raise ConfigError(f"'{dotted}' is a section; set one of its keys, e.g. {dotted}.<key>=value")
+    # Strings are taken verbatim (YAML would turn 007 into 7 and on into True); others parse as YAML.
+    value = raw if types_[leaf] is str else (yaml.safe_load(raw) if raw.strip() else "")
+    setattr(target, leaf, _coerce(value, types_[leaf], dotted))
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
+    """Split ``key=value`` strings, refusing anything else with the offending item named."""
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.max_steps=20)")
+        pairs.append((key.strip(), value))
+    return pairs
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe (or start from defaults), apply dotted overrides, validate."""
+    values: dict[str, Any] = {}
+    if path:
+        recipe = Path(path)
+        if not recipe.is_file():
+            raise ConfigError(f"recipe not found: {recipe}")
+        try:
+            values = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{recipe}: not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{recipe}: the top level must be a mapping of config sections")
+        try:
+            config = _build(RunConfig, values)
+        except ConfigError as err:
+            raise ConfigError(f"{recipe}: {err}") from None
+    else:
+        config = RunConfig()
+    for key, raw in parse_overrides(overrides or []):
+        _set_dotted(config, key, raw)
+    validate(config)
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def describe_config(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """One line per key with its default and help text (for --help and docs)."""
+    lines = []
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        value = getattr(defaults, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.extend(describe_config(type(value), f"{key}."))
+        else:
+            lines.append(f"{key} = {value!r}  # {f.metadata.get('help', '')}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation: every incompatibility is checked here, in one place
+
+
+def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not one of: {', '.join(valid)}")
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def validate(config: RunConfig) -> None:
+    """Refuse contradictory or impossible settings before any process starts work."""
+    if not config.model.name_or_path:
+        raise ConfigError("model.name_or_path is empty: give a hub id (e.g. google/flan-t5-base) or a folder")
+    _choice(config.model.kind, ("auto", "seq2seq", "causal"), "model.kind")
+    _choice(config.model.make_tiny, ("", "t5", "gpt2"), "model.make_tiny")
+    t = config.train
+    _choice(t.precision, ("bf16", "fp16", "fp32"), "train.precision")
+    _choice(t.schedule, ("cosine", "linear", "constant"), "train.schedule")
+    _positive(t.micro_batch_size, "train.micro_batch_size")
+    _positive(t.gradient_accumulation, "train.gradient_accumulation")
+    _positive(t.lr, "train.lr")
+    _positive(t.max_steps, "train.max_steps", allow_zero=True)
+    _positive(t.warmup_steps, "train.warmup_steps", allow_zero=True)
+    _positive(t.grad_clip, "train.grad_clip", allow_zero=True)
+    _positive(t.log_every, "train.log_every")
+    _positive(t.stop_after_steps, "train.stop_after_steps", allow_zero=True)
+    if t.max_steps == 0:
+        _positive(t.epochs, "train.epochs")
+    if not 0.0 <= t.min_lr_ratio <= 1.0:
+        raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {t.min_lr_ratio}")
+    c = config.checkpoint
+    _positive(c.every, "checkpoint.every", allow_zero=True)
+    _positive(c.keep_last, "checkpoint.keep_last")
+    d = config.data
+    _positive(d.k_shot, "data.k_shot", allow_zero=True)
+    _positive(d.max_source_tokens, "data.max_source_tokens")
+    _positive(d.max_target_tokens, "data.max_target_tokens")
+    s = d.synthetic
+    if not 1 <= s.min_steps <= s.max_steps:
+        raise ConfigError(f"data.synthetic needs 1 <= min_steps <= max_steps, got {s.min_steps}, {s.max_steps}")
+    if s.operand_min > s.operand_max:
+        raise ConfigError(f"data.synthetic.operand_min={s.operand_min} > operand_max={s.operand_max}")
+    unknown_ops = sorted(set(s.operations) - {"add", "sub", "mul"})
+    if unknown_ops or not s.operations:
+        raise ConfigError(f"data.synthetic.operations {s.operations} must be a non-empty subset of add, sub, mul")
+    _positive(config.eval.max_new_tokens, "eval.max_new_tokens")
+    _positive(config.eval.batch_size, "eval.batch_size")

@@ -1,0 +1,236 @@
+"""Load student models and tokenizers, and make tiny offline ones, always through ``from_pretrained``.
+
+ZeRO-3 load path: the engine creates transformers' ``HfDeepSpeedConfig`` (stage 3) and keeps a
+reference to it alive while ``load_model`` runs; ``from_pretrained`` sees it and builds the model inside
+``deepspeed.zero.Init`` itself, so parameters are partitioned as they are created and then filled from
+the checkpoint. This module therefore never imports deepspeed. A randomly initialised model must never
+be built inside ``deepspeed.zero.Init`` directly (e.g. ``from_config`` under an active ZeRO-3 config):
+its weights do not get transformers' initialisation, and such a model started at a loss near 44 instead
+of ln(vocab size). Tiny test models are therefore created on CPU by ``make_tiny``, saved with
+``save_pretrained``, and loaded like any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+)
+
+from cotdistill.errors import ConfigError
+from cotdistill.tokenizers_train import train_gpt2_tokenizer, train_t5_tokenizer
+
+ModelKind = Literal["seq2seq", "causal"]
+PathLike = str | os.PathLike[str]
+
+# T5's logits are final_layer_norm(h) * d_model**-0.5 @ shared.T, so with the standard init (embedding
+# std 1, norm gain 1) their std is ~1 and the first loss sits ~25% above ln V. The decoder's final norm
+# gain sets that scale alone: 0.4 brings the first loss within ~2% of ln V. A smaller initializer_factor
+# does the same but shrinks every layer: on arithmetic text (AdamW 1e-3, 300 steps) factor 0.3 ended at
+# loss 1.79, this gain at 0.83, the standard init at 0.61.
+T5_OUTPUT_NORM_GAIN = 0.4
+# GPT-2's default: logit std ~= 0.02 * sqrt(n_embd), already near-uniform at tiny widths.
+GPT2_INITIALIZER_RANGE = 0.02
+
+
+def detect_kind(name_or_path: PathLike) -> ModelKind:
+    """Say whether a checkpoint is a seq2seq (T5-like) or a causal LM, from its config alone."""
+    return _kind_of(_read_config(name_or_path), name_or_path)
+
+
+def _read_config(name_or_path: PathLike) -> PretrainedConfig:
+    """Read a config, turning transformers' many "cannot read" errors into one that names the path."""
+    try:
+        return AutoConfig.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read a model config from {str(name_or_path)!r}: {exc}") from exc
+
+
+def _kind_of(config: PretrainedConfig, name_or_path: PathLike) -> ModelKind:
+    if config.is_encoder_decoder and config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+        return "seq2seq"
+    if not config.is_encoder_decoder and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "causal"
+    raise ConfigError(
+        f"{str(name_or_path)!r} has model_type {config.model_type!r}, which is neither a seq2seq "
+        "(T5-like) nor a causal language model"
+    )
+
+
+def load_tokenizer(name_or_path: PathLike, kind: ModelKind | None = None) -> PreTrainedTokenizerBase:
+    """Load a checkpoint's tokenizer and make sure it can end and pad sequences.
+
+    A causal tokenizer without a pad token (real GPT-2) gets pad = eos, the same rule ``load_model``
+    applies to the config. ``padding_side`` is left as saved: the caller sets "right" for training and
+    "left" for batched causal generation. T5 tokenizers append ``</s>`` when encoding, GPT-2 ones add
+    nothing, so causal callers append eos themselves. ``kind`` is detected from the config when not given.
+    """
+    kind = kind or detect_kind(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a tokenizer from {str(name_or_path)!r}: {exc}") from exc
+    if tokenizer.eos_token_id is None:
+        raise ConfigError(f"the tokenizer of {str(name_or_path)!r} has no eos token; cannot end targets")
+    if kind == "causal" and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id is None:
+        raise ConfigError(f"the tokenizer of {str(name_or_path)!r} has no pad token")
+    return tokenizer
+
+
+def load_model(
+    name_or_path: PathLike,
+    kind: ModelKind,
+    dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
+) -> PreTrainedModel:
+    """Load a student with ``from_pretrained`` so an active ``HfDeepSpeedConfig`` partitions it at load.
+
+    ``dtype=None`` loads in torch's default dtype (fp32). With gradient checkpointing the KV cache is
+    switched off in the config, since recomputed forwards cannot reuse it. A causal config without a pad
+    id gets pad = eos, matching ``load_tokenizer``.
+    """
+    found = detect_kind(name_or_path)
+    if found != kind:
+        raise ConfigError(f"{str(name_or_path)!r} is a {found} model, but a {kind} model was requested")
+    auto_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    try:
+        model = auto_class.from_pretrained(str(name_or_path), dtype=dtype)
+    except OSError as exc:
+        raise ConfigError(f"cannot load model weights from {str(name_or_path)!r}: {exc}") from exc
+    if kind == "causal" and model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = model.config.eos_token_id
+    if gradient_checkpointing:
+        _enable_checkpointing(model)
+        model.config.use_cache = False
+    return model
+
+
+def _enable_checkpointing(model: PreTrainedModel) -> None:
+    """Use the non-reentrant checkpoint under both the new and the deprecated transformers method names."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def make_tiny(
+    kind: ModelKind,
+    out_dir: PathLike,
+    texts: Iterable[str],
+    *,
+    vocab_size: int = 512,
+    d_model: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    d_ff: int = 512,
+    n_positions: int = 512,
+    dropout: float = 0.0,
+    seed: int = 0,
+) -> Path:
+    """Train a tokenizer on ``texts``, build a small random model over it, save both to ``out_dir``.
+
+    The folder then loads offline with ``AutoTokenizer`` / ``AutoModelFor*`` (or ``load_tokenizer`` /
+    ``load_model``). ``vocab_size`` is a cap: a small corpus can yield fewer tokens, and the model's
+    vocabulary is sized to ``len(tokenizer)`` exactly. ``num_layers`` is per stack (a T5 gets that many
+    encoder and decoder layers). ``n_positions`` is GPT-2's position table and both tokenizers'
+    ``model_max_length``. The initial logits are near-uniform, so the first loss is close to ln V.
+    """
+    if d_model % num_heads:
+        raise ConfigError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = list(texts)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "seq2seq":
+            tokenizer = train_t5_tokenizer(corpus, vocab_size, n_positions)
+            model: PreTrainedModel = T5ForConditionalGeneration(
+                _tiny_t5_config(tokenizer, d_model, num_layers, num_heads, d_ff, dropout)
+            )
+            with torch.no_grad():
+                model.decoder.final_layer_norm.weight.fill_(T5_OUTPUT_NORM_GAIN)
+        elif kind == "causal":
+            tokenizer = train_gpt2_tokenizer(corpus, vocab_size, n_positions)
+            model = GPT2LMHeadModel(
+                _tiny_gpt2_config(tokenizer, d_model, num_layers, num_heads, d_ff, n_positions, dropout)
+            )
+        else:
+            raise ConfigError(f"unknown model kind {kind!r}; expected 'seq2seq' or 'causal'")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def _tiny_t5_config(
+    tokenizer: PreTrainedTokenizerBase,
+    d_model: int,
+    num_layers: int,
+    num_heads: int,
+    d_ff: int,
+    dropout: float,
+) -> T5Config:
+    """A FlanT5-shaped (gated-GELU) config whose special ids are the tokenizer's, start = pad as in T5."""
+    return T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=d_model // num_heads,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_decoder_layers=num_layers,
+        num_heads=num_heads,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=dropout,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _tiny_gpt2_config(
+    tokenizer: PreTrainedTokenizerBase,
+    d_model: int,
+    num_layers: int,
+    num_heads: int,
+    d_ff: int,
+    n_positions: int,
+    dropout: float,
+) -> GPT2Config:
+    """A GPT-2 config whose bos, eos and pad ids are all the tokenizer's ``<|endoftext|>``."""
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=d_model,
+        n_layer=num_layers,
+        n_head=num_heads,
+        n_inner=d_ff,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        initializer_range=GPT2_INITIALIZER_RANGE,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )

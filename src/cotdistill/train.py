@@ -1,0 +1,283 @@
+"""The training loop: read it top to bottom.
+
+prepare output dir -> problems -> formatted examples -> (tiny model if asked) -> tokens -> DeepSpeed engine
+-> resume from the newest complete checkpoint -> steps (TensorBoard, progress bar, checkpoints)
+-> export Hugging Face weights -> held-out accuracy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cotdistill import checkpoints as ckpt
+from cotdistill.batching import LengthGroupedBatches, collate, padding_stats, tokenize_examples
+from cotdistill.config import RunConfig, to_dict, to_yaml
+from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
+from cotdistill.engine import Engine
+from cotdistill.errors import ConfigError
+from cotdistill.evaluate import EvalReport, evaluate_problems
+from cotdistill.export import export_from_engine
+from cotdistill.formats import build_examples, validate_mixture
+from cotdistill.logs import setup_logging
+from cotdistill.modeling import detect_kind, load_model, load_tokenizer
+from cotdistill.objectives import mean_token_nll
+from cotdistill.run_data import load_run_problems
+from cotdistill.schedule import lr_at
+from cotdistill.tiny import build_tiny_model
+
+TRAIN_LOG = "train_log.jsonl"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    final_loss: float
+    export_dir: Path | None = None
+    eval: EvalReport | None = None
+    losses: list[float] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare_output_dir(output_dir: str, engine: Engine) -> Path:
+    """Create the run folder and prove it is writable before any expensive work starts."""
+    path = Path(output_dir)
+    problem = ""
+    if engine.is_main:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write-test-{time.time_ns()}"
+            probe.write_text("ok", encoding="utf-8")
+            probe.unlink()
+        except OSError as err:
+            problem = f"output_dir {path} is not writable: {err.strerror or err}"
+    problem = engine.broadcast_object(problem)
+    if problem:
+        raise ConfigError(problem)
+    return path
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGUSR1 (preemption, time limits) into a checkpoint at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            # Only the main thread may install handlers; elsewhere (a test runner thread) keep the default.
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def _ensure_model(config: RunConfig, engine: Engine, texts: list[str], log) -> str:
+    """Return the model path, building the tiny model on rank 0 when the recipe asks for one."""
+    name = config.model.name_or_path
+    if config.model.make_tiny and not Path(name).exists():
+        with engine.main_first():
+            if engine.is_main and not Path(name).exists():
+                tiny = config.model.tiny
+                log.info("making a tiny %s at %s (vocab <= %d, d_model %d, %d layers)", config.model.make_tiny,
+                         name, tiny.vocab_size, tiny.d_model, tiny.num_layers)
+                build_tiny_model(config.model.make_tiny, name, texts, tiny, seed=config.train.seed)
+    return name
+
+
+def _eval_format(config: RunConfig) -> str:
+    if config.eval.format:
+        return config.eval.format
+    mixture = validate_mixture(config.data.formats)
+    return max(mixture, key=mixture.get)
+
+
+def train(config: RunConfig) -> TrainResult:
+    """Run (or resume) one training job described by ``config``; every rank calls this."""
+    engine = Engine()
+    try:
+        return _train(engine, config)
+    finally:
+        engine.close()
+
+
+def _train(engine: Engine, config: RunConfig) -> TrainResult:
+    log = setup_logging(engine.rank)
+    t = config.train
+    seed_everything(t.seed)
+    out = prepare_output_dir(config.output_dir, engine)
+    template = read_template(config.deepspeed_config)
+
+    train_problems, held_out = load_run_problems(config.data)
+    mixture = validate_mixture(config.data.formats)
+    examples = build_examples(train_problems, mixture, k_shot=config.data.k_shot, seed=t.seed,
+                              demo_pool=train_problems)
+    log.info("data: %d training problems -> %d examples (%s); %d held-out problems", len(train_problems),
+             len(examples), ", ".join(f"{k} {v:.0%}" for k, v in mixture.items()), len(held_out))
+
+    model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
+    kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
+    causal = kind == "causal"
+    tokenizer = load_tokenizer(model_path)
+    tokenized, truncation = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
+                                              config.data.max_target_tokens)
+    log.info("tokens: %s", truncation.summary())
+
+    from transformers import AutoConfig
+
+    model_config = AutoConfig.from_pretrained(model_path)
+    check_precision(model_config.model_type, config)
+    hidden = getattr(model_config, "d_model", None) or getattr(model_config, "hidden_size", None)
+    ds_config = resolve_ds_config(template, config, engine.world_size, hidden, source=config.deepspeed_config)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
+    model = engine.load_model(ds_config, lambda: load_model(model_path, kind, dtype=dtype,
+                                                             gradient_checkpointing=config.model.gradient_checkpointing))
+    engine.initialize(model)
+
+    order = LengthGroupedBatches([e.length for e in tokenized], t.micro_batch_size, engine.world_size, t.seed,
+                                 group_by_length=t.group_by_length)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
+
+    step, micro_step = 0, 0
+    latest = ckpt.latest_checkpoint(out) if config.checkpoint.resume else None
+    if latest is not None:
+        state = engine.load_checkpoint(latest.path, ckpt.TAG)
+        step, micro_step = int(state["step"]), int(state["micro_step"])
+        if not ckpt.load_rng(latest.path, engine.rank):
+            log.warning("checkpoint %s has no RNG state for rank %d; dropout streams restart", latest.path,
+                        engine.rank)
+        log.info("resumed from %s (step %d, %d samples consumed)", latest.path, step,
+                 micro_step * order.global_batch)
+    elif engine.is_main:
+        for stale in ckpt.remove_incomplete(out):
+            log.info("removed incomplete checkpoint %s", stale)
+
+    writer = _tensorboard(out, config) if engine.is_main else None
+    stop = StopRequest()
+    stop_at = min(total_steps, step + t.stop_after_steps) if t.stop_after_steps else total_steps
+    batches = order.iterate(engine.rank, micro_step)
+    pad_id = tokenizer.pad_token_id
+    losses: list[float] = []
+    last_saved = step if latest is not None else -1
+    progress = _progress_bar(engine, total_steps, step)
+    engine.train()
+
+    while step < stop_at:
+        lr = lr_at(step, total_steps, t)
+        engine.set_lr(lr)
+        started = time.perf_counter()
+        loss_sum = tokens = real = slots = 0.0
+        for _ in range(t.gradient_accumulation):
+            batch = collate([tokenized[i] for i in next(batches)], pad_id)
+            micro_step += 1
+            r, s = padding_stats(batch, causal)
+            real, slots = real + r, slots + s
+            labels = batch.pop("labels")
+            if not causal:
+                batch["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=labels)
+            outputs = engine.forward(**batch)
+            loss, n = mean_token_nll(outputs.logits, labels.to(engine.device), causal)
+            engine.backward(loss)
+            engine.step()
+            loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
+        step += 1
+        elapsed = time.perf_counter() - started
+        loss_sum, tokens, real, slots = engine.all_reduce_sum([loss_sum, tokens, real, slots])
+        mean_loss = loss_sum / max(tokens, 1.0)
+        losses.append(mean_loss)
+        grad_norm = engine.grad_norm()
+        if writer is not None and (step % t.log_every == 0 or step == stop_at):
+            samples = t.micro_batch_size * t.gradient_accumulation * engine.world_size
+            scalars = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                       "train/samples_per_s": samples / elapsed, "train/tokens_per_s": real / elapsed,
+                       "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed}
+            for name, value in scalars.items():
+                writer.add_scalar(name, value, step)
+            with open(out / TRAIN_LOG, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": step, **{k.split("/")[1]: v for k, v in scalars.items()}}) + "\n")
+        if progress is not None:
+            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            progress.update(1)
+        stopping = engine.any_rank(stop.requested)
+        due = config.checkpoint.every and step % config.checkpoint.every == 0
+        if due or stopping or step == stop_at:
+            _save(engine, config, out, step, micro_step, mean_loss, log)
+            last_saved = step
+        if stopping:
+            log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume", step)
+            break
+
+    if progress is not None:
+        progress.close()
+    if step > 0 and last_saved != step:
+        _save(engine, config, out, step, micro_step, losses[-1] if losses else float("nan"), log)
+
+    result = TrainResult(out, step, losses[-1] if losses else float("nan"), losses=losses)
+    if step < total_steps:
+        if writer is not None:
+            writer.close()
+        return result
+    if config.checkpoint.export_final:
+        result.export_dir = export_from_engine(engine, tokenizer, out / "final")
+        log.info("exported Hugging Face weights to %s", result.export_dir)
+    if config.eval.at_end and held_out:
+        limit = config.eval.limit or len(held_out)
+        fmt = _eval_format(config)
+        report = evaluate_problems(engine, tokenizer, causal, held_out[:limit], fmt, config.eval,
+                                   demo_pool=train_problems, k_shot=config.data.k_shot, seed=t.seed)
+        result.eval = report
+        if engine.is_main:
+            report.write(out / "eval")
+            writer.add_scalar("eval/accuracy", report.accuracy, step)
+            log.info("held-out accuracy (%s, greedy): %d/%d = %.1f%%", fmt, report.correct, report.total,
+                     100 * report.accuracy)
+    if writer is not None:
+        writer.close()
+    return result
+
+
+def _save(engine: Engine, config: RunConfig, out: Path, step: int, micro_step: int, loss: float, log) -> None:
+    folder = ckpt.checkpoint_path(out, step)
+    engine.save_checkpoint(folder, ckpt.TAG, {"step": step, "micro_step": micro_step})
+    ckpt.save_rng(folder, engine.rank)
+    engine.barrier()
+    if engine.is_main:
+        ckpt.mark_complete(folder, {"step": step, "micro_step": micro_step, "loss": loss,
+                                    "world_size": engine.world_size, "time": time.time()})
+        removed = ckpt.rotate(out, config.checkpoint.keep_last)
+        log.info("checkpoint step %d saved to %s%s", step, folder,
+                 f" (removed {len(removed)} older)" if removed else "")
+    engine.barrier()
+
+
+def _tensorboard(out: Path, config: RunConfig):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"))
+    writer.add_text("config", "```yaml\n" + to_yaml(config) + "\n```")
+    (out / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(to_dict(config), indent=2), encoding="utf-8")
+    return writer
+
+
+def _progress_bar(engine: Engine, total: int, initial: int):
+    if not engine.is_main:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
