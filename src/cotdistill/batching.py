@@ -139,10 +139,14 @@ def collate(batch: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.T
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def left_padded_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def padded_prompts(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
     """Prompts for generation; decoder-only models need left padding so generation continues the text."""
-    return {"input_ids": _pad(prompts, pad_id, left=True),
-            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=True)}
+    return {"input_ids": _pad(prompts, pad_id, left=left),
+            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=left)}
+
+
+def left_padded_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    return padded_prompts(prompts, pad_id, left=True)
 
 
 def padding_stats(batch: dict[str, torch.Tensor], causal: bool) -> tuple[int, int]:

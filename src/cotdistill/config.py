@@ -87,7 +87,8 @@ class TrainConfig:
     micro_batch_size: int = _help("examples per rank per forward", 8)
     gradient_accumulation: int = _help("micro-batches per optimizer step", 1)
     lr: float = _help("peak learning rate", 5e-4)
-    min_lr_ratio: float = _help("learning rate the decay ends at (one step past the last update), as a fraction of the peak", 0.0)
+    min_lr_ratio: float = _help(
+        "learning rate the decay ends at (one step past the last update), as a fraction of the peak", 0.0)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     warmup_steps: int = _help("linear warmup, in optimizer steps", 0)
     schedule: str = _help("cosine | linear | constant decay after warmup", "cosine")

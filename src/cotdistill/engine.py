@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,12 @@ def quiet_libraries() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # transformers is a hard dependency; this only guards odd installs
         pass
+
+
+@contextmanager
+def _silenced() -> Iterator[None]:
+    with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
+        yield
 
 
 def share_cpu_threads() -> None:
@@ -231,11 +237,28 @@ class Engine:
         return client_state or {}
 
     def load_weights_only(self, folder: Path, tag: str) -> None:
-        """Load a checkpoint's module weights (partitioned, no consolidation) for evaluation."""
-        path, _ = self.ds.load_checkpoint(str(folder), tag=tag, load_module_only=True,
-                                          load_optimizer_states=False, load_lr_scheduler_states=False)
-        if path is None:
-            raise FileNotFoundError(f"DeepSpeed could not load checkpoint {folder}/{tag}")
+        """Fill the (possibly partitioned) module from a ZeRO checkpoint written by any number of ranks.
+
+        Rank 0 reads the checkpoint's fp32 master weights lazily, one tensor at a time, and scatters each
+        into its partitioned parameter, so no rank ever holds the whole model. Works for an inference
+        engine (no optimizer), where DeepSpeed's own ``load_checkpoint`` does not.
+        """
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = {}
+        if self.is_main:
+            with _silenced():  # DeepSpeed prints a banner and progress bars while it parses the shards
+                state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, lazy_mode=True)
+        names = self.broadcast_object(sorted(state)) if self.is_main else self.broadcast_object(None)
+        module = self.module
+        params = dict(module.named_parameters())
+        missing = sorted(set(params) - set(names))
+        if missing:
+            raise ValueError(f"checkpoint {folder} lacks weights for {missing[:5]}")
+        for name, param in params.items():
+            with self._deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=self.is_zero3):
+                if self.is_main:
+                    param.data.copy_(state[name].contiguous().to(param.dtype))
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather full weights one parameter at a time onto rank 0's CPU (others get None).
@@ -271,4 +294,5 @@ def state_dict_from_checkpoint(checkpoint_dir: Path, tag: str) -> dict[str, torc
     """Consolidate a ZeRO checkpoint written by any number of ranks into fp32 weights, offline, on CPU."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+    with _silenced():
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)

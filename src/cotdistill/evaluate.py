@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cotdistill.answers import answers_match, extract_answer, infer_kind
-from cotdistill.batching import left_padded_prompts
+from cotdistill.batching import padded_prompts
 from cotdistill.config import EvalConfig
 from cotdistill.engine import Engine
 from cotdistill.formats import eval_prompts
@@ -107,9 +107,7 @@ def evaluate_problems(
     engine.eval()
     for batch in batches:
         indices = batch or order[:1]  # dummy batch keeps this rank in step with the others
-        inputs = left_padded_prompts([encoded[i] for i in indices], pad_id)
-        if not causal:  # encoder inputs may be right padded; left padding is harmless but unusual
-            inputs = left_padded_prompts([encoded[i] for i in indices], pad_id)
+        inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
         output = engine.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=False,
                                  num_beams=1, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]

@@ -78,7 +78,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, dtype: st
     config = AutoConfig.from_pretrained(str(meta))
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     model = auto.from_config(config)
-    state = state_dict_from_checkpoint(folder, TAG)
+    state = state_dict_from_checkpoint(folder, TAG)  # fp32 master weights, consolidated on CPU
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [m for m in missing if m not in tied and not any(m.endswith(t) for t in tied)]

@@ -128,6 +128,20 @@ def load_model(
     return model
 
 
+def model_skeleton(config_path: PathLike, kind: ModelKind, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A model built from its config alone, for weights that a DeepSpeed checkpoint fills in afterwards.
+
+    Under an active ZeRO-3 ``HfDeepSpeedConfig`` transformers builds it partitioned; its random init is
+    never used (the checkpoint overwrites every parameter), which is why this is safe here and not for
+    training from scratch.
+    """
+    found = detect_kind(config_path)
+    if found != kind:
+        raise ConfigError(f"{str(config_path)!r} is a {found} model, but a {kind} model was requested")
+    auto_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    return auto_class.from_config(_read_config(config_path), dtype=dtype)
+
+
 def _enable_checkpointing(model: PreTrainedModel) -> None:
     """Use the non-reentrant checkpoint under both the new and the deprecated transformers method names."""
     if hasattr(model, "activation_checkpointing_enable"):

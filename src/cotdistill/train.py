@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import signal
 import time
@@ -22,12 +23,12 @@ import torch
 
 from cotdistill import checkpoints as ckpt
 from cotdistill.batching import LengthGroupedBatches, collate, padding_stats, tokenize_examples
-from cotdistill.config import RunConfig, to_dict, to_yaml
+from cotdistill.config import RunConfig, to_yaml
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
 from cotdistill.evaluate import EvalReport, evaluate_problems
-from cotdistill.export import export_from_engine
+from cotdistill.export import export_from_engine, save_run_meta
 from cotdistill.formats import build_examples, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
@@ -37,6 +38,7 @@ from cotdistill.schedule import lr_at
 from cotdistill.tiny import build_tiny_model
 
 TRAIN_LOG = "train_log.jsonl"
+RUN_CONFIG = "run_config.yaml"  # not config.json: a run folder must never look like a Hugging Face model
 
 
 @dataclass
@@ -134,6 +136,8 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
     causal = kind == "causal"
     tokenizer = load_tokenizer(model_path)
+    if engine.is_main:
+        save_run_meta(model_path, tokenizer, out)
     tokenized, truncation = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
                                               config.data.max_target_tokens)
     log.info("tokens: %s", truncation.summary())
@@ -161,6 +165,8 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
         if not ckpt.load_rng(latest.path, engine.rank):
             log.warning("checkpoint %s has no RNG state for rank %d; dropout streams restart", latest.path,
                         engine.rank)
+        if engine.is_main:
+            _forget_logged_steps_after(out / TRAIN_LOG, step)
         log.info("resumed from %s (step %d, %d samples consumed)", latest.path, step,
                  micro_step * order.global_batch)
     elif engine.is_main:
@@ -265,13 +271,23 @@ def _save(engine: Engine, config: RunConfig, out: Path, step: int, micro_step: i
     engine.barrier()
 
 
+def _forget_logged_steps_after(path: Path, step: int) -> None:
+    """Steps after the checkpoint will be trained again; drop their log rows so none appears twice."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def _tensorboard(out: Path, config: RunConfig):
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(out / "tensorboard"))
     writer.add_text("config", "```yaml\n" + to_yaml(config) + "\n```")
-    (out / "config.yaml").write_text(to_yaml(config), encoding="utf-8")
-    (out / "config.json").write_text(json.dumps(to_dict(config), indent=2), encoding="utf-8")
+    (out / RUN_CONFIG).write_text(to_yaml(config), encoding="utf-8")
     return writer
 
 

@@ -1,0 +1,81 @@
+"""Open a trained student for inference: an exported folder, a hub id, or a run's DeepSpeed checkpoint.
+
+A checkpoint is loaded partitioned (no consolidation first), so a model that only fits under ZeRO-3 can
+still be evaluated: the model skeleton comes from the run's ``hf_meta`` folder, the weights from the
+checkpoint's shards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cotdistill import checkpoints as ckpt
+from cotdistill.engine import Engine
+from cotdistill.errors import ConfigError
+from cotdistill.export import META_DIR
+from cotdistill.modeling import detect_kind, load_model, load_tokenizer, model_skeleton
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class Student:
+    tokenizer: Any
+    causal: bool
+    model_path: str
+    checkpoint: Path | None
+
+
+def inference_ds_config(precision: str = "bf16", zero_stage: int = 3, offload: bool = False) -> dict[str, Any]:
+    """A DeepSpeed config for forward/generate only: partitioned weights, no optimizer."""
+    zero: dict[str, Any] = {"stage": zero_stage}
+    if offload:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+            "bf16": {"enabled": precision == "bf16"}, "fp16": {"enabled": precision == "fp16"},
+            "zero_optimization": zero, "steps_per_print": 10**9}
+
+
+def resolve_checkpoint(target: str | Path) -> tuple[Path, ckpt.Checkpoint] | None:
+    """(run folder, checkpoint) when ``target`` is a run folder or one of its checkpoint folders."""
+    path = Path(target)
+    if (path / ckpt.MARKER).is_file():
+        return path.parent.parent, ckpt.Checkpoint(path, int(path.name.split("-")[-1]))
+    if (path / "checkpoints").is_dir():
+        latest = ckpt.latest_checkpoint(path)
+        if latest is None:
+            raise ConfigError(f"{path} holds no complete checkpoint (checkpoints/step-*/COMPLETE)")
+        return path, latest
+    if path.name.startswith("step-") and path.is_dir():
+        raise ConfigError(f"{path} is an incomplete checkpoint (no {ckpt.MARKER} marker): it cannot be loaded")
+    return None
+
+
+def open_student(engine: Engine, target: str | Path, precision: str = "bf16", zero_stage: int = 3,
+                 offload: bool = False) -> Student:
+    """Collective: load ``target`` into ``engine`` for inference and return its tokenizer and kind."""
+    found = resolve_checkpoint(target)
+    checkpoint = None
+    model_path = str(target)
+    if found is not None:
+        run_dir, checkpoint = found
+        model_path = str(run_dir / META_DIR)
+        if not Path(model_path).is_dir():
+            raise ConfigError(f"{model_path} is missing: the run folder should hold the model config and tokenizer")
+    kind = detect_kind(model_path)
+    tokenizer = load_tokenizer(model_path)
+    ds = inference_ds_config(precision, zero_stage, offload)
+    dtype = DTYPES[precision]
+    if checkpoint is None:
+        model = engine.load_model(ds, lambda: load_model(model_path, kind, dtype=dtype))
+    else:
+        model = engine.load_model(ds, lambda: model_skeleton(model_path, kind, dtype=dtype))
+    engine.initialize_inference(model, ds)
+    if checkpoint is not None:
+        engine.load_weights_only(checkpoint.path, ckpt.TAG)
+    engine.eval()
+    return Student(tokenizer, kind == "causal", model_path, checkpoint.path if checkpoint else None)

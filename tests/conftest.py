@@ -1,0 +1,77 @@
+"""Session fixtures: tiny models built once, the shared data folder, and a DeepSpeed launch helper."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("COTDISTILL_DATA_DIR") or REPO.parent / "shared" / "data")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cotdistill" / "torch_extensions"))
+
+# Small, fast settings on top of the demo recipes for distributed tests.
+TINY_RUN = [
+    "data.synthetic.train_size=256",
+    "data.synthetic.eval_size=6",
+    "train.micro_batch_size=4",
+    "train.max_steps=6",
+    "train.warmup_steps=2",
+    "train.lr=2e-3",
+    "checkpoint.every=3",
+    "checkpoint.keep_last=3",
+    "eval.max_new_tokens=24",
+    "eval.batch_size=2",
+]
+
+
+def synthetic_texts(architecture: str) -> list[str]:
+    """The texts a TINY_RUN trains on, for the tokenizer of the session's tiny models."""
+    from cotdistill.config import load_config
+    from cotdistill.formats import build_examples
+    from cotdistill.run_data import load_run_problems
+
+    config = load_config(REPO / "recipes" / f"demo-{architecture}-synthetic.yaml", TINY_RUN)
+    train, _ = load_run_problems(config.data)
+    return [e.source + e.target for e in build_examples(train, config.data.formats, seed=config.train.seed)]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A tiny T5 and a tiny GPT-2 (random weights, tokenizers trained on synthetic data), made once."""
+    from cotdistill.config import TinyModelConfig
+    from cotdistill.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    size = TinyModelConfig(d_model=64, num_layers=2, num_heads=2, d_ff=128, vocab_size=320)
+    return {arch: build_tiny_model(arch, root / arch, synthetic_texts(arch), size, seed=0) for arch in ("t5", "gpt2")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch(script: str, args: list[str], ranks: int = 2, timeout: int = 600,
+           expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """Run a script under the DeepSpeed launcher on ``ranks`` CPU processes; fail with its log tail."""
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(deepspeed), "--num_gpus", str(ranks), "--master_port", str(free_port()), script, *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if expect_ok and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+                    f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def read_losses(run_dir: Path) -> dict[int, float]:
+    """step -> train loss from a run's train_log.jsonl."""
+    lines = (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+    return {row["step"]: row["loss"] for row in map(json.loads, lines)}

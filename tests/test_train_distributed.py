@@ -1,0 +1,140 @@
+"""End-to-end training on 2 CPU ranks under ZeRO-3 + CPU offload, through the real DeepSpeed launcher.
+
+Few launches, many assertions: each module fixture trains once and the tests read what it left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from conftest import TINY_RUN, launch, read_losses
+from cotdistill.checkpoints import MARKER, complete_checkpoints
+
+pytestmark = pytest.mark.distributed
+
+PROBE_TEXTS = ["Question: Ann has 3 apples. Ann finds 4 more apples.", "After buying 2 more, Bob has 5 + 2 = 7 pens."]
+
+
+def train_args(architecture: str, model: Path, output_dir: Path, *extra: str) -> list[str]:
+    return ["--config", f"recipes/demo-{architecture}-synthetic.yaml", *TINY_RUN, f"model.name_or_path={model}",
+            "model.make_tiny=", f"output_dir={output_dir}", *extra]
+
+
+def engine_logits(target: Path, out: Path) -> dict:
+    launch("tests/scripts/engine_logits.py", [str(target), str(out), *PROBE_TEXTS])
+    return torch.load(out, weights_only=False)
+
+
+def vocab_size(model: Path) -> int:
+    return len(AutoTokenizer.from_pretrained(str(model)))
+
+
+@pytest.fixture(scope="module")
+def t5_runs(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("t5-runs")
+    model = tiny_models["t5"]
+    launch("launchers/train.py", train_args("t5", model, root / "full"))
+    launch("launchers/train.py", train_args("t5", model, root / "resumed", "train.stop_after_steps=3",
+                                            "eval.at_end=false"))
+    snapshot = {"complete": [c.step for c in complete_checkpoints(root / "resumed")],
+                "exported": (root / "resumed" / "final").exists(),
+                "logged_steps": sorted(read_losses(root / "resumed"))}
+    launch("launchers/train.py", train_args("t5", model, root / "resumed", "eval.at_end=false"))
+    return {"model": model, "full": root / "full", "resumed": root / "resumed", "snapshot": snapshot}
+
+
+@pytest.fixture(scope="module")
+def gpt2_run(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gpt2-runs")
+    model = tiny_models["gpt2"]
+    launch("launchers/train.py", train_args("gpt2", model, root / "full"))
+    return {"model": model, "full": root / "full", "root": root}
+
+
+@pytest.mark.parametrize("which", ["t5", "gpt2"])
+def test_first_loss_is_near_ln_vocab_and_loss_falls(which, t5_runs, gpt2_run):
+    run = t5_runs if which == "t5" else gpt2_run
+    losses = read_losses(run["full"])
+    expected = math.log(vocab_size(run["model"]))
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert abs(losses[1] - expected) / expected < 0.10, (losses[1], expected)
+    assert losses[6] < losses[1] - 0.3, losses
+
+
+def test_interrupted_run_stopped_with_a_complete_checkpoint_and_no_export(t5_runs):
+    assert t5_runs["snapshot"] == {"complete": [3], "exported": False, "logged_steps": [1, 2, 3]}
+
+
+def test_resumed_run_matches_uninterrupted_losses(t5_runs):
+    full, resumed = read_losses(t5_runs["full"]), read_losses(t5_runs["resumed"])
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    for step in (4, 5, 6):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-3, abs=1e-3), (step, full, resumed)
+
+
+def test_checkpoints_are_marked_complete_and_record_their_step(t5_runs):
+    found = complete_checkpoints(t5_runs["full"])
+    assert [c.step for c in found] == [3, 6]
+    meta = json.loads((found[-1].path / MARKER).read_text())
+    assert meta["step"] == 6 and meta["world_size"] == 2
+
+
+@pytest.mark.parametrize("which", ["t5", "gpt2"])
+def test_exported_weights_reload_without_deepspeed_with_the_engines_logits(which, t5_runs, gpt2_run, tmp_path):
+    run = t5_runs if which == "t5" else gpt2_run
+    engine = engine_logits(run["full"], tmp_path / "logits.pt")
+    auto = AutoModelForSeq2SeqLM if which == "t5" else AutoModelForCausalLM
+    model = auto.from_pretrained(str(run["full"] / "final"), dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        logits = model(**engine["batch"]).logits.float()
+    untrained = auto.from_pretrained(str(run["model"]), dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        before = untrained(**engine["batch"]).logits.float()
+    assert (before - engine["logits"]).abs().max() > 0.05, "training should have changed the logits"
+    assert torch.allclose(logits, engine["logits"], atol=2e-2, rtol=2e-2), (logits - engine["logits"]).abs().max()
+
+
+@pytest.mark.parametrize("which", ["t5", "gpt2"])
+def test_held_out_evaluation_on_two_ranks_writes_every_problem_in_order(which, t5_runs, gpt2_run):
+    run = t5_runs if which == "t5" else gpt2_run
+    rows = [json.loads(line) for line in (run["full"] / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(6))
+    metrics = json.loads((run["full"] / "eval" / "metrics.json").read_text())
+    assert metrics["total"] == 6 and metrics["world_size"] == 2
+    assert metrics["correct"] == sum(r["correct"] for r in rows)
+
+
+def test_tensorboard_has_training_scalars(t5_runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(t5_runs["full"] / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s",
+                "train/padding_fraction", "train/step_time_s", "eval/accuracy"):
+        assert tag in tags
+    assert "config" in "".join(events.Tags()["tensors"]) or events.Tags().get("tensors")
+
+
+@pytest.mark.parametrize("which", ["t5", "gpt2"])
+def test_any_checkpoint_exports_offline_to_the_same_weights_as_the_final_export(which, t5_runs, gpt2_run, tmp_path):
+    run = t5_runs if which == "t5" else gpt2_run
+    checkpoint = complete_checkpoints(run["full"])[-1].path
+    proc = subprocess.run([sys.executable, "-m", "cotdistill.cli", "export", str(checkpoint), str(tmp_path / "hf")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    final = load_file(str(run["full"] / "final" / "model.safetensors"))
+    assert sorted(exported) == sorted(final)
+    for name, tensor in final.items():
+        assert torch.equal(exported[name], tensor), name
+    assert AutoTokenizer.from_pretrained(str(tmp_path / "hf"))("Ann has 3")["input_ids"]
