@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint clean
 
 install: $(VENV)/.installed
 
@@ -21,9 +21,10 @@ $(VENV)/.installed: setup.py
 	@$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
+# The embedded default: tiny GPT-2, synthetic 1-3 step problems, ZeRO-3 + CPU offload on NUM_RANKS ranks.
 demo: install
-	@rm -rf runs/demo-t5
-	$(VENV)/bin/deepspeed --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-t5-synthetic.yaml
+	@rm -rf runs/demo-gpt2 runs/tiny-gpt2
+	$(VENV)/bin/deepspeed --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-gpt2-synthetic.yaml
 
 test: install
 	$(PY) -m pytest -q

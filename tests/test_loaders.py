@@ -23,7 +23,6 @@ from cotdistill.problems.arithmetic import asdiv_answer
 from cotdistill.problems.gsm8k import parse_solution
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
 
 
 def load(name: str, split: str = "default"):
@@ -33,13 +32,11 @@ def load(name: str, split: str = "default"):
 # --- real files ---------------------------------------------------------------------------------
 
 
-@needs_data
 def test_gsm8k_train_has_7473_problems_and_test_1319():
     assert len(load("gsm8k", "train")) == 7473
     assert len(load("gsm8k", "test")) == 1319
 
 
-@needs_data
 def test_gsm8k_default_is_train_then_test_like_the_index_split_file():
     problems = load("gsm8k")
     split = json.loads((DATA / "splits" / "gsm8k__default.json").read_text())
@@ -48,7 +45,6 @@ def test_gsm8k_default_is_train_then_test_like_the_index_split_file():
     assert problems[split["test"][0]].id == "gsm8k/test/0"
 
 
-@needs_data
 def test_gsm8k_record_has_bare_answer_and_rationale_without_calculator_marks():
     first = load("gsm8k", "train")[0]
     assert first.id == "gsm8k/train/0"
@@ -59,14 +55,12 @@ def test_gsm8k_record_has_bare_answer_and_rationale_without_calculator_marks():
     assert first.source == "gsm8k" and first.steps == ()
 
 
-@needs_data
 def test_gsm8k_rationales_never_keep_marks_or_answer_line_and_answers_have_no_commas():
     for problem in load("gsm8k"):
         assert "<<" not in problem.rationale and "####" not in problem.rationale
         assert "," not in problem.answer and problem.answer
 
 
-@needs_data
 def test_gsm8k_socratic_test_has_1319_problems_with_step_per_line():
     problems = load("gsm8k_socratic", "test")
     assert len(problems) == 1319
@@ -80,20 +74,17 @@ def test_gsm8k_socratic_test_has_1319_problems_with_step_per_line():
     assert first.rationale == "\n".join(step.answer for step in first.steps)
 
 
-@needs_data
 def test_gsm8k_socratic_train_file_is_missing_and_error_names_it():
     with pytest.raises(DataError, match="train_socratic.jsonl"):
         load("gsm8k_socratic", "train")
 
 
-@needs_data
 def test_svamp_has_1000_problems_split_700_300_without_overlap():
     every, train, test = load("svamp"), load("svamp", "train"), load("svamp", "test")
     assert (len(every), len(train), len(test)) == (1000, 700, 300)
     assert not {p.id for p in train} & {p.id for p in test}
 
 
-@needs_data
 def test_svamp_question_joins_body_and_question_and_answer_drops_point_zero():
     first = load("svamp")[0]
     assert first.id == "svamp/chal-1"
@@ -104,7 +95,6 @@ def test_svamp_question_joins_body_and_question_and_answer_drops_point_zero():
     assert first.answer == "51"
 
 
-@needs_data
 def test_asdiv_has_2305_problems_with_units_stripped():
     problems = {p.id: p for p in load("asdiv")}
     assert len(problems) == 2305
@@ -127,7 +117,6 @@ def test_asdiv_answer_keeps_text_and_strips_each_unit():
     assert asdiv_answer("3:30 p.m.") == "3:30 p.m."
 
 
-@needs_data
 def test_multiarith_has_600_problems_split_420_180():
     every, train, test = load("multiarith"), load("multiarith", "train"), load("multiarith", "test")
     assert (len(every), len(train), len(test)) == (600, 420, 180)
@@ -135,14 +124,12 @@ def test_multiarith_has_600_problems_split_420_180():
     assert every[0].question.startswith("For Halloween Debby")
 
 
-@needs_data
 def test_strategyqa_train_has_2061_and_dev_229_with_yes_no_answers():
     train, dev = load("strategyqa", "train"), load("strategyqa", "dev")
     assert (len(train), len(dev), len(load("strategyqa"))) == (2061, 229, 2290)
     assert {p.answer for p in train + dev} == {"yes", "no"}
 
 
-@needs_data
 def test_strategyqa_decomposition_becomes_steps_and_facts_the_rationale():
     first = load("strategyqa", "dev")[0]
     assert first.id == "strategyqa/e0044a7b4d146d611e73" and first.answer == "no"
@@ -152,7 +139,6 @@ def test_strategyqa_decomposition_becomes_steps_and_facts_the_rationale():
     assert first.rationale == "Albany, GA has around 75,000 people. Albany, NY has almost 100,000 people."
 
 
-@needs_data
 def test_gsm8k_subquestions_has_1319_problems_aligned_with_gsm8k_test():
     sub, test = load("gsm8k_subquestions"), load("gsm8k", "test")
     assert len(sub) == 1319
@@ -165,7 +151,6 @@ def test_gsm8k_subquestions_has_1319_problems_aligned_with_gsm8k_test():
     assert "Final answer" not in first.rationale
 
 
-@needs_data
 def test_bbh_has_27_tasks_and_6511_examples():
     problems = load("bbh")
     assert len(problems) == 6511
@@ -175,7 +160,6 @@ def test_bbh_has_27_tasks_and_6511_examples():
     assert len(penguins) == 146 and penguins[0].id == "bbh/penguins_in_a_table/0"
 
 
-@needs_data
 def test_bbh_cot_prompt_drops_canary_header():
     prompt = bbh_cot_prompt("boolean_expressions", DATA)
     assert prompt.startswith("Evaluate the result of a random Boolean expression.")
@@ -183,7 +167,6 @@ def test_bbh_cot_prompt_drops_canary_header():
     assert prompt.count("Q: ") == 3 and prompt.endswith("So the answer is True.")
 
 
-@needs_data
 @pytest.mark.parametrize(
     ("file", "count"),
     [
@@ -200,7 +183,6 @@ def test_teacher_trace_files_load_every_record(file, count):
     assert first.rationale.endswith(f"The answer is {first.answer}") or file.startswith("strategyQA")
 
 
-@needs_data
 def test_teacher_trace_keeps_teacher_answer_and_full_output():
     first = read_traces(DATA / "teacher_traces" / "gsm8k_llama_level2_ranked.json").problems[1]
     assert first.question.startswith("Nedy can eat 8 packs of crackers")
@@ -208,7 +190,6 @@ def test_teacher_trace_keeps_teacher_answer_and_full_output():
     assert first.rationale.endswith("The answer is 48")
 
 
-@needs_data
 def test_strategyqa_traces_answer_true_false_as_yes_no():
     file = DATA / "teacher_traces" / "strategyQA_chatgpt_level_2_ranked.json"
     problems = load_problems("traces", path=file)
@@ -256,7 +237,6 @@ def test_unknown_option_is_a_config_error(tmp_path):
         load_problems("jsonl", path=tmp_path / "x.jsonl", question_key="q")
 
 
-@needs_data
 def test_data_dir_env_var_is_the_default(monkeypatch):
     monkeypatch.setenv(DATA_DIR_ENV, str(DATA))
     assert len(load_problems("multiarith", "test")) == 180

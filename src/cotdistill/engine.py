@@ -211,6 +211,10 @@ class Engine:
         for group in self.ds.optimizer.param_groups:
             group["lr"] = lr
 
+    def current_lr(self) -> float:
+        """The learning rate the optimizer actually holds (read back, so logs show what was applied)."""
+        return float(self.ds.optimizer.param_groups[0]["lr"])
+
     def grad_norm(self) -> float:
         norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")

@@ -69,7 +69,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, dtype: st
 
     from cotdistill.checkpoints import MARKER, TAG
 
-    folder = Path(checkpoint_dir)
+    folder = Path(checkpoint_dir).resolve()
     if not (folder / MARKER).is_file():
         raise ConfigError(f"{folder} is not a complete cotdistill checkpoint (no {MARKER} marker)")
     meta = folder.parent.parent / META_DIR

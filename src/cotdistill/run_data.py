@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cotdistill.config import DataConfig
 from cotdistill.errors import DataError
 from cotdistill.problems.loaders import DATASET_NAMES, load_problems
@@ -12,19 +14,32 @@ RUN_DATASETS = ("synthetic", *DATASET_NAMES)
 
 
 def synthetic_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
-    """Training problems and a held-out set from a disjoint seed, minus any question seen in training."""
+    """Training problems and a held-out set from a disjoint seed with no question seen in training.
+
+    Candidates are drawn in growing rounds until ``eval_size`` unseen, distinct questions are found; a
+    question space too small for that is an error rather than a silently smaller evaluation.
+    """
     s = data.synthetic
-    train = generate_problems(SyntheticSpec(n=s.train_size, seed=s.seed, min_steps=s.min_steps,
-                                            max_steps=s.max_steps, operand_min=s.operand_min,
-                                            operand_max=s.operand_max, operations=tuple(s.operations)))
-    eval_min = s.eval_steps or s.min_steps
-    eval_max = s.eval_steps or s.max_steps
-    candidates = generate_problems(SyntheticSpec(n=s.eval_size * 2, seed=s.seed + 7919, min_steps=eval_min,
-                                                 max_steps=eval_max, operand_min=s.operand_min,
-                                                 operand_max=s.operand_max, operations=tuple(s.operations)))
+    spec = SyntheticSpec(n=s.train_size, seed=s.seed, min_steps=s.min_steps, max_steps=s.max_steps,
+                         operand_min=s.operand_min, operand_max=s.operand_max, operations=tuple(s.operations))
+    train = generate_problems(spec)
     seen = {p.question for p in train}
-    held_out = [p for p in candidates if p.question not in seen][: s.eval_size]
-    return train, held_out
+    held_out: list[Problem] = []
+    drawn = 0
+    for round_size in (2 * s.eval_size, 8 * s.eval_size, 32 * s.eval_size):
+        candidates = generate_problems(replace(spec, n=drawn + round_size, seed=s.seed + 7919,
+                                               min_steps=s.eval_steps or s.min_steps,
+                                               max_steps=s.eval_steps or s.max_steps))[drawn:]
+        drawn += round_size
+        for problem in candidates:
+            if problem.question not in seen and len(held_out) < s.eval_size:
+                held_out.append(problem)
+                seen.add(problem.question)
+        if len(held_out) == s.eval_size:
+            return train, held_out
+    raise DataError(f"data.synthetic: only {len(held_out)} of eval_size={s.eval_size} held-out problems differ "
+                    "from the training questions; widen operand_min..operand_max or the step range, or lower "
+                    "eval_size")
 
 
 def load_run_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:

@@ -42,9 +42,12 @@ def inference_ds_config(precision: str = "bf16", zero_stage: int = 3, offload: b
 
 def resolve_checkpoint(target: str | Path) -> tuple[Path, ckpt.Checkpoint] | None:
     """(run folder, checkpoint) when ``target`` is a run folder or one of its checkpoint folders."""
-    path = Path(target)
+    path = Path(target).resolve()
     if (path / ckpt.MARKER).is_file():
-        return path.parent.parent, ckpt.Checkpoint(path, int(path.name.split("-")[-1]))
+        step = ckpt.Checkpoint(path, 0).meta.get("step")
+        if not isinstance(step, int):
+            raise ConfigError(f"{path / ckpt.MARKER} does not record the checkpoint's step")
+        return path.parent.parent, ckpt.Checkpoint(path, step)
     if (path / "checkpoints").is_dir():
         latest = ckpt.latest_checkpoint(path)
         if latest is None:

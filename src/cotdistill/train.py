@@ -207,6 +207,7 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
         mean_loss = loss_sum / max(tokens, 1.0)
         losses.append(mean_loss)
         grad_norm = engine.grad_norm()
+        lr = engine.current_lr()
         if writer is not None and (step % t.log_every == 0 or step == stop_at):
             samples = t.micro_batch_size * t.gradient_accumulation * engine.world_size
             scalars = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
