@@ -105,6 +105,9 @@ class Engine:
 
         self._accelerator = get_accelerator()
         self.device = torch.device(self._accelerator.device_name(self.local_rank))
+        if self.device.type != "cpu":
+            # Before any model is built: zero.Init allocates on the *current* device of each rank.
+            self._accelerator.set_device(self.local_rank)
         self._hf_ds_config: Any = None
         self.ds_config: dict[str, Any] | None = None
         self.ds: Any = None
