@@ -246,3 +246,9 @@ def test_unknown_kind_is_a_config_error_naming_the_kinds() -> None:
 )
 def test_infer_kind(source: str, gold: str, kind: str) -> None:
     assert infer_kind(source, gold) == kind
+
+
+@pytest.mark.parametrize("pred, gold", [("1450001", "1450000"), ("22090604", "22090603"), ("-1000001", "-1000000")])
+def test_whole_numbers_match_exactly_however_large(pred, gold):
+    assert not answers_match(f"The answer is {pred}.", gold)
+    assert answers_match(f"The answer is {gold}.", gold)

@@ -213,6 +213,8 @@ def answers_match(pred: str | None, gold: str, kind: str = "number") -> bool:
     a, b = _parse_number(got), _parse_number(want)
     if a is None or b is None:
         return False
+    if a.denominator == 1 and b.denominator == 1:
+        return a == b  # whole numbers match exactly: 1450001 is not 1450000, however large
     return abs(a - b) <= max(REL_TOL * max(abs(a), abs(b)), ABS_TOL)
 
 

@@ -1,4 +1,4 @@
-"""The ``cotdistill`` command (python-fire): make-tiny, export, show-config.
+"""The ``cotdistill`` command (python-fire): eval, make-tiny, export, show-config.
 
 Training runs through ``deepspeed launchers/train.py`` so that the DeepSpeed launcher owns the ranks.
 """
@@ -44,13 +44,26 @@ def export(checkpoint: str, out_dir: str, dtype: str = "bf16") -> str:
     return str(run_or_exit(lambda: export_checkpoint(Path(checkpoint), Path(out_dir), dtype=dtype)))
 
 
+def evaluate(model: str, **options) -> str:
+    """Accuracy of a student on data sets; prints the summary table and writes predictions and metrics.
+
+    Example: cotdistill eval runs/demo-gpt2/final --datasets gsm8k,svamp --strategy few_shot_cot --k_shot 4
+    Options are the keys of EvalRunConfig (see README); across ranks use deepspeed launchers/evaluate.py.
+    """
+    from cotdistill.config import eval_config
+    from cotdistill.evaluate import run_evaluation, summary_table
+
+    reports = run_or_exit(lambda: run_evaluation(eval_config({"model": model, **options})))
+    return summary_table(reports)
+
+
 def show_config(config: str = "", *overrides: str) -> None:
     """Print the fully resolved run config of a recipe with overrides applied (validates it)."""
     print(to_yaml(run_or_exit(lambda: load_config(config or None, list(overrides)))), end="")
 
 
 def main() -> None:
-    fire.Fire({"make-tiny": make_tiny, "export": export, "show-config": show_config})
+    fire.Fire({"eval": evaluate, "make-tiny": make_tiny, "export": export, "show-config": show_config})
 
 
 if __name__ == "__main__":

@@ -131,6 +131,30 @@ class RunConfig:
     eval: EvalConfig = _help("evaluation during and after training", factory=EvalConfig)
 
 
+@dataclass
+class EvalRunConfig:
+    """One evaluation job: a student, the data sets, the prompting strategy, where results go."""
+
+    model: str = _help("exported Hugging Face folder, hub id, run folder or one of its checkpoint folders", "")
+    datasets: list[str] = _help(
+        "name[:split] of gsm8k, svamp, asdiv, multiarith, strategyqa, synthetic, or a .json/.jsonl file",
+        factory=lambda: ["gsm8k"])
+    output_dir: str = _help("folder for predictions, metrics.json and summary.md", "runs/eval")
+    strategy: str = _help("answer_only | zero_shot_cot | few_shot_cot", "zero_shot_cot")
+    k_shot: int = _help("demonstrations for few_shot_cot, drawn with a fixed seed from the train split", 4)
+    seed: int = _help("seed for demonstration draws", 0)
+    limit: int = _help("evaluate at most this many problems per data set (0: all)", 0)
+    max_new_tokens: int = _help("generation budget per problem", 256)
+    max_prompt_tokens: int = _help("prompt tokens kept (the end of the prompt is kept)", 1024)
+    batch_size: int = _help("problems per generate call per rank", 16)
+    precision: str = _help("bf16 | fp16 | fp32", "bf16")
+    zero_stage: int = _help("ZeRO stage of the inference engine (3 partitions the weights over ranks)", 3)
+    offload: bool = _help("offload partitioned weights to CPU memory", False)
+    data_dir: str = _help("folder laid out like shared/data (default: $COTDISTILL_DATA_DIR)", "")
+    synthetic: SyntheticDataConfig = _help("generator settings for the 'synthetic' data set",
+                                           factory=SyntheticDataConfig)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reading and overriding
 
@@ -152,6 +176,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         return None if value is None else _coerce(value, args[0], where)
     if origin is list:
         (item,) = typing.get_args(annotation)
+        if isinstance(value, tuple):  # python-fire parses "a,b" into a tuple
+            value = list(value)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
@@ -238,6 +264,21 @@ def parse_overrides(items: list[str]) -> list[tuple[str, str]]:
             raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.max_steps=20)")
         pairs.append((key.strip(), value))
     return pairs
+
+
+def eval_config(values: dict[str, Any]) -> EvalRunConfig:
+    """Build and validate an evaluation config from keyword values (the CLI's flags), with dotted keys."""
+    config = EvalRunConfig()
+    for key, value in values.items():
+        if value is None:
+            raw = ""
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            raw = str(value)  # python-fire turns --output_dir 2024 into an int; keep the text
+        else:
+            raw = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+        _set_dotted(config, key.replace("-", "_"), raw)
+    validate_eval(config)
+    return config
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -339,3 +380,20 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"data.synthetic.operations {s.operations} must be a non-empty subset of add, sub, mul")
     _positive(config.eval.max_new_tokens, "eval.max_new_tokens")
     _positive(config.eval.batch_size, "eval.batch_size")
+
+
+def validate_eval(config: EvalRunConfig) -> None:
+    if not config.model:
+        raise ConfigError("model is empty: give an exported folder, a hub id, a run folder or a checkpoint folder")
+    if not config.datasets:
+        raise ConfigError("datasets is empty: name at least one (e.g. gsm8k,svamp)")
+    _choice(config.strategy, ("answer_only", "zero_shot_cot", "few_shot_cot"), "strategy")
+    _choice(config.precision, ("bf16", "fp16", "fp32"), "precision")
+    if config.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {config.zero_stage}")
+    if config.strategy == "few_shot_cot":
+        _positive(config.k_shot, "k_shot")
+    _positive(config.limit, "limit", allow_zero=True)
+    _positive(config.max_new_tokens, "max_new_tokens")
+    _positive(config.max_prompt_tokens, "max_prompt_tokens")
+    _positive(config.batch_size, "batch_size")

@@ -14,12 +14,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from cotdistill.answers import answers_match, extract_answer, infer_kind
 from cotdistill.batching import padded_prompts
-from cotdistill.config import EvalConfig
+from cotdistill.config import EvalRunConfig
 from cotdistill.engine import Engine
+from cotdistill.eval_sets import resolve_eval_sets
 from cotdistill.formats import eval_prompts
+from cotdistill.logs import setup_logging
 from cotdistill.problems.record import Problem
+from cotdistill.report import markdown_table
+from cotdistill.student import open_student
+
+NEXT_QUESTION = "\nQuestion:"
 
 
 @dataclass
@@ -82,45 +90,63 @@ def _shard_batches(order: Sequence[int], batch_size: int, world: int, rank: int)
     return batches
 
 
+def clean_generation(text: str) -> str:
+    """The answer part of a generation: a causal model may go on to invent the next question."""
+    return text.split(NEXT_QUESTION, 1)[0].strip()
+
+
+def make_prediction(index: int, problem: Problem, prompt: str, generated: str, tokens: int) -> Prediction:
+    """Score one generation with the project's one answer module (junk text scores wrong, never raises)."""
+    text = clean_generation(generated)
+    kind = infer_kind(problem.source, problem.answer)
+    extracted = extract_answer(text, kind=kind)
+    return Prediction(index, problem.id, problem.question, problem.answer, prompt, text, extracted,
+                      answers_match(extracted, problem.answer, kind=kind), tokens)
+
+
 def evaluate_problems(
     engine: Engine,
     tokenizer,
     causal: bool,
     problems: Sequence[Problem],
     fmt: str,
-    settings: EvalConfig,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
     demo_pool: Sequence[Problem] = (),
     k_shot: int = 0,
     seed: int = 0,
     max_source_tokens: int = 1024,
+    desc: str = "eval",
 ) -> EvalReport:
     """Collective: every rank calls this with the same problems; all get the full report."""
     started = time.perf_counter()
     prompts = eval_prompts(problems, fmt, k_shot=k_shot, seed=seed, demo_pool=demo_pool)
     encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
     encoded = [ids[-max_source_tokens:] for ids in encoded]
-    order = sorted(range(len(problems)), key=lambda i: -len(encoded[i]))
-    batches = _shard_batches(order, settings.batch_size, engine.world_size, engine.rank)
+    order = sorted(range(len(problems)), key=lambda i: (-len(encoded[i]), i))
+    batches = _shard_batches(order, batch_size, engine.world_size, engine.rank)
     pad_id = tokenizer.pad_token_id
     mine: list[Prediction] = []
     was_training = engine.module.training
     engine.eval()
-    for batch in batches:
+    progress = tqdm(total=len(problems), desc=desc, unit="problem", disable=not engine.is_main,
+                    dynamic_ncols=True)
+    span = batch_size * engine.world_size
+    for number, batch in enumerate(batches):
         indices = batch or order[:1]  # dummy batch keeps this rank in step with the others
         inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
-        output = engine.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=False,
-                                 num_beams=1, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        output = engine.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
         new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
+        progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
         if not batch:
             continue
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         for row, i in enumerate(indices):
-            problem = problems[i]
-            kind = infer_kind(problem.source, problem.answer)
-            extracted = extract_answer(texts[row], kind=kind)
             count = int((new_tokens[row] != pad_id).sum())
-            mine.append(Prediction(i, problem.id, problem.question, problem.answer, prompts[i], texts[row].strip(),
-                                   extracted, answers_match(extracted, problem.answer, kind=kind), count))
+            mine.append(make_prediction(i, problems[i], prompts[i], texts[row], count))
+    progress.close()
     if was_training:
         engine.train()
     gathered = engine.all_gather_objects(mine)
@@ -130,5 +156,48 @@ def evaluate_problems(
             seen.setdefault(prediction.index, prediction)
     ordered = [seen[i] for i in sorted(seen)]
     return EvalReport(ordered, time.perf_counter() - started,
-                      {"format": fmt, "max_new_tokens": settings.max_new_tokens, "batch_size": settings.batch_size,
+                      {"format": fmt, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                        "world_size": engine.world_size})
+
+
+def summary_table(reports: dict[str, EvalReport]) -> str:
+    rows = [[name, r.total, r.correct, f"{100 * r.accuracy:.1f}%", f"{r.metrics()['mean_generated_tokens']:.1f}",
+             f"{r.metrics()['examples_per_s']:.2f}"] for name, r in reports.items()]
+    if len(reports) > 1:
+        mean = sum(r.accuracy for r in reports.values()) / len(reports)
+        rows.append(["average", "", "", f"{100 * mean:.1f}%", "", ""])
+    return markdown_table(["data set", "problems", "correct", "accuracy", "mean generated tokens", "examples/s"],
+                          rows)
+
+
+def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
+    """Evaluate a student on data sets across all ranks; rank 0 writes the outputs. Every rank calls this."""
+    engine = Engine()
+    try:
+        log = setup_logging(engine.rank)
+        out = Path(config.output_dir)
+        sets = resolve_eval_sets(config)  # bad names and missing files fail before any model is loaded
+        if engine.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+        student = open_student(engine, config.model, config.precision, config.zero_stage, config.offload)
+        log.info("evaluating %s (%s) on %s with %s", config.model, "causal" if student.causal else "seq2seq",
+                 ", ".join(s.name for s in sets), config.strategy)
+        reports: dict[str, EvalReport] = {}
+        for found in sets:
+            report = evaluate_problems(engine, student.tokenizer, student.causal, found.problems, config.strategy,
+                                       max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+                                       demo_pool=found.demo_pool, k_shot=config.k_shot, seed=config.seed,
+                                       max_source_tokens=config.max_prompt_tokens, desc=found.name)
+            report.settings.update({"model": config.model, "dataset": found.name})
+            reports[found.name] = report
+            if engine.is_main:
+                report.write(out / found.name.replace(":", "_").replace("/", "_"))
+                log.info("%s: %d/%d = %.1f%%", found.name, report.correct, report.total, 100 * report.accuracy)
+        if engine.is_main:
+            metrics = {"model": config.model, "strategy": config.strategy, "world_size": engine.world_size,
+                       "datasets": {name: r.metrics() for name, r in reports.items()}}
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+            (out / "summary.md").write_text(summary_table(reports) + "\n", encoding="utf-8")
+        return reports
+    finally:
+        engine.close()

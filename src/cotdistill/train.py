@@ -245,8 +245,10 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     if config.eval.at_end and held_out:
         limit = config.eval.limit or len(held_out)
         fmt = _eval_format(config)
-        report = evaluate_problems(engine, tokenizer, causal, held_out[:limit], fmt, config.eval,
-                                   demo_pool=train_problems, k_shot=config.data.k_shot, seed=t.seed)
+        report = evaluate_problems(engine, tokenizer, causal, held_out[:limit], fmt,
+                                   max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                                   demo_pool=train_problems, k_shot=config.data.k_shot, seed=t.seed,
+                                   max_source_tokens=config.data.max_source_tokens, desc="held-out")
         result.eval = report
         if engine.is_main:
             report.write(out / "eval")

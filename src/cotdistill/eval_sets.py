@@ -1,0 +1,86 @@
+"""Evaluation data sets by name: which split is evaluated and where few-shot demonstrations come from.
+
+Resolved before any model is loaded, so a typo or a missing file fails before any rank generates.
+Following Fu et al. (2023), the out-of-distribution math sets (SVAMP, ASDiv, MultiArith) take their
+demonstrations from GSM8K's training split; StrategyQA takes them from its own training split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cotdistill.config import DataConfig, EvalRunConfig
+from cotdistill.errors import DataError
+from cotdistill.problems.loaders import dataset_splits, load_problems
+from cotdistill.problems.record import Problem
+from cotdistill.run_data import synthetic_problems
+
+GSM8K_TRAIN = ("gsm8k", "train")
+
+# name -> (default split, where demonstrations come from)
+EVAL_SETS: dict[str, tuple[str, tuple[str, str] | None]] = {
+    "gsm8k": ("test", GSM8K_TRAIN),
+    "svamp": ("all", GSM8K_TRAIN),
+    "asdiv": ("all", GSM8K_TRAIN),
+    "multiarith": ("all", GSM8K_TRAIN),
+    "strategyqa": ("dev", ("strategyqa", "train")),
+    "synthetic": ("held_out", None),
+}
+
+
+@dataclass
+class EvalSet:
+    name: str
+    problems: list[Problem]
+    demo_pool: list[Problem]
+
+
+def _parse(spec: str) -> tuple[str, str | None]:
+    name, _, split = spec.partition(":")
+    return name.strip(), (split.strip() or None)
+
+
+def resolve_eval_set(spec: str, config: EvalRunConfig) -> EvalSet:
+    """Load one data set named ``name[:split]`` (or a .json/.jsonl file of question/answer records)."""
+    data_dir = config.data_dir or None
+    if spec.endswith((".json", ".jsonl")) or Path(spec).is_file():
+        if not Path(spec).is_file():
+            raise DataError(f"evaluation file not found: {spec}")
+        problems = load_problems("jsonl", path=spec)
+        return _limited(EvalSet(Path(spec).stem, problems, problems), config)
+    name, split = _parse(spec)
+    if name not in EVAL_SETS:
+        raise DataError(f"unknown evaluation data set {name!r}; known: {', '.join(EVAL_SETS)}, "
+                        "or a path to a .json/.jsonl file")
+    default_split, demo_source = EVAL_SETS[name]
+    if name == "synthetic":
+        train, held_out = synthetic_problems(DataConfig(dataset="synthetic", synthetic=config.synthetic))
+        return _limited(EvalSet("synthetic", held_out, train), config)
+    split = default_split if split in (None, "default") else split
+    if split not in dataset_splits(name):
+        raise DataError(f"unknown split {split!r} for {name!r}; valid splits: {', '.join(dataset_splits(name))}")
+    problems = load_problems(name, split, data_dir=data_dir)
+    demos: list[Problem] = []
+    if config.strategy == "few_shot_cot" and demo_source is not None:
+        demos = load_problems(demo_source[0], demo_source[1], data_dir=data_dir)
+    label = name if split == default_split else f"{name}:{split}"
+    return _limited(EvalSet(label, problems, demos), config)
+
+
+def _limited(found: EvalSet, config: EvalRunConfig) -> EvalSet:
+    if config.limit:
+        found.problems = found.problems[: config.limit]
+    if not found.problems:
+        raise DataError(f"evaluation data set {found.name!r} holds no problems")
+    return found
+
+
+def resolve_eval_sets(config: EvalRunConfig) -> list[EvalSet]:
+    names = [s for s in config.datasets if s.strip()]
+    sets = [resolve_eval_set(spec, config) for spec in names]
+    labels = [s.name for s in sets]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise DataError(f"data set(s) named twice: {', '.join(duplicates)}")
+    return sets

@@ -1,0 +1,97 @@
+"""The evaluator across 1, 2 and 3 CPU ranks under ZeRO-3, from an exported folder and from a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, TINY_RUN, launch
+
+pytestmark = pytest.mark.distributed
+
+MAX_NEW = 64
+EVAL_ARGS = ["--datasets", "synthetic", "--strategy", "zero_shot_cot", "--synthetic.eval_size", "11",
+             "--synthetic.train_size", "256", "--synthetic.operand_max", "9", "--synthetic.eval_steps", "0",
+             "--batch_size", "2", "--max_new_tokens", str(MAX_NEW)]
+
+
+@pytest.fixture(scope="module")
+def cot_run(tiny_models, tmp_path_factory) -> Path:
+    """A tiny GPT-2 trained long enough on 1-3 step chains that its generations end (EOS) at different lengths."""
+    run = tmp_path_factory.mktemp("cot") / "run"
+    launch("launchers/train.py", ["--config", "recipes/demo-gpt2-synthetic.yaml", *TINY_RUN,
+                                  f"model.name_or_path={tiny_models['gpt2']}", "model.make_tiny=",
+                                  f"output_dir={run}", "train.max_steps=150", "train.lr=3e-3",
+                                  "checkpoint.every=150", "eval.at_end=false"])
+    return run
+
+
+def evaluate(target: Path, out: Path, ranks: int) -> list[dict]:
+    launch("launchers/evaluate.py", [str(target), *EVAL_ARGS, "--output_dir", str(out)], ranks=ranks)
+    lines = (out / "synthetic" / "predictions.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def predictions(cot_run, tmp_path_factory) -> dict[str, list[dict]]:
+    root = tmp_path_factory.mktemp("eval")
+    found = {f"export-{n}": evaluate(cot_run / "final", root / f"export-{n}", n) for n in (1, 2, 3)}
+    found["checkpoint-2"] = evaluate(cot_run, root / "checkpoint-2", 2)
+    found["root"] = root
+    return found
+
+
+def test_generations_stop_at_different_lengths(predictions):
+    tokens = [row["generated_tokens"] for row in predictions["export-1"]]
+    assert len(set(tokens)) > 1 and min(tokens) < MAX_NEW, tokens
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_greedy_predictions_are_identical_on_one_two_and_three_ranks(predictions, ranks):
+    one, many = predictions["export-1"], predictions[f"export-{ranks}"]
+    assert [r["index"] for r in many] == list(range(11))
+    assert [(r["generated"], r["extracted"], r["correct"]) for r in many] == \
+        [(r["generated"], r["extracted"], r["correct"]) for r in one]
+
+
+def test_partitioned_checkpoint_predicts_like_its_exported_folder(predictions):
+    assert [r["generated"] for r in predictions["checkpoint-2"]] == [r["generated"] for r in predictions["export-2"]]
+
+
+def test_outputs_hold_metrics_and_a_summary_table(predictions):
+    out = predictions["root"] / "export-2"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["strategy"] == "zero_shot_cot"
+    synthetic = metrics["datasets"]["synthetic"]
+    assert synthetic["total"] == 11
+    assert synthetic["correct"] == sum(r["correct"] for r in predictions["export-2"])
+    assert "| synthetic | 11 |" in (out / "summary.md").read_text()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cotdistill.cli", "eval", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_unknown_dataset_fails_before_any_model_is_loaded(tmp_path):
+    proc = cli(str(tmp_path / "no-model"), "--datasets", "gsm9k", "--output_dir", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "gsm9k" in proc.stderr and "gsm8k" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    proc = cli(str(tmp_path / "no-model"), "--datasets", "synthetic", "--output_dir", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no-model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_incomplete_checkpoint_is_refused(tmp_path):
+    (tmp_path / "run" / "checkpoints" / "step-000004").mkdir(parents=True)
+    proc = cli(str(tmp_path / "run"), "--datasets", "synthetic", "--output_dir", str(tmp_path / "out"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no complete checkpoint" in proc.stderr
