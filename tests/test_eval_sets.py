@@ -467,3 +467,59 @@ def test_default_split_means_the_evaluation_split(spec, count):
     found = resolve_eval_set(spec, EvalRunConfig(model="m", data_dir=str(SHARED_DATA)))
     assert len(found.problems) == count
     assert found.name == spec.split(":")[0]
+
+
+# --- BIG-Bench Hard ----------------------------------------------------------------------------------------
+
+
+def bbh_config(strategy: str = "few_shot_cot", **extra) -> EvalRunConfig:
+    return EvalRunConfig(model="m", datasets=["bbh"], data_dir=str(SHARED_DATA), strategy=strategy, **extra)
+
+
+def test_bbh_expands_to_27_tasks_with_6511_problems():
+    sets = resolve_eval_sets(bbh_config())
+    assert len(sets) == 27
+    assert all(s.name.startswith("bbh/") for s in sets)
+    assert sum(len(s.problems) for s in sets) == 6511
+    assert all(s.prompts is not None and len(s.prompts) == len(s.problems) for s in sets)
+
+
+def test_bbh_few_shot_prompt_is_the_official_three_shot_prompt_then_the_question():
+    found = resolve_eval_set("bbh:date_understanding", bbh_config())
+    prompt, problem = found.prompts[0], found.problems[0]
+    assert prompt.startswith("Infer the date from context.")
+    assert prompt.count("\nA: Let's think step by step.") == 4
+    assert prompt.endswith(f"Q: {problem.question}\nA: Let's think step by step.")
+    assert "canary" not in prompt.lower()
+
+
+@pytest.mark.parametrize("strategy, ending", [("zero_shot_cot", "\nA: Let's think step by step."),
+                                              ("answer_only", "\nA:")])
+def test_bbh_prompts_without_demonstrations(strategy, ending):
+    found = resolve_eval_set("bbh:boolean_expressions", bbh_config(strategy))
+    assert found.prompts[0] == f"Q: {found.problems[0].question}{ending}"
+
+
+def test_bbh_without_a_task_and_unknown_tasks_are_refused():
+    with pytest.raises(DataError, match="bbh:<task>"):
+        resolve_eval_set("bbh", bbh_config())
+    with pytest.raises(DataError, match="date_understanding"):
+        resolve_eval_set("bbh:dates", bbh_config())
+
+
+def test_every_bbh_target_scores_correct_after_so_the_answer_is():
+    misses = []
+    for found in resolve_eval_sets(bbh_config("zero_shot_cot")):
+        for i, problem in enumerate(found.problems):
+            if not make_prediction(i, problem, "", f"Some steps. So the answer is {problem.answer}.", 5).correct:
+                misses.append((found.name, problem.answer))
+    assert misses == []
+
+
+def test_summary_reports_bbh_as_the_mean_over_its_tasks():
+    def report(correct: int, total: int) -> EvalReport:
+        rows = [Prediction(i, str(i), "q", "1", "p", "t", "1", i < correct, 3) for i in range(total)]
+        return EvalReport(rows, 1.0)
+
+    table = summary_table({"bbh/a": report(1, 2), "bbh/b": report(4, 4), "gsm8k": report(0, 4)})
+    assert "| bbh (mean of 2 tasks) |  |  | 75.0% |" in table

@@ -26,12 +26,12 @@ def cot_run(tiny_models, tmp_path_factory) -> Path:
     launch("launchers/train.py", ["--config", "recipes/demo-gpt2-synthetic.yaml", *TINY_RUN,
                                   f"model.name_or_path={tiny_models['gpt2']}", "model.make_tiny=",
                                   f"output_dir={run}", "train.max_steps=150", "train.lr=3e-3",
-                                  "checkpoint.every=150", "eval.at_end=false"])
+                                  "checkpoint.every=75", "eval.at_end=false"])
     return run
 
 
-def evaluate(target: Path, out: Path, ranks: int) -> list[dict]:
-    launch("launchers/evaluate.py", [str(target), *EVAL_ARGS, "--output_dir", str(out)], ranks=ranks)
+def evaluate(target: Path, out: Path, ranks: int, *extra: str) -> list[dict]:
+    launch("launchers/evaluate.py", [str(target), *EVAL_ARGS, "--output_dir", str(out), *extra], ranks=ranks)
     lines = (out / "synthetic" / "predictions.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
 
@@ -41,6 +41,7 @@ def predictions(cot_run, tmp_path_factory) -> dict[str, list[dict]]:
     root = tmp_path_factory.mktemp("eval")
     found = {f"export-{n}": evaluate(cot_run / "final", root / f"export-{n}", n) for n in (1, 2, 3)}
     found["checkpoint-2"] = evaluate(cot_run, root / "checkpoint-2", 2)
+    found["vote-2"] = evaluate(cot_run / "final", root / "vote-2", 2, "--samples", "3", "--temperature", "0.9")
     found["root"] = root
     return found
 
@@ -95,3 +96,38 @@ def test_incomplete_checkpoint_is_refused(tmp_path):
     proc = cli(str(tmp_path / "run"), "--datasets", "synthetic", "--output_dir", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no complete checkpoint" in proc.stderr
+
+
+def test_self_consistency_samples_and_votes_on_two_ranks(predictions):
+    rows = predictions["vote-2"]
+    assert [r["index"] for r in rows] == list(range(11))
+    assert all(len(r["samples"]) == 3 for r in rows)
+    assert any(len(set(r["samples"])) > 1 for r in rows), "sampling at temperature 0.9 should vary"
+    for r in rows:
+        if r["votes"]:
+            assert r["votes"][r["extracted"]] == max(r["votes"].values())
+
+
+def test_checkpoint_selection_over_a_run_on_two_ranks(cot_run, tmp_path):
+    questions = tmp_path / "tiny.jsonl"
+    questions.write_text("".join(json.dumps({"question": f"Ann has {n} apples. Ann finds 2 more apples. How many "
+                                                         "apples does Ann have now?", "answer": str(n + 2)}) + "\n"
+                                 for n in range(1, 6)))
+    out = tmp_path / "selection"
+    launch("launchers/eval_checkpoints.py", [str(cot_run), "--datasets", f"synthetic,{questions}",
+                                             "--synthetic.eval_size", "5", "--synthetic.train_size", "256",
+                                             "--synthetic.operand_max", "9", "--max_new_tokens", "48",
+                                             "--batch_size", "4", "--output_dir", str(out)])
+    selection = json.loads((out / "selection.json").read_text())
+    assert sorted(map(int, selection["accuracy"])) == [75, 150]
+    assert set(selection["accuracy"]["150"]) == {"synthetic", "tiny"}
+    assert selection["in_distribution"] == "synthetic"
+    assert selection["best"]["average"] in (75, 150)
+    assert (out / "accuracy_vs_step.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "step-000075" / "tiny" / "predictions.jsonl").is_file()
+    assert "synthetic (ID)" in (out / "selection.md").read_text()
+
+
+def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(cot_run):
+    proc = launch("tests/scripts/rank_dies.py", [str(cot_run / "final")], timeout=180, expect_ok=False)
+    assert proc.returncode != 0

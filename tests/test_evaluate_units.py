@@ -97,7 +97,7 @@ def test_write_saves_predictions_metrics_and_summary(report, tmp_path):
     rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rows == [asdict(p) for p in report.predictions]
     assert set(rows[0]) == {"index", "id", "question", "gold", "prompt", "generated", "extracted", "correct",
-                            "generated_tokens"}
+                            "generated_tokens", "samples", "votes"}
     assert rows[1]["extracted"] is None and rows[1]["correct"] is False
 
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
@@ -113,3 +113,27 @@ def test_write_overwrites_an_earlier_report_in_the_same_folder(report, tmp_path)
     report.write(tmp_path)
     assert len((tmp_path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()) == 3
     assert json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))["total"] == 3
+
+
+def vote(texts: list[str], gold: str = "4"):
+    from cotdistill.evaluate import majority_vote
+    from cotdistill.problems.record import Problem
+
+    return majority_vote(Problem("p", "q?", gold, source="gsm8k"), "prompt", 0, texts, 5)
+
+
+def test_majority_vote_picks_the_most_frequent_answer():
+    found = vote(["The answer is 3.", "The answer is 4.", "So 2 + 2 = 4. The answer is 4.", "no idea"])
+    assert (found.extracted, found.correct) == ("4", True)
+    assert found.votes == {"3": 1, "4": 2}
+    assert found.samples[0] == "The answer is 3." and found.generated == "The answer is 3."
+
+
+def test_majority_vote_tie_goes_to_the_earliest_sample():
+    found = vote(["The answer is 5.", "The answer is 4."])
+    assert (found.extracted, found.correct) == ("5", False)
+
+
+def test_majority_vote_without_any_answer_is_wrong():
+    found = vote(["hmm", ""])
+    assert found.extracted is None and not found.correct and found.votes == {}

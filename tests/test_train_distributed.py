@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from conftest import TINY_RUN, launch, read_losses
+from conftest import SHARED_DATA, TINY_RUN, launch, read_losses
 from cotdistill.checkpoints import MARKER, complete_checkpoints
 
 pytestmark = pytest.mark.distributed
@@ -58,7 +58,9 @@ def gpt2_run(tiny_models, tmp_path_factory) -> dict[str, Path]:
     model = tiny_models["gpt2"]
     # Also exercises gradient accumulation and gradient checkpointing under ZeRO-3.
     launch("launchers/train.py", train_args("gpt2", model, root / "full", "train.gradient_accumulation=2",
-                                            "train.micro_batch_size=2", "model.gradient_checkpointing=true"))
+                                            "train.micro_batch_size=2", "model.gradient_checkpointing=true",
+                                            "eval.every=3", "eval.limit=4", "eval.datasets=[multiarith:test]",
+                                            f"data.data_dir={SHARED_DATA}"))
     return {"model": model, "full": root / "full", "root": root}
 
 
@@ -108,10 +110,12 @@ def test_exported_weights_reload_without_deepspeed_with_the_engines_logits(which
 @pytest.mark.parametrize("which", ["t5", "gpt2"])
 def test_held_out_evaluation_on_two_ranks_writes_every_problem_in_order(which, t5_runs, gpt2_run):
     run = t5_runs if which == "t5" else gpt2_run
-    rows = [json.loads(line) for line in (run["full"] / "eval" / "predictions.jsonl").read_text().splitlines()]
-    assert [r["index"] for r in rows] == list(range(6))
-    metrics = json.loads((run["full"] / "eval" / "metrics.json").read_text())
-    assert metrics["total"] == 6 and metrics["world_size"] == 2
+    folder = run["full"] / "eval" / "held-out"
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+    expected = 4 if which == "gpt2" else 6  # the GPT-2 run caps dev sets with eval.limit=4
+    assert [r["index"] for r in rows] == list(range(expected))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["total"] == expected and metrics["world_size"] == 2
     assert metrics["correct"] == sum(r["correct"] for r in rows)
 
 
@@ -122,7 +126,7 @@ def test_tensorboard_has_training_scalars(t5_runs):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss", "train/lr", "train/grad_norm", "train/samples_per_s", "train/tokens_per_s",
-                "train/padding_fraction", "train/step_time_s", "eval/accuracy"):
+                "train/padding_fraction", "train/step_time_s", "eval/held-out/accuracy"):
         assert tag in tags
     assert any(tag.startswith("config") for tag in events.Tags()["tensors"]), events.Tags()["tensors"]
 
@@ -140,3 +144,14 @@ def test_any_checkpoint_exports_offline_to_the_same_weights_as_the_final_export(
     for name, tensor in final.items():
         assert torch.equal(exported[name], tensor), name
     assert AutoTokenizer.from_pretrained(str(tmp_path / "hf"))("Ann has 3")["input_ids"]
+
+
+def test_periodic_evaluation_logs_every_dev_set_during_training(gpt2_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(gpt2_run["full"] / "tensorboard"))
+    events.Reload()
+    for tag in ("eval/held-out/accuracy", "eval/multiarith:test/accuracy"):
+        assert [e.step for e in events.Scalars(tag)] == [3, 6], tag
+    mid = gpt2_run["full"] / "eval" / "step-000003" / "multiarith_test" / "predictions.jsonl"
+    assert len(mid.read_text().splitlines()) == 4

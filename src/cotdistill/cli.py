@@ -1,4 +1,4 @@
-"""The ``cotdistill`` command (python-fire): eval, make-tiny, export, show-config.
+"""The ``cotdistill`` command (python-fire): eval, eval-checkpoints, make-tiny, export, show-config.
 
 Training runs through ``deepspeed launchers/train.py`` so that the DeepSpeed launcher owns the ranks.
 """
@@ -57,13 +57,29 @@ def evaluate(model: str, **options) -> str:
     return summary_table(reports)
 
 
+def eval_checkpoints(run_dir: str, in_distribution: str = "", **options) -> str:
+    """Evaluate every saved checkpoint of a run; table, PNG plot and the best checkpoint per data set.
+
+    Example: cotdistill eval-checkpoints runs/flan-t5-base --datasets gsm8k,multiarith,asdiv,svamp
+    The first data set is in-distribution unless --in_distribution names another.
+    """
+    from cotdistill.checkpoint_selection import evaluate_checkpoints
+    from cotdistill.config import eval_config
+
+    options.setdefault("output_dir", str(Path(run_dir) / "checkpoint_selection"))
+    selection = run_or_exit(lambda: evaluate_checkpoints(eval_config({"model": run_dir, **options}),
+                                                         in_distribution))
+    return selection.table()
+
+
 def show_config(config: str = "", *overrides: str) -> None:
     """Print the fully resolved run config of a recipe with overrides applied (validates it)."""
     print(to_yaml(run_or_exit(lambda: load_config(config or None, list(overrides)))), end="")
 
 
 def main() -> None:
-    fire.Fire({"eval": evaluate, "make-tiny": make_tiny, "export": export, "show-config": show_config})
+    fire.Fire({"eval": evaluate, "eval-checkpoints": eval_checkpoints, "make-tiny": make_tiny, "export": export,
+               "show-config": show_config})
 
 
 if __name__ == "__main__":

@@ -114,10 +114,13 @@ class CheckpointConfig:
 @dataclass
 class EvalConfig:
     format: str = _help("prompt format for evaluation ('': the training mixture's heaviest format)", "")
-    at_end: bool = _help("evaluate greedy accuracy on the held-out problems after training", True)
+    at_end: bool = _help("evaluate greedy accuracy on the dev sets after training", True)
+    every: int = _help("also evaluate every N optimizer steps (0: only at the end)", 0)
+    datasets: list[str] = _help("dev sets besides the synthetic held-out problems, as in cotdistill eval "
+                                "(e.g. gsm8k, svamp:test); capped at eval.limit problems each", factory=list)
     max_new_tokens: int = _help("generation budget per problem", 160)
     batch_size: int = _help("problems per generate call per rank", 16)
-    limit: int = _help("evaluate at most this many held-out problems (0: all)", 0)
+    limit: int = _help("evaluate at most this many problems per dev set (0: all)", 0)
 
 
 @dataclass
@@ -137,7 +140,8 @@ class EvalRunConfig:
 
     model: str = _help("exported Hugging Face folder, hub id, run folder or one of its checkpoint folders", "")
     datasets: list[str] = _help(
-        "name[:split] of gsm8k, svamp, asdiv, multiarith, strategyqa, synthetic, or a .json/.jsonl file",
+        "name[:split] of gsm8k, svamp, asdiv, multiarith, strategyqa, bbh (all 27 tasks, or bbh:<task>), "
+        "synthetic, or a .json/.jsonl file",
         factory=lambda: ["gsm8k"])
     output_dir: str = _help("folder for predictions, metrics.json and summary.md", "runs/eval")
     strategy: str = _help("answer_only | zero_shot_cot | few_shot_cot", "zero_shot_cot")
@@ -147,6 +151,8 @@ class EvalRunConfig:
     max_new_tokens: int = _help("generation budget per problem", 256)
     max_prompt_tokens: int = _help("prompt tokens kept (the end of the prompt is kept)", 1024)
     batch_size: int = _help("problems per generate call per rank", 16)
+    samples: int = _help("self-consistency: sampled generations per problem, majority vote (1: greedy)", 1)
+    temperature: float = _help("sampling temperature when samples > 1", 0.7)
     precision: str = _help("bf16 | fp16 | fp32", "bf16")
     zero_stage: int = _help("ZeRO stage of the inference engine (3 partitions the weights over ranks)", 3)
     offload: bool = _help("offload partitioned weights to CPU memory", False)
@@ -379,6 +385,7 @@ def validate(config: RunConfig) -> None:
     if unknown_ops or not s.operations:
         raise ConfigError(f"data.synthetic.operations {s.operations} must be a non-empty subset of add, sub, mul")
     _positive(config.eval.max_new_tokens, "eval.max_new_tokens")
+    _positive(config.eval.every, "eval.every", allow_zero=True)
     _positive(config.eval.batch_size, "eval.batch_size")
 
 
@@ -397,3 +404,6 @@ def validate_eval(config: EvalRunConfig) -> None:
     _positive(config.max_new_tokens, "max_new_tokens")
     _positive(config.max_prompt_tokens, "max_prompt_tokens")
     _positive(config.batch_size, "batch_size")
+    _positive(config.samples, "samples")
+    if config.samples > 1:
+        _positive(config.temperature, "temperature")

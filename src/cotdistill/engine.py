@@ -183,6 +183,15 @@ class Engine:
         self.ds_config = config
         self.ds, _, _, _ = self._deepspeed.initialize(model=model, config=config)
 
+    def release_model(self) -> None:
+        """Drop the current model and engine (e.g. between checkpoints) so their memory can be reused."""
+        import gc
+
+        self.ds = None
+        self._hf_ds_config = None
+        gc.collect()
+        self._accelerator.empty_cache()
+
     @property
     def module(self) -> torch.nn.Module:
         return self.ds.module

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cotdistill.config import DataConfig, EvalRunConfig
 from cotdistill.errors import DataError
-from cotdistill.problems.loaders import dataset_splits, load_problems
+from cotdistill.problems.loaders import dataset_splits, load_problems, resolve_data_dir
+from cotdistill.problems.reasoning import BBH_TASKS, bbh_cot_prompt, read_bbh_task
 from cotdistill.problems.record import Problem
 from cotdistill.run_data import synthetic_problems
 
@@ -26,7 +27,9 @@ EVAL_SETS: dict[str, tuple[str, tuple[str, str] | None]] = {
     "multiarith": ("all", GSM8K_TRAIN),
     "strategyqa": ("dev", ("strategyqa", "train")),
     "synthetic": ("held_out", None),
+    "bbh": ("all", None),  # expands to one set per task, prompted with the official 3-shot CoT prompts
 }
+BBH_PREFIX = "bbh/"
 
 
 @dataclass
@@ -34,6 +37,34 @@ class EvalSet:
     name: str
     problems: list[Problem]
     demo_pool: list[Problem]
+    prompts: list[str] | None = None  # ready-made prompts (BBH); otherwise formats.eval_prompts builds them
+
+
+def folder_name(name: str) -> str:
+    """A data set's label as a folder name (``svamp:test`` -> ``svamp_test``, ``bbh/x`` -> ``bbh_x``)."""
+    return name.replace(":", "_").replace("/", "_")
+
+
+def bbh_prompt(problem: Problem, strategy: str, cot_prompt: str) -> str:
+    """BBH's own Q/A layout (Suzgun et al.): the official 3 demonstrations for few-shot CoT."""
+    question = f"Q: {problem.question}\nA:"
+    if strategy == "answer_only":
+        return question
+    question += " Let's think step by step."
+    return f"{cot_prompt.strip()}\n\n{question}" if strategy == "few_shot_cot" else question
+
+
+def _bbh_task(task: str, config: EvalRunConfig) -> EvalSet:
+    if task not in BBH_TASKS:
+        raise DataError(f"unknown BBH task {task!r}; known tasks: {', '.join(BBH_TASKS)}")
+    folder = resolve_data_dir(config.data_dir or None)
+    if folder is None:
+        raise DataError("bbh needs data_dir= or $COTDISTILL_DATA_DIR: a folder laid out like the shared data")
+    problems = read_bbh_task(folder / "bbh" / "bbh" / f"{task}.json", task)
+    cot = bbh_cot_prompt(task, folder) if config.strategy == "few_shot_cot" else ""
+    found = _limited(EvalSet(BBH_PREFIX + task, problems, []), config)
+    found.prompts = [bbh_prompt(p, config.strategy, cot) for p in found.problems]
+    return found
 
 
 def _parse(spec: str) -> tuple[str, str | None]:
@@ -54,6 +85,10 @@ def resolve_eval_set(spec: str, config: EvalRunConfig) -> EvalSet:
         raise DataError(f"unknown evaluation data set {name!r}; known: {', '.join(EVAL_SETS)}, "
                         "or a path to a .json/.jsonl file")
     default_split, demo_source = EVAL_SETS[name]
+    if name == "bbh":
+        if split in (None, "default", "all"):
+            raise DataError("bbh holds 27 tasks: name one as bbh:<task>, or list bbh in datasets for all of them")
+        return _bbh_task(split, config)
     if name == "synthetic":
         train, held_out = synthetic_problems(DataConfig(dataset="synthetic", synthetic=config.synthetic))
         return _limited(EvalSet("synthetic", held_out, train), config)
@@ -77,7 +112,13 @@ def _limited(found: EvalSet, config: EvalRunConfig) -> EvalSet:
 
 
 def resolve_eval_sets(config: EvalRunConfig) -> list[EvalSet]:
-    names = [s for s in config.datasets if s.strip()]
+    """Every requested set; ``bbh`` (or ``bbh:all``) expands to its 27 tasks."""
+    names: list[str] = []
+    for spec in (s.strip() for s in config.datasets if s.strip()):
+        if spec in ("bbh", "bbh:all", "bbh:default"):
+            names += [f"bbh:{task}" for task in BBH_TASKS]
+        else:
+            names.append(spec)
     sets = [resolve_eval_set(spec, config) for spec in names]
     labels = [s.name for s in sets]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,14 +21,14 @@ from cotdistill.answers import answers_match, extract_answer, infer_kind
 from cotdistill.batching import padded_prompts
 from cotdistill.config import EvalRunConfig
 from cotdistill.engine import Engine
-from cotdistill.eval_sets import resolve_eval_sets
+from cotdistill.eval_sets import BBH_PREFIX, folder_name, resolve_eval_sets
 from cotdistill.formats import eval_prompts
 from cotdistill.logs import setup_logging
 from cotdistill.problems.record import Problem
 from cotdistill.report import markdown_table
 from cotdistill.student import open_student
 
-NEXT_QUESTION = "\nQuestion:"
+NEXT_QUESTION = ("\nQuestion:", "\nQ:")  # the question blocks of formats.py and of BBH
 
 
 @dataclass
@@ -41,6 +42,8 @@ class Prediction:
     extracted: str | None
     correct: bool
     generated_tokens: int
+    samples: list[str] | None = None  # self-consistency: every sampled text (generated is the first)
+    votes: dict[str, int] | None = None  # self-consistency: extracted answer -> count
 
 
 @dataclass
@@ -92,7 +95,9 @@ def _shard_batches(order: Sequence[int], batch_size: int, world: int, rank: int)
 
 def clean_generation(text: str) -> str:
     """The answer part of a generation: a causal model may go on to invent the next question."""
-    return text.split(NEXT_QUESTION, 1)[0].strip()
+    for marker in NEXT_QUESTION:
+        text = text.split(marker, 1)[0]
+    return text.strip()
 
 
 def make_prediction(index: int, problem: Problem, prompt: str, generated: str, tokens: int) -> Prediction:
@@ -102,6 +107,24 @@ def make_prediction(index: int, problem: Problem, prompt: str, generated: str, t
     extracted = extract_answer(text, kind=kind)
     return Prediction(index, problem.id, problem.question, problem.answer, prompt, text, extracted,
                       answers_match(extracted, problem.answer, kind=kind), tokens)
+
+
+def majority_vote(problem: Problem, prompt: str, index: int, texts: Sequence[str], tokens: int) -> Prediction:
+    """Self-consistency (Wang et al.): the most frequent extracted answer wins; ties go to the earliest sample.
+
+    Samples with no extractable answer do not vote; if none votes, the prediction is wrong.
+    """
+    scored = [make_prediction(index, problem, prompt, text, tokens) for text in texts]
+    votes = Counter(p.extracted for p in scored if p.extracted is not None)
+    first = scored[0]
+    if not votes:
+        winner, correct = None, False
+    else:
+        top = max(votes.values())
+        winner = next(p.extracted for p in scored if p.extracted is not None and votes[p.extracted] == top)
+        correct = next(p.correct for p in scored if p.extracted == winner)
+    return Prediction(index, first.id, first.question, first.gold, prompt, first.generated, winner, correct, tokens,
+                      samples=[p.generated for p in scored], votes=dict(votes))
 
 
 def evaluate_problems(
@@ -118,10 +141,18 @@ def evaluate_problems(
     seed: int = 0,
     max_source_tokens: int = 1024,
     desc: str = "eval",
+    prompts: Sequence[str] | None = None,
+    samples: int = 1,
+    temperature: float = 0.7,
 ) -> EvalReport:
-    """Collective: every rank calls this with the same problems; all get the full report."""
+    """Collective: every rank calls this with the same problems; all get the full report.
+
+    ``samples`` > 1 turns on self-consistency: that many sampled generations per problem at
+    ``temperature``, scored by majority vote over extracted answers.
+    """
     started = time.perf_counter()
-    prompts = eval_prompts(problems, fmt, k_shot=k_shot, seed=seed, demo_pool=demo_pool)
+    if prompts is None:
+        prompts = eval_prompts(problems, fmt, k_shot=k_shot, seed=seed, demo_pool=demo_pool)
     encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
     encoded = [ids[-max_source_tokens:] for ids in encoded]
     order = sorted(range(len(problems)), key=lambda i: (-len(encoded[i]), i))
@@ -136,16 +167,22 @@ def evaluate_problems(
     for number, batch in enumerate(batches):
         indices = batch or order[:1]  # dummy batch keeps this rank in step with the others
         inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
-        output = engine.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples} \
+            if samples > 1 else {"do_sample": False}
+        output = engine.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=pad_id,
+                                 eos_token_id=tokenizer.eos_token_id, **sampling)
         new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
         progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
         if not batch:
             continue
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         for row, i in enumerate(indices):
-            count = int((new_tokens[row] != pad_id).sum())
-            mine.append(make_prediction(i, problems[i], prompts[i], texts[row], count))
+            rows = slice(row * samples, (row + 1) * samples)
+            count = int((new_tokens[rows] != pad_id).sum()) // samples
+            if samples > 1:
+                mine.append(majority_vote(problems[i], prompts[i], i, texts[rows], count))
+            else:
+                mine.append(make_prediction(i, problems[i], prompts[i], texts[row], count))
     progress.close()
     if was_training:
         engine.train()
@@ -155,14 +192,26 @@ def evaluate_problems(
         for prediction in shard:
             seen.setdefault(prediction.index, prediction)
     ordered = [seen[i] for i in sorted(seen)]
-    return EvalReport(ordered, time.perf_counter() - started,
-                      {"format": fmt, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                       "world_size": engine.world_size})
+    settings = {"format": fmt, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                "world_size": engine.world_size, "samples": samples}
+    if samples > 1:
+        settings["temperature"] = temperature
+    return EvalReport(ordered, time.perf_counter() - started, settings)
+
+
+def bbh_average(reports: dict[str, EvalReport]) -> float | None:
+    """BBH is reported as the unweighted mean over its tasks, as in Suzgun et al."""
+    tasks = [r.accuracy for name, r in reports.items() if name.startswith(BBH_PREFIX)]
+    return sum(tasks) / len(tasks) if tasks else None
 
 
 def summary_table(reports: dict[str, EvalReport]) -> str:
     rows = [[name, r.total, r.correct, f"{100 * r.accuracy:.1f}%", f"{r.metrics()['mean_generated_tokens']:.1f}",
              f"{r.metrics()['examples_per_s']:.2f}"] for name, r in reports.items()]
+    bbh = bbh_average(reports)
+    if bbh is not None:
+        count = sum(name.startswith(BBH_PREFIX) for name in reports)
+        rows.append([f"bbh (mean of {count} tasks)", "", "", f"{100 * bbh:.1f}%", "", ""])
     if len(reports) > 1:
         mean = sum(r.accuracy for r in reports.values()) / len(reports)
         rows.append(["average", "", "", f"{100 * mean:.1f}%", "", ""])
@@ -187,15 +236,19 @@ def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
             report = evaluate_problems(engine, student.tokenizer, student.causal, found.problems, config.strategy,
                                        max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                        demo_pool=found.demo_pool, k_shot=config.k_shot, seed=config.seed,
-                                       max_source_tokens=config.max_prompt_tokens, desc=found.name)
+                                       max_source_tokens=config.max_prompt_tokens, desc=found.name,
+                                       prompts=found.prompts, samples=config.samples,
+                                       temperature=config.temperature)
             report.settings.update({"model": config.model, "dataset": found.name})
             reports[found.name] = report
             if engine.is_main:
-                report.write(out / found.name.replace(":", "_").replace("/", "_"))
+                report.write(out / folder_name(found.name))
                 log.info("%s: %d/%d = %.1f%%", found.name, report.correct, report.total, 100 * report.accuracy)
         if engine.is_main:
             metrics = {"model": config.model, "strategy": config.strategy, "world_size": engine.world_size,
                        "datasets": {name: r.metrics() for name, r in reports.items()}}
+            if bbh_average(reports) is not None:
+                metrics["bbh_average"] = bbh_average(reports)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
             (out / "summary.md").write_text(summary_table(reports) + "\n", encoding="utf-8")
         return reports

@@ -23,10 +23,11 @@ import torch
 
 from cotdistill import checkpoints as ckpt
 from cotdistill.batching import LengthGroupedBatches, collate, padding_stats, tokenize_examples
-from cotdistill.config import RunConfig, to_yaml
+from cotdistill.config import EvalRunConfig, RunConfig, to_yaml
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
+from cotdistill.eval_sets import EvalSet, folder_name, resolve_eval_sets
 from cotdistill.evaluate import EvalReport, evaluate_problems
 from cotdistill.export import export_from_engine, save_run_meta
 from cotdistill.formats import build_examples, validate_mixture
@@ -38,6 +39,7 @@ from cotdistill.schedule import lr_at
 from cotdistill.tiny import build_tiny_model
 
 TRAIN_LOG = "train_log.jsonl"
+HELD_OUT = "held-out"
 RUN_CONFIG = "run_config.yaml"  # not config.json: a run folder must never look like a Hugging Face model
 
 
@@ -131,6 +133,8 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
                               demo_pool=train_problems)
     log.info("data: %d training problems -> %d examples (%s); %d held-out problems", len(train_problems),
              len(examples), ", ".join(f"{k} {v:.0%}" for k, v in mixture.items()), len(held_out))
+
+    dev_sets = _dev_sets(config, train_problems, held_out)  # resolved now: a bad name fails before the model
 
     model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
@@ -228,6 +232,9 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
         if stopping:
             log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume", step)
             break
+        if config.eval.every and step % config.eval.every == 0 and step < total_steps and dev_sets:
+            _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer,
+                               out / "eval" / f"step-{step:06d}", log)
 
     if progress is not None:
         progress.close()
@@ -242,22 +249,45 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     if config.checkpoint.export_final:
         result.export_dir = export_from_engine(engine, tokenizer, out / "final")
         log.info("exported Hugging Face weights to %s", result.export_dir)
-    if config.eval.at_end and held_out:
-        limit = config.eval.limit or len(held_out)
-        fmt = _eval_format(config)
-        report = evaluate_problems(engine, tokenizer, causal, held_out[:limit], fmt,
-                                   max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                                   demo_pool=train_problems, k_shot=config.data.k_shot, seed=t.seed,
-                                   max_source_tokens=config.data.max_source_tokens, desc="held-out")
-        result.eval = report
-        if engine.is_main:
-            report.write(out / "eval")
-            writer.add_scalar("eval/accuracy", report.accuracy, step)
-            log.info("held-out accuracy (%s, greedy): %d/%d = %.1f%%", fmt, report.correct, report.total,
-                     100 * report.accuracy)
+    if config.eval.at_end and dev_sets:
+        reports = _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer, out / "eval", log)
+        result.eval = reports.get(HELD_OUT)
     if writer is not None:
         writer.close()
     return result
+
+
+def _dev_sets(config: RunConfig, train_problems: list, held_out: list) -> list[EvalSet]:
+    """The held-out synthetic problems plus ``eval.datasets``, each capped at ``eval.limit`` problems."""
+    fmt = _eval_format(config)
+    limit = config.eval.limit
+    sets = [EvalSet(HELD_OUT, held_out[: limit or len(held_out)], train_problems)] if held_out else []
+    if config.eval.datasets:
+        request = EvalRunConfig(model=config.model.name_or_path, datasets=list(config.eval.datasets),
+                                strategy=fmt, k_shot=config.data.k_shot, seed=config.train.seed, limit=limit,
+                                data_dir=config.data.data_dir)
+        sets += resolve_eval_sets(request)
+    return sets
+
+
+def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalSet], config: RunConfig, step: int,
+                       writer, folder: Path, log) -> dict[str, EvalReport]:
+    """Collective: greedy accuracy on each dev set with the live engine; TensorBoard eval/<set>/accuracy."""
+    fmt = _eval_format(config)
+    reports = {}
+    for dev in sets:
+        report = evaluate_problems(engine, tokenizer, causal, dev.problems, fmt,
+                                   max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                                   demo_pool=dev.demo_pool, k_shot=config.data.k_shot, seed=config.train.seed,
+                                   max_source_tokens=config.data.max_source_tokens, desc=f"eval {dev.name}",
+                                   prompts=dev.prompts)
+        reports[dev.name] = report
+        if engine.is_main:
+            report.write(folder / folder_name(dev.name))
+            writer.add_scalar(f"eval/{dev.name}/accuracy", report.accuracy, step)
+            log.info("step %d %s accuracy (%s, greedy): %d/%d = %.1f%%", step, dev.name, fmt, report.correct,
+                     report.total, 100 * report.accuracy)
+    return reports
 
 
 def _save(engine: Engine, config: RunConfig, out: Path, step: int, micro_step: int, loss: float, log) -> None:
