@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint bench bench-eval clean
 
 install: $(VENV)/.installed
 
@@ -29,8 +29,16 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Benchmarks (not part of make test); figures go to docs/BENCHMARKS.md with their commands.
+bench: bench-eval
+
+bench-eval: install
+	@rm -rf runs/bench-tiny-t5
+	$(VENV)/bin/cotdistill make-tiny t5 runs/bench-tiny-t5 --config recipes/demo-t5-synthetic.yaml
+	$(PY) benchmarks/eval_throughput.py --model runs/bench-tiny-t5 --problems 128 --batch_size 16 --max_new_tokens 48
+
 lint: install
-	$(VENV)/bin/ruff check src tests launchers
+	$(VENV)/bin/ruff check src tests launchers benchmarks
 
 clean:
 	rm -rf runs .pytest_cache

@@ -169,8 +169,10 @@ def evaluate_problems(
         inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples} \
             if samples > 1 else {"do_sample": False}
+        if causal:  # a decoder-only model may run on into the next question: stop it there
+            sampling.update(stop_strings=list(NEXT_QUESTION), tokenizer=tokenizer)
         output = engine.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=pad_id,
-                                 eos_token_id=tokenizer.eos_token_id, **sampling)
+                                 eos_token_id=tokenizer.eos_token_id, use_cache=True, **sampling)
         new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
         progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
         if not batch:
