@@ -13,7 +13,7 @@ from cotdistill.batching import (
     LengthGroupedBatches,
     TokenizedExample,
     collate,
-    left_padded_prompts,
+    padded_prompts,
     padding_stats,
     tokenize_examples,
 )
@@ -335,8 +335,8 @@ def test_padding_stats_causal_counts_only_the_joint_sequence():
     assert padding_stats(batch, causal=True) == (4, 6)
 
 
-def test_left_padded_prompts_pad_on_the_left():
-    out = left_padded_prompts([[1, 2, 3], [4], [5, 6]], pad_id=0)
+def test_generation_prompts_can_pad_on_the_left():
+    out = padded_prompts([[1, 2, 3], [4], [5, 6]], pad_id=0, left=True)
     assert out["input_ids"].tolist() == [[1, 2, 3], [0, 0, 4], [0, 5, 6]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
     assert out["input_ids"][:, -1].tolist() == [3, 4, 6]

@@ -145,9 +145,6 @@ def padded_prompts(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) ->
             "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=left)}
 
 
-def left_padded_prompts(prompts: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    return padded_prompts(prompts, pad_id, left=True)
-
 
 def padding_stats(batch: dict[str, torch.Tensor], causal: bool) -> tuple[int, int]:
     """(real tokens, token slots) the model processes for a collated micro-batch.

@@ -118,10 +118,6 @@ class Engine:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.type == "cuda"
-
     def barrier(self) -> None:
         self._dist.barrier()
 
@@ -216,9 +212,6 @@ class Engine:
         """Micro-batch step: DeepSpeed applies the optimizer only at the accumulation boundary."""
         self.ds.step()
 
-    def at_accumulation_boundary(self) -> bool:
-        return bool(self.ds.is_gradient_accumulation_boundary())
-
     def set_lr(self, lr: float) -> None:
         for group in self.ds.optimizer.param_groups:
             group["lr"] = lr
@@ -265,7 +258,7 @@ class Engine:
         if self.is_main:
             with _silenced():  # DeepSpeed prints a banner and progress bars while it parses the shards
                 state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=tag, lazy_mode=True)
-        names = self.broadcast_object(sorted(state)) if self.is_main else self.broadcast_object(None)
+        names = self.broadcast_object(sorted(state))  # rank 0's names reach every rank
         module = self.module
         params = dict(module.named_parameters())
         missing = sorted(set(params) - set(names))
@@ -292,8 +285,9 @@ class Engine:
             elif self.is_main:
                 state[name] = param.detach().to("cpu", copy=True)
         if self.is_main:
+            persistent = set(module.state_dict(keep_vars=True))  # non-persistent buffers are not saved
             for name, buffer in module.named_buffers():
-                if name in module.state_dict():
+                if name in persistent:
                     state[name] = buffer.detach().to("cpu", copy=True)
         return state if self.is_main else None
 

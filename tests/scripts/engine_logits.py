@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from cotdistill.batching import left_padded_prompts
+from cotdistill.batching import padded_prompts
 from cotdistill.engine import Engine
 from cotdistill.student import open_student
 
@@ -19,7 +19,7 @@ def main() -> None:
     student = open_student(engine, target)
     tok = student.tokenizer
     ids = tok(texts, add_special_tokens=not student.causal)["input_ids"]
-    batch = left_padded_prompts(ids, tok.pad_token_id)
+    batch = padded_prompts(ids, tok.pad_token_id, left=True)
     if not student.causal:
         batch["decoder_input_ids"] = torch.zeros_like(batch["input_ids"][:, :4]) + tok.pad_token_id
     with torch.no_grad():
