@@ -70,6 +70,20 @@ def _silenced() -> Iterator[None]:
         yield
 
 
+def _disable_cpu_shm_allreduce() -> None:
+    """Keep DeepSpeed's CPU shared-memory all-reduce op out of the process group.
+
+    We never use it (all collectives go through torch.distributed), and it leaves one
+    /dev/shm/deepspeed_allreduce_buffer_* per job and port behind; a later job that reuses the port
+    with another world size aborted at start-up here ("terminate called without an active exception").
+    """
+    if torch.cuda.is_available():
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def share_cpu_threads() -> None:
     """Give each rank on a node its share of the cores when running on CPU.
 
@@ -94,6 +108,7 @@ class Engine:
         import deepspeed
 
         self._deepspeed = deepspeed
+        _disable_cpu_shm_allreduce()
         deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
         import torch.distributed as dist
 
