@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint bench bench-eval clean
+.PHONY: install demo test lint bench bench-eval bench-teacher clean
 
 install: $(VENV)/.installed
 
@@ -30,12 +30,15 @@ test: install
 	$(PY) -m pytest -q
 
 # Benchmarks (not part of make test); figures go to docs/BENCHMARKS.md with their commands.
-bench: bench-eval
+bench: bench-eval bench-teacher
 
 bench-eval: install
 	@rm -rf runs/bench-tiny-t5
 	$(VENV)/bin/cotdistill make-tiny t5 runs/bench-tiny-t5 --config recipes/demo-t5-synthetic.yaml
 	$(PY) benchmarks/eval_throughput.py --model runs/bench-tiny-t5 --problems 128 --batch_size 16 --max_new_tokens 48
+
+bench-teacher: install
+	$(PY) benchmarks/teacher_throughput.py --requests 3200 --runs 8:0.1 32:0.1 64:0.1 64:0.25 256:1.0
 
 lint: install
 	$(VENV)/bin/ruff check src tests launchers benchmarks

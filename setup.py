@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.66,<5",
         "numpy>=1.26,<3",
         "matplotlib>=3.7,<4",
+        "openai>=1.40,<4",
     ],
     extras_require={"dev": ["pytest>=8,<10", "ruff>=0.6,<1"]},
     entry_points={"console_scripts": ["cotdistill=cotdistill.cli:main"]},

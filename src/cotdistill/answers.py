@@ -26,11 +26,14 @@ Conventions:
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Sequence
 from fractions import Fraction
 
 from cotdistill.errors import ConfigError
 
 KINDS = ("number", "yesno", "text")
+NEXT_QUESTION = ("\nQuestion:", "\nQ:")  # the question blocks of formats.py and of BBH
 
 # Relative tolerance for numeric comparison, plus an absolute floor so rounding noise around 0
 # (e.g. a 12-decimal fraction) still matches.
@@ -234,3 +237,22 @@ def infer_kind(source: str, gold: str) -> str:
     if stripped in _YESNO_MAP:
         return "yesno"
     return "number" if _is_number(gold) else "text"
+
+
+def clean_generation(text: str) -> str:
+    """The answer part of a generation: a causal model (or a teacher) may go on to invent the next question."""
+    for marker in NEXT_QUESTION:
+        text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+def majority_answer(extracted: Sequence[str | None]) -> str | None:
+    """Self-consistency (Wang et al.): the most frequent extracted answer; ties go to the earliest sample.
+
+    Samples with no extractable answer (None) do not vote; with no votes at all the result is None.
+    """
+    votes = Counter(answer for answer in extracted if answer is not None)
+    if not votes:
+        return None
+    top = max(votes.values())
+    return next(answer for answer in extracted if answer is not None and votes[answer] == top)

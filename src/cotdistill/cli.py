@@ -1,4 +1,4 @@
-"""The ``cotdistill`` command (python-fire): eval, eval-checkpoints, make-tiny, export, show-config.
+"""The ``cotdistill`` command (python-fire): build-data, eval, eval-checkpoints, make-tiny, export, show-config.
 
 Training runs through ``deepspeed launchers/train.py`` so that the DeepSpeed launcher owns the ranks.
 """
@@ -72,14 +72,28 @@ def eval_checkpoints(run_dir: str, in_distribution: str = "", **options) -> str:
     return selection.table()
 
 
+def build_data(config: str = "", *overrides: str) -> str:
+    """Sample, verify and decompose teacher traces into a dataset folder; prints the manifest's path.
+
+    Example: cotdistill build-data --config recipes/data/gsm8k-vllm.yaml teacher.base_url=http://gpu1:8000/v1
+    Keys: python launchers/build_data.py --keys. Killed builds resume from their cache when run again.
+    """
+    from cotdistill.config import load_build_config
+    from cotdistill.logs import setup_logging
+    from cotdistill.teacher.builder import build_dataset
+
+    setup_logging()
+    return str(run_or_exit(lambda: build_dataset(load_build_config(config or None, list(overrides)))))
+
+
 def show_config(config: str = "", *overrides: str) -> None:
     """Print the fully resolved run config of a recipe with overrides applied (validates it)."""
     print(to_yaml(run_or_exit(lambda: load_config(config or None, list(overrides)))), end="")
 
 
 def main() -> None:
-    fire.Fire({"eval": evaluate, "eval-checkpoints": eval_checkpoints, "make-tiny": make_tiny, "export": export,
-               "show-config": show_config})
+    fire.Fire({"build-data": build_data, "eval": evaluate, "eval-checkpoints": eval_checkpoints,
+               "make-tiny": make_tiny, "export": export, "show-config": show_config})
 
 
 if __name__ == "__main__":

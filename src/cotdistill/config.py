@@ -8,6 +8,8 @@ errors that list the valid ones, so a typo never silently falls back to a defaul
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -161,6 +163,87 @@ class EvalRunConfig:
                                            factory=SyntheticDataConfig)
 
 
+@dataclass
+class ProblemsConfig:
+    """The questions a teacher answers, with their gold answers (the builder never trusts the teacher)."""
+
+    dataset: str = _help("synthetic, or a loader name (gsm8k, svamp, strategyqa, gsm8k_socratic, jsonl, ...)",
+                         "gsm8k")
+    split: str = _help("split of the dataset", "train")
+    path: str = _help("file for the jsonl loader", "")
+    data_dir: str = _help("folder laid out like shared/data (default: $COTDISTILL_DATA_DIR)", "")
+    limit: int = _help("use at most this many problems, the first ones (0: all)", 0)
+    synthetic: SyntheticDataConfig = _help("the embedded generator's settings", factory=SyntheticDataConfig)
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = _help("openai (any OpenAI-compatible server: vLLM, TGI, the OpenAI API) | hf (a local "
+                         "Hugging Face model) | files (traces written elsewhere)", "openai")
+    model: str = _help("served model name (openai) or hub id / folder (hf)", "")
+    base_url: str = _help("server URL, e.g. http://localhost:8000/v1 ('': the OpenAI API)", "")
+    api: str = _help("completions | chat (the prompt goes as one user message)", "completions")
+    api_key_env: str = _help("environment variable holding the API key; the key is never written anywhere",
+                             "OPENAI_API_KEY")
+    concurrency: int = _help("requests in flight at once (openai)", 16)
+    timeout: float = _help("seconds to wait for one response before retrying", 120.0)
+    max_retries: int = _help("retries of one request on 429, 5xx, timeouts, dropped connections", 8)
+    backoff_initial: float = _help("first retry delay in seconds; doubles each retry, with full jitter", 1.0)
+    backoff_max: float = _help("longest retry delay in seconds", 60.0)
+    samples_per_request: int = _help("completions asked per request (n); 0: all of a question's samples at once",
+                                     0)
+    device: str = _help("hf: auto | cpu | cuda | cuda:N", "auto")
+    precision: str = _help("hf: bf16 | fp16 | fp32", "bf16")
+    batch_size: int = _help("hf: sequences (prompts x samples) per generate call", 8)
+    files: list[str] = _help("files backend: trace files (JSON list or JSONL), read in order", factory=list)
+    question_field: str = _help("files backend: field holding the question", "instruction")
+    rationale_field: str = _help("files backend: field holding the teacher's output", "output")
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = _help("sampling temperature (0: greedy)", 0.7)
+    top_p: float = _help("nucleus sampling mass", 1.0)
+    max_tokens: int = _help("generation budget per sample", 320)
+    stop: list[str] = _help("stop strings (not included in the output)", factory=lambda: ["\n\nQuestion:"])
+    logprobs: int = _help("store the teacher's top-k log-probs per generated token for distillation (0: off)",
+                          0)
+    seed: int = _help("base of the per-request seeds (a seeded server such as vLLM repeats itself)", 0)
+
+
+@dataclass
+class CotTaskConfig:
+    enabled: bool = _help("sample chain-of-thought rationales", True)
+    samples: int = _help("samples per question (Fu et al. used about 40)", 4)
+    k_shot: int = _help("exemplars in the few-shot prompt, drawn from problems with gold rationales", 4)
+    exemplar_seed: int = _help("seed of the exemplar draw", 0)
+    template: str = _help("prompt template file with {exemplars} and {question} ('': built in)", "")
+
+
+@dataclass
+class DecomposeTaskConfig:
+    enabled: bool = _help("make Socratic decompositions (sub-question/answer pairs)", False)
+    source: str = _help("teacher (ask the teacher) | gold (convert the data set's own annotations: "
+                        "gsm8k_socratic, strategyqa, synthetic)", "teacher")
+    samples: int = _help("decomposition samples per question", 1)
+    k_shot: int = _help("exemplars in the prompt: problems with gold steps, else the built-in ones", 3)
+    exemplar_seed: int = _help("seed of the exemplar draw", 0)
+    template: str = _help("prompt template file with {exemplars} and {question} ('': built in)", "")
+
+
+@dataclass
+class BuildConfig:
+    """One data build: problems, a teacher, what to ask it, where the dataset folder goes."""
+
+    output_dir: str = _help("dataset folder: data/, cache/, manifest.json", "data/default")
+    problems: ProblemsConfig = _help("the questions and gold answers", factory=ProblemsConfig)
+    teacher: TeacherConfig = _help("the teacher backend", factory=TeacherConfig)
+    sampling: SamplingConfig = _help("decoding settings", factory=SamplingConfig)
+    cot: CotTaskConfig = _help("chain-of-thought samples", factory=CotTaskConfig)
+    decompose: DecomposeTaskConfig = _help("Socratic decompositions", factory=DecomposeTaskConfig)
+    shard_size: int = _help("records per JSONL shard of the output", 50000)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reading and overriding
 
@@ -287,8 +370,8 @@ def eval_config(values: dict[str, Any]) -> EvalRunConfig:
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML recipe (or start from defaults), apply dotted overrides, validate."""
+def _load(cls: type, path: str | Path | None, overrides: list[str] | None) -> Any:
+    """Read a YAML recipe into `cls` (or start from its defaults) and apply dotted overrides."""
     values: dict[str, Any] = {}
     if path:
         recipe = Path(path)
@@ -301,14 +384,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(values, dict):
             raise ConfigError(f"{recipe}: the top level must be a mapping of config sections")
         try:
-            config = _build(RunConfig, values)
+            config = _build(cls, _expand_env(values))
         except ConfigError as err:
             raise ConfigError(f"{recipe}: {err}") from None
     else:
-        config = RunConfig()
+        config = cls()
     for key, raw in parse_overrides(overrides or []):
         _set_dotted(config, key, raw)
+    return config
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, where: str = "") -> Any:
+    """Replace ${NAME} in a recipe's strings by the environment variable, so recipes can say
+    ${COTDISTILL_DATA_DIR}/...; an unset variable is an error naming the key (never an empty path)."""
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(f"{where}: environment variable ${{{name}}} is not set")
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(lookup, value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a training recipe (or start from defaults), apply dotted overrides, validate."""
+    config = _load(RunConfig, path, overrides)
     validate(config)
+    return config
+
+
+def load_build_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BuildConfig:
+    """Read a data-build recipe (recipes/data/*.yaml), apply dotted overrides, validate."""
+    config = _load(BuildConfig, path, overrides)
+    validate_build(config)
     return config
 
 
@@ -407,3 +525,47 @@ def validate_eval(config: EvalRunConfig) -> None:
     _positive(config.samples, "samples")
     if config.samples > 1:
         _positive(config.temperature, "temperature")
+
+
+def validate_build(config: BuildConfig) -> None:
+    t = config.teacher
+    _choice(t.backend, ("openai", "hf", "files"), "teacher.backend")
+    _choice(t.api, ("completions", "chat"), "teacher.api")
+    _choice(t.precision, ("bf16", "fp16", "fp32"), "teacher.precision")
+    if t.backend in ("openai", "hf") and not t.model:
+        what = "served model" if t.backend == "openai" else "hub id or folder"
+        raise ConfigError(f"teacher.model is empty: name the {what}")
+    if t.backend == "files" and not t.files:
+        raise ConfigError("teacher.backend=files needs teacher.files: the trace files to import")
+    if t.backend == "files" and config.decompose.enabled and config.decompose.source == "teacher":
+        raise ConfigError("teacher.backend=files holds chain-of-thought traces only; set decompose.source=gold "
+                          "or decompose.enabled=false")
+    if not t.api_key_env or not t.api_key_env.replace("_", "").isalnum():
+        # The value is not echoed: a user may have pasted the key itself here.
+        raise ConfigError("teacher.api_key_env must be the name of an environment variable (letters, digits, _), "
+                          "not the key itself; the key is only read from that variable")
+    _positive(t.concurrency, "teacher.concurrency")
+    _positive(t.timeout, "teacher.timeout")
+    _positive(t.max_retries, "teacher.max_retries", allow_zero=True)
+    _positive(t.backoff_initial, "teacher.backoff_initial", allow_zero=True)
+    _positive(t.backoff_max, "teacher.backoff_max", allow_zero=True)
+    if t.backoff_initial > t.backoff_max:
+        raise ConfigError(f"teacher.backoff_initial={t.backoff_initial} is above teacher.backoff_max={t.backoff_max}")
+    _positive(t.samples_per_request, "teacher.samples_per_request", allow_zero=True)
+    _positive(t.batch_size, "teacher.batch_size")
+    s = config.sampling
+    _positive(s.temperature, "sampling.temperature", allow_zero=True)
+    if not 0 < s.top_p <= 1:
+        raise ConfigError(f"sampling.top_p must be in (0, 1], got {s.top_p}")
+    _positive(s.max_tokens, "sampling.max_tokens")
+    _positive(s.logprobs, "sampling.logprobs", allow_zero=True)
+    if any(not stop for stop in s.stop):
+        raise ConfigError("sampling.stop holds an empty string; remove it")
+    _choice(config.decompose.source, ("teacher", "gold"), "decompose.source")
+    if not config.cot.enabled and not config.decompose.enabled:
+        raise ConfigError("nothing to build: enable cot, decompose, or both")
+    for name, task in (("cot", config.cot), ("decompose", config.decompose)):
+        _positive(task.samples, f"{name}.samples")
+        _positive(task.k_shot, f"{name}.k_shot", allow_zero=True)
+    _positive(config.problems.limit, "problems.limit", allow_zero=True)
+    _positive(config.shard_size, "shard_size")

@@ -17,7 +17,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cotdistill.answers import answers_match, extract_answer, infer_kind
+from cotdistill.answers import (
+    NEXT_QUESTION,
+    answers_match,
+    clean_generation,
+    extract_answer,
+    infer_kind,
+    majority_answer,
+)
 from cotdistill.batching import padded_prompts
 from cotdistill.config import EvalRunConfig
 from cotdistill.engine import Engine
@@ -27,8 +34,6 @@ from cotdistill.logs import setup_logging
 from cotdistill.problems.record import Problem
 from cotdistill.report import markdown_table
 from cotdistill.student import open_student
-
-NEXT_QUESTION = ("\nQuestion:", "\nQ:")  # the question blocks of formats.py and of BBH
 
 
 @dataclass
@@ -93,13 +98,6 @@ def _shard_batches(order: Sequence[int], batch_size: int, world: int, rank: int)
     return batches
 
 
-def clean_generation(text: str) -> str:
-    """The answer part of a generation: a causal model may go on to invent the next question."""
-    for marker in NEXT_QUESTION:
-        text = text.split(marker, 1)[0]
-    return text.strip()
-
-
 def make_prediction(index: int, problem: Problem, prompt: str, generated: str, tokens: int) -> Prediction:
     """Score one generation with the project's one answer module (junk text scores wrong, never raises)."""
     text = clean_generation(generated)
@@ -117,12 +115,8 @@ def majority_vote(problem: Problem, prompt: str, index: int, texts: Sequence[str
     scored = [make_prediction(index, problem, prompt, text, tokens) for text in texts]
     votes = Counter(p.extracted for p in scored if p.extracted is not None)
     first = scored[0]
-    if not votes:
-        winner, correct = None, False
-    else:
-        top = max(votes.values())
-        winner = next(p.extracted for p in scored if p.extracted is not None and votes[p.extracted] == top)
-        correct = next(p.correct for p in scored if p.extracted == winner)
+    winner = majority_answer([p.extracted for p in scored])
+    correct = winner is not None and next(p.correct for p in scored if p.extracted == winner)
     return Prediction(index, first.id, first.question, first.gold, prompt, first.generated, winner, correct, tokens,
                       samples=[p.generated for p in scored], votes=dict(votes))
 

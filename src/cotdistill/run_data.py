@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cotdistill.config import DataConfig
+from cotdistill.config import DataConfig, SyntheticDataConfig
 from cotdistill.errors import DataError
 from cotdistill.problems.loaders import DATASET_NAMES, load_problems
 from cotdistill.problems.record import Problem
 from cotdistill.problems.synthetic import SyntheticSpec, generate_problems
 
 RUN_DATASETS = ("synthetic", *DATASET_NAMES)
+
+
+def synthetic_spec(s: SyntheticDataConfig) -> SyntheticSpec:
+    """The generator spec of the training problems a synthetic config describes."""
+    return SyntheticSpec(n=s.train_size, seed=s.seed, min_steps=s.min_steps, max_steps=s.max_steps,
+                         operand_min=s.operand_min, operand_max=s.operand_max, operations=tuple(s.operations))
 
 
 def synthetic_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
@@ -20,8 +26,7 @@ def synthetic_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
     question space too small for that is an error rather than a silently smaller evaluation.
     """
     s = data.synthetic
-    spec = SyntheticSpec(n=s.train_size, seed=s.seed, min_steps=s.min_steps, max_steps=s.max_steps,
-                         operand_min=s.operand_min, operand_max=s.operand_max, operations=tuple(s.operations))
+    spec = synthetic_spec(s)
     train = generate_problems(spec)
     seen = {p.question for p in train}
     held_out: list[Problem] = []

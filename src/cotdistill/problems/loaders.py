@@ -22,6 +22,7 @@ from cotdistill.problems.arithmetic import (
     read_multiarith,
     read_svamp,
 )
+from cotdistill.problems.built import BUILT_SPLITS, read_built_dataset
 from cotdistill.problems.gsm8k import load_gsm8k, load_gsm8k_hub, read_gsm8k, read_gsm8k_subquestions
 from cotdistill.problems.reasoning import BBH_TASKS, load_bbh, load_strategyqa, read_bbh_task, read_strategyqa
 from cotdistill.problems.record import Problem
@@ -41,6 +42,7 @@ class _Dataset:
     from_dir: Callable[[Path, str], list[Problem]] | None = None
     from_hub: Callable[[str], list[Problem]] | None = None
     options: tuple[str, ...] = ()  # keyword options passed through to from_file
+    file_has_splits: bool = False  # path= names a folder whose splits from_file picks (teacher_data)
 
 
 def _gsm8k_file(path: Path) -> list[Problem]:
@@ -83,6 +85,8 @@ _DATASETS: dict[str, _Dataset] = {
     # A trace or generic file is one split already: any of these names reads the whole file.
     "traces": _Dataset(_FILE_SPLITS, "all", load_traces, options=_TRACE_OPTIONS),
     "jsonl": _Dataset(_FILE_SPLITS, "all", read_problem_file, options=_FILE_OPTIONS),
+    # A folder written by `cotdistill build-data`; the split picks its product.
+    "teacher_data": _Dataset(tuple(BUILT_SPLITS), "cot", read_built_dataset, file_has_splits=True),
 }
 
 DATASET_NAMES = tuple(_DATASETS)
@@ -130,6 +134,8 @@ def load_problems(
         valid = ", ".join(dataset.options) or "none"
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {name!r}; valid options: {valid}")
     chosen = dataset.default if split == DEFAULT_SPLIT else split
+    if path is not None and dataset.file_has_splits:
+        return dataset.from_file(Path(path), chosen, **options)
     if path is not None:
         if dataset.from_dir is not None and chosen not in (dataset.default, "all"):
             raise DataError(

@@ -1,0 +1,40 @@
+"""Datasets written by ``cotdistill build-data``: a folder with manifest.json and JSONL shards.
+
+The trainer reads a build by path (``data.dataset=teacher_data data.path=<folder>``); the split picks
+the product: ``cot`` (verified chain-of-thought samples, one Problem per kept sample) or
+``decompositions`` (Socratic sub-question/answer steps). Only finished builds are read: a folder
+without a manifest is still being built, or its build failed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cotdistill.errors import DataError
+from cotdistill.problems.record import Problem
+from cotdistill.problems.traces import read_problem_file
+
+BUILT_SPLITS = {"cot": "cot", "decompositions": "decompositions"}  # split -> product name in the manifest
+
+
+def read_built_dataset(folder: str | Path, split: str = "cot") -> list[Problem]:
+    """The problems of one product of a build, in the order the builder wrote them."""
+    folder = Path(folder)
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise DataError(f"{folder} is not a finished teacher dataset: no manifest.json (is its build still "
+                        "running, or did it fail?)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{manifest_path}: not a build manifest ({err})") from None
+    product = BUILT_SPLITS.get(split)
+    if product is None or product not in files:
+        built = ", ".join(sorted(k for k, v in BUILT_SPLITS.items() if v in files)) or "none"
+        raise DataError(f"{folder} has no {split!r} product; it holds: {built}")
+    problems: list[Problem] = []
+    for entry in files[product]:
+        problems += read_problem_file(folder / entry["path"])
+    return problems
