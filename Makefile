@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint bench bench-eval bench-teacher clean
+.PHONY: install demo experiment test lint bench bench-eval bench-teacher clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ $(VENV)/.installed: setup.py
 demo: install
 	@rm -rf runs/demo-gpt2 runs/tiny-gpt2
 	$(VENV)/bin/deepspeed --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-gpt2-synthetic.yaml
+
+# The embedded experiment (issue 5): answer-only vs CoT vs Socratic students, same budget (~35 min on 2 CPU cores).
+experiment: install
+	$(PY) benchmarks/format_experiment.py --ranks $(NUM_RANKS)
 
 test: install
 	$(PY) -m pytest -q

@@ -10,7 +10,7 @@ from cotdistill.answers import extract_answer, infer_kind, normalize_answer
 from cotdistill.errors import ConfigError, DataError
 from cotdistill.formats import (
     COT_TRIGGER,
-    FORMATS,
+    PROMPT_FORMATS,
     Example,
     build_examples,
     prompt,
@@ -50,14 +50,14 @@ VARIED = [
 ]
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", PROMPT_FORMATS)
 @pytest.mark.parametrize("problem", VARIED, ids=lambda p: p.id)
 def test_gold_answer_extracts_from_every_target(problem: Problem, fmt: str) -> None:
     kind = infer_kind(problem.source, problem.answer)
     assert extract_answer(target(problem, fmt), kind) == normalize_answer(problem.answer, kind)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", PROMPT_FORMATS)
 def test_source_then_target_reads_naturally(fmt: str) -> None:
     problem, *demos = make_problems(3)
     src, tgt = prompt(problem, fmt, demos), target(problem, fmt)

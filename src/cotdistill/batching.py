@@ -7,7 +7,7 @@ Seq2seq examples become (source ids, target ids); causal examples become one seq
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,12 +15,18 @@ import torch
 from cotdistill.formats import Example
 from cotdistill.objectives import IGNORE_INDEX
 
+# Per target token: (student token ids, probabilities) of the teacher's distribution, or None for one-hot.
+SparseTargets = tuple[tuple[tuple[int, ...], tuple[float, ...]] | None, ...]
+TeacherFn = Callable[[Sequence, Sequence[int]], list]
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
     input_ids: tuple[int, ...]
     labels: tuple[int, ...]
     causal: bool
+    format: str = ""
+    teacher: SparseTargets | None = None  # one entry per target token (the last len(teacher) labels)
 
     @property
     def length(self) -> int:
@@ -33,10 +39,16 @@ class TruncationStats:
     examples: int = 0
     sources_truncated: int = 0
     targets_truncated: int = 0
+    target_tokens_with_teacher: int = 0  # target tokens of examples that carry teacher tokens
+    teacher_tokens: int = 0  # of those, the ones aligned to a teacher distribution
 
     def summary(self) -> str:
-        return (f"{self.examples} examples; {self.sources_truncated} prompts lost their start, "
+        text = (f"{self.examples} examples; {self.sources_truncated} prompts lost their start, "
                 f"{self.targets_truncated} targets were cut at the end")
+        if self.target_tokens_with_teacher:
+            text += (f"; {self.teacher_tokens} of {self.target_tokens_with_teacher} target tokens of traced examples "
+                     "carry the teacher's distribution (the rest learn one-hot)")
+        return text
 
 
 def tokenize_examples(
@@ -45,14 +57,19 @@ def tokenize_examples(
     causal: bool,
     max_source_tokens: int,
     max_target_tokens: int,
+    teacher_fn: TeacherFn | None = None,
 ) -> tuple[list[TokenizedExample], TruncationStats]:
-    """Tokenize every example; prompts keep their end (the question), targets keep their start."""
+    """Tokenize every example; prompts keep their end (the question), targets keep their start.
+
+    With `teacher_fn`, an example carrying teacher tokens gets its per-target-token teacher distribution
+    (`teacher_fn(teacher_tokens, target_ids)`, see `cotdistill.alignment.teacher_targets`).
+    """
     stats = TruncationStats(examples=len(examples))
     eos = tokenizer.eos_token_id
     sources = tokenizer([e.source for e in examples], add_special_tokens=not causal)["input_ids"]
     targets = tokenizer([e.target for e in examples], add_special_tokens=not causal)["input_ids"]
     out = []
-    for src, tgt in zip(sources, targets, strict=True):
+    for example, src, tgt in zip(examples, sources, targets, strict=True):
         if causal:
             tgt = list(tgt) + [eos]
         if len(src) > max_source_tokens:
@@ -61,10 +78,16 @@ def tokenize_examples(
         if len(tgt) > max_target_tokens:
             tgt = tgt[:max_target_tokens]
             stats.targets_truncated += 1
+        teacher = None
+        if teacher_fn is not None and example.teacher_tokens:
+            teacher = tuple(teacher_fn(example.teacher_tokens, tgt))
+            stats.teacher_tokens += sum(t is not None for t in teacher)
+            stats.target_tokens_with_teacher += len(teacher)
         if causal:
-            out.append(TokenizedExample(tuple(src) + tuple(tgt), (IGNORE_INDEX,) * len(src) + tuple(tgt), True))
+            out.append(TokenizedExample(tuple(src) + tuple(tgt), (IGNORE_INDEX,) * len(src) + tuple(tgt), True,
+                                        example.format, teacher))
         else:
-            out.append(TokenizedExample(tuple(src), tuple(tgt), False))
+            out.append(TokenizedExample(tuple(src), tuple(tgt), False, example.format, teacher))
     return out, stats
 
 
@@ -77,9 +100,14 @@ class LengthGroupedBatches:
     """
 
     def __init__(self, lengths: Sequence[int], micro_batch_size: int, world_size: int, seed: int,
-                 group_by_length: bool = True, mega: int = 32) -> None:
+                 group_by_length: bool = True, mega: int = 32, formats: Sequence[str] | None = None) -> None:
         if not lengths:
             raise ValueError("no training examples to batch")
+        if formats is not None and len(formats) != len(lengths):
+            raise ValueError(f"{len(formats)} formats for {len(lengths)} examples")
+        # With formats, every global step draws from one format only (data.single_format_batches).
+        self.by_format = None if formats is None else {
+            name: [i for i, f in enumerate(formats) if f == name] for name in sorted(set(formats))}
         self.lengths = list(lengths)
         self.micro = micro_batch_size
         self.world = world_size
@@ -94,14 +122,24 @@ class LengthGroupedBatches:
     @property
     def steps_per_epoch(self) -> int:
         """Global micro-steps (one micro-batch per rank) in one epoch."""
+        if self.by_format is not None:
+            return sum(-(-len(part) // self.global_batch) for part in self.by_format.values())
         return -(-len(self.lengths) // self.global_batch)
 
     def epoch(self, epoch: int) -> list[list[list[int]]]:
         """The epoch's global micro-steps; each is a list of one index list per rank."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
-        order = list(range(len(self.lengths)))
+        if self.by_format is None:
+            steps = self._steps(list(range(len(self.lengths))), rng)
+        else:
+            steps = [step for part in self.by_format.values() for step in self._steps(list(part), rng)]
+            rng.shuffle(steps)
+        return [[step[r * self.micro:(r + 1) * self.micro] for r in range(self.world)] for step in steps]
+
+    def _steps(self, order: list[int], rng: random.Random) -> list[list[int]]:
+        """Global steps over `order` (shuffled, wrapped to whole steps, grouped by length)."""
         rng.shuffle(order)
-        need = self.steps_per_epoch * self.global_batch
+        need = -(-len(order) // self.global_batch) * self.global_batch
         order = (order * -(-need // len(order)))[:need]  # wrap around (repeatedly, for tiny sets)
         if self.group:
             chunk = self.global_batch * self.mega
@@ -113,7 +151,7 @@ class LengthGroupedBatches:
         steps = [order[s:s + self.global_batch] for s in range(0, need, self.global_batch)]
         if self.group:
             rng.shuffle(steps)
-        return [[step[r * self.micro:(r + 1) * self.micro] for r in range(self.world)] for step in steps]
+        return steps
 
     def iterate(self, rank: int, start_micro_step: int = 0) -> Iterator[list[int]]:
         """This rank's micro-batches forever (epoch after epoch), from a global micro-step index."""
@@ -131,12 +169,48 @@ def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch
     return torch.tensor(padded, dtype=torch.long)
 
 
-def collate(batch: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad to the longest example of the micro-batch (dynamic padding)."""
+def collate(batch: Sequence[TokenizedExample], pad_id: int, loss_weights: Mapping[str, float] | None = None,
+            teacher: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest example of the micro-batch (dynamic padding).
+
+    `loss_weights` (format -> weight) adds "token_weights" [B, T]; `teacher` adds "kd_ids"/"kd_probs"
+    [B, T, K]: the teacher's distribution per target token where the example has one, else one-hot on the
+    label, so a distillation loss over them reduces to NLL wherever no teacher distribution exists.
+    """
     input_ids = _pad([e.input_ids for e in batch], pad_id)
     attention_mask = _pad([[1] * len(e.input_ids) for e in batch], 0)
     labels = _pad([e.labels for e in batch], IGNORE_INDEX)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if loss_weights is not None:
+        weights = torch.tensor([float(loss_weights.get(e.format, 1.0)) for e in batch])
+        out["token_weights"] = weights[:, None].expand_as(labels).clone()
+    if teacher:
+        out["kd_ids"], out["kd_probs"] = _teacher_tensors(batch, labels)
+    return out
+
+
+def _teacher_tensors(batch: Sequence[TokenizedExample], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense [B, T, K] targets: one-hot on every label, replaced by the teacher's where it has one."""
+    width = max([1] + [len(d[0]) for e in batch if e.teacher for d in e.teacher if d is not None])
+    ids = torch.zeros((*labels.shape, width), dtype=torch.long)
+    probs = torch.zeros((*labels.shape, width), dtype=torch.float32)
+    labelled = labels != IGNORE_INDEX
+    ids[..., 0] = torch.where(labelled, labels, torch.zeros_like(labels))
+    probs[..., 0] = labelled.float()
+    for row, example in enumerate(batch):
+        if not example.teacher:
+            continue
+        start = len(example.labels) - len(example.teacher)  # the target is the end of the labels
+        for offset, dist in enumerate(example.teacher):
+            if dist is None:
+                continue
+            position = start + offset
+            token_ids, token_probs = dist
+            ids[row, position, :] = 0
+            probs[row, position, :] = 0.0
+            ids[row, position, :len(token_ids)] = torch.tensor(token_ids, dtype=torch.long)
+            probs[row, position, :len(token_probs)] = torch.tensor(token_probs, dtype=torch.float32)
+    return ids, probs
 
 
 def padded_prompts(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> dict[str, torch.Tensor]:

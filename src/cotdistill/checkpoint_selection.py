@@ -9,7 +9,7 @@ Outputs in the output folder: ``step-NNNNNN/<dataset>/`` (predictions and metric
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cotdistill import checkpoints as ckpt
@@ -20,6 +20,7 @@ from cotdistill.eval_sets import folder_name, resolve_eval_sets
 from cotdistill.evaluate import evaluate_problems
 from cotdistill.logs import setup_logging
 from cotdistill.report import markdown_table
+from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded
 from cotdistill.student import open_student
 
 
@@ -112,19 +113,30 @@ def evaluate_checkpoints(config: EvalRunConfig, in_distribution: str = "") -> Se
         if chosen_id not in [s.name for s in sets]:
             raise ConfigError(f"in_distribution={chosen_id!r} is not one of the evaluated data sets: "
                               f"{', '.join(s.name for s in sets)}")
+        if config.strategy == "socratic" and (config.decomposer or config.solver):
+            raise ConfigError("eval-checkpoints scores each checkpoint as a unified Socratic model; leave "
+                              "decomposer and solver empty (or evaluate a two-model pair with cotdistill eval)")
+        socratic = SocraticSettings.from_config(config)
         out = Path(config.output_dir)
         accuracy: dict[int, dict[str, float]] = {}
         for checkpoint in found:
             student = open_student(engine, checkpoint.path, config.precision, config.zero_stage, config.offload)
             accuracy[checkpoint.step] = {}
             for eval_set in sets:
-                report = evaluate_problems(engine, student.tokenizer, student.causal, eval_set.problems,
-                                           config.strategy, max_new_tokens=config.max_new_tokens,
-                                           batch_size=config.batch_size, demo_pool=eval_set.demo_pool,
-                                           k_shot=config.k_shot, seed=config.seed,
-                                           max_source_tokens=config.max_prompt_tokens,
-                                           desc=f"step {checkpoint.step} {eval_set.name}", prompts=eval_set.prompts,
-                                           samples=config.samples, temperature=config.temperature)
+                if config.strategy == "socratic":  # each checkpoint is a unified Socratic model
+                    report = evaluate_socratic_loaded(engine, student, eval_set.problems,
+                                                      replace(socratic, decomposer=str(checkpoint.path),
+                                                              solver=str(checkpoint.path)),
+                                                      name=f"step {checkpoint.step} {eval_set.name}")
+                else:
+                    report = evaluate_problems(engine, student.tokenizer, student.causal, eval_set.problems,
+                                               config.strategy, max_new_tokens=config.max_new_tokens,
+                                               batch_size=config.batch_size, demo_pool=eval_set.demo_pool,
+                                               k_shot=config.k_shot, seed=config.seed,
+                                               max_source_tokens=config.max_prompt_tokens,
+                                               desc=f"step {checkpoint.step} {eval_set.name}",
+                                               prompts=eval_set.prompts, samples=config.samples,
+                                               temperature=config.temperature)
                 accuracy[checkpoint.step][eval_set.name] = report.accuracy
                 if engine.is_main:
                     report.write(out / f"step-{checkpoint.step:06d}" / folder_name(eval_set.name))

@@ -48,6 +48,7 @@ def evaluate(model: str, **options) -> str:
     """Accuracy of a student on data sets; prints the summary table and writes predictions and metrics.
 
     Example: cotdistill eval runs/demo-gpt2/final --datasets gsm8k,svamp --strategy few_shot_cot --k_shot 4
+    Socratic: --strategy socratic [--decomposer D --solver S] [--subquestions gold] (default: MODEL plays both).
     Options are the keys of EvalRunConfig (see README); across ranks use deepspeed launchers/evaluate.py.
     """
     from cotdistill.config import eval_config

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from cotdistill.errors import ConfigError
+from cotdistill.formats import FORMATS
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -75,8 +76,12 @@ class DataConfig:
     limit: int = _help("use at most this many training problems (0: all)", 0)
     synthetic: SyntheticDataConfig = _help("the embedded generator's settings", factory=SyntheticDataConfig)
     formats: dict[str, float] = _help(
-        "mixture of answer_only, zero_shot_cot, few_shot_cot with weights",
+        "mixture of answer_only, zero_shot_cot, few_shot_cot and the Socratic decomposer, solver, with weights",
         factory=lambda: {"zero_shot_cot": 1.0})
+    per_problem: bool = _help("every problem in every format of positive weight (Fu et al.; a unified Socratic "
+                              "model), instead of one format drawn per problem by weight", False)
+    single_format_batches: bool = _help("build every global batch from one format (all ranks' micro-batches of a "
+                                        "step share it)", False)
     k_shot: int = _help("demonstrations in few_shot_cot prompts", 2)
     max_source_tokens: int = _help("source (prompt) tokens kept; longer prompts lose their start", 256)
     max_target_tokens: int = _help("target tokens kept; longer targets are cut at the end", 192)
@@ -103,6 +108,14 @@ class TrainConfig:
     stop_after_steps: int = _help(
         "end this invocation after N more optimizer steps with a checkpoint, keeping the max_steps "
         "schedule (time-sliced jobs; 0: run to the end)", 0)
+    loss_weights: dict[str, float] = _help(
+        "per-format loss weight, e.g. {decomposer: 1.0, solver: 2.0} (missing formats: 1)", factory=dict)
+    kd_weight: float = _help(
+        "distribution matching: per target token (1 - w) * NLL + w * KL(teacher top-k || student); needs "
+        "teacher log-probs in the data (build-data sampling.logprobs); 0: plain NLL", 0.0)
+    kd_renormalize: bool = _help(
+        "renormalize the teacher's top-k probabilities to sum to 1 (false: the missing mass goes to the "
+        "token in the text)", True)
 
 
 @dataclass
@@ -115,12 +128,15 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    format: str = _help("prompt format for evaluation ('': the training mixture's heaviest format)", "")
+    format: str = _help("answer_only | zero_shot_cot | few_shot_cot | socratic | socratic-gold ('': socratic when "
+                        "the mixture has the decomposer and the solver, socratic-gold for a solver alone, else the "
+                        "mixture's heaviest prompt format)", "")
     at_end: bool = _help("evaluate greedy accuracy on the dev sets after training", True)
     every: int = _help("also evaluate every N optimizer steps (0: only at the end)", 0)
     datasets: list[str] = _help("dev sets besides the synthetic held-out problems, as in cotdistill eval "
                                 "(e.g. gsm8k, svamp:test); capped at eval.limit problems each", factory=list)
-    max_new_tokens: int = _help("generation budget per problem", 160)
+    max_new_tokens: int = _help("generation budget per problem (socratic: for the sub-questions)", 160)
+    max_step_tokens: int = _help("socratic: generation budget per sub-answer", 48)
     batch_size: int = _help("problems per generate call per rank", 16)
     limit: int = _help("evaluate at most this many problems per dev set (0: all)", 0)
 
@@ -146,7 +162,13 @@ class EvalRunConfig:
         "synthetic, or a .json/.jsonl file",
         factory=lambda: ["gsm8k"])
     output_dir: str = _help("folder for predictions, metrics.json and summary.md", "runs/eval")
-    strategy: str = _help("answer_only | zero_shot_cot | few_shot_cot", "zero_shot_cot")
+    strategy: str = _help("answer_only | zero_shot_cot | few_shot_cot | socratic", "zero_shot_cot")
+    decomposer: str = _help("socratic: the decomposer model ('': model, a unified Socratic model)", "")
+    solver: str = _help("socratic: the solver model ('': model)", "")
+    subquestions: str = _help("socratic: model (the decomposer asks) | gold (the data set's own sub-questions; "
+                              "the solver alone is tested)", "model")
+    max_subquestions: int = _help("socratic: most sub-questions answered per problem", 8)
+    max_step_tokens: int = _help("socratic: generation budget per sub-answer", 64)
     k_shot: int = _help("demonstrations for few_shot_cot, drawn with a fixed seed from the train split", 4)
     seed: int = _help("seed for demonstration draws", 0)
     limit: int = _help("evaluate at most this many problems per data set (0: all)", 0)
@@ -502,6 +524,15 @@ def validate(config: RunConfig) -> None:
     unknown_ops = sorted(set(s.operations) - {"add", "sub", "mul"})
     if unknown_ops or not s.operations:
         raise ConfigError(f"data.synthetic.operations {s.operations} must be a non-empty subset of add, sub, mul")
+    for name, weight in t.loss_weights.items():
+        _choice(name, FORMATS, "train.loss_weights key")
+        _positive(weight, f"train.loss_weights.{name}", allow_zero=True)
+    if not 0.0 <= t.kd_weight <= 1.0:
+        raise ConfigError(f"train.kd_weight must be in [0, 1], got {t.kd_weight}")
+    if config.eval.format:
+        _choice(config.eval.format, ("answer_only", "zero_shot_cot", "few_shot_cot", "socratic", "socratic-gold"),
+                "eval.format")
+    _positive(config.eval.max_step_tokens, "eval.max_step_tokens")
     _positive(config.eval.max_new_tokens, "eval.max_new_tokens")
     _positive(config.eval.every, "eval.every", allow_zero=True)
     _positive(config.eval.batch_size, "eval.batch_size")
@@ -512,7 +543,12 @@ def validate_eval(config: EvalRunConfig) -> None:
         raise ConfigError("model is empty: give an exported folder, a hub id, a run folder or a checkpoint folder")
     if not config.datasets:
         raise ConfigError("datasets is empty: name at least one (e.g. gsm8k,svamp)")
-    _choice(config.strategy, ("answer_only", "zero_shot_cot", "few_shot_cot"), "strategy")
+    _choice(config.strategy, ("answer_only", "zero_shot_cot", "few_shot_cot", "socratic"), "strategy")
+    _choice(config.subquestions, ("model", "gold"), "subquestions")
+    _positive(config.max_subquestions, "max_subquestions")
+    _positive(config.max_step_tokens, "max_step_tokens")
+    if config.strategy == "socratic" and config.samples > 1:
+        raise ConfigError("socratic evaluation is greedy; self-consistency (samples > 1) is for the prompt strategies")
     _choice(config.precision, ("bf16", "fp16", "fp32"), "precision")
     if config.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {config.zero_stage}")

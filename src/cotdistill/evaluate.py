@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,83 @@ def majority_vote(problem: Problem, prompt: str, index: int, texts: Sequence[str
                       samples=[p.generated for p in scored], votes=dict(votes))
 
 
+def sharded_generations(
+    engine: Engine,
+    tokenizer,
+    causal: bool,
+    encoded: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stop_strings: Sequence[str] = NEXT_QUESTION,
+    samples: int = 1,
+    temperature: float = 0.7,
+    desc: str = "eval",
+) -> Iterator[tuple[int, list[str], int]]:
+    """Collective: generate for every prompt (token ids), this rank's share; yields (index, texts, tokens).
+
+    ``texts`` holds ``samples`` decoded generations of prompt ``index`` and ``tokens`` the mean count of
+    generated tokens per sample. Prompts are sorted by length and cut into global batches of
+    ``batch_size`` per rank; a rank with nothing left runs a dummy batch whose outputs are dropped, so
+    every rank makes the same number of ``generate`` calls (ZeRO-3 gathers stay matched). Every rank must
+    consume the whole iterator. Greedy (``samples`` == 1) or sampled at ``temperature``; causal models stop
+    at ``stop_strings`` (seq2seq ones at their end of sequence).
+    """
+    if not encoded:
+        return
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+    batches = _shard_batches(order, batch_size, engine.world_size, engine.rank)
+    pad_id = tokenizer.pad_token_id
+    was_training = engine.module.training
+    engine.eval()
+    progress = tqdm(total=len(encoded), desc=desc, unit="problem", disable=not engine.is_main,
+                    dynamic_ncols=True)
+    span = batch_size * engine.world_size
+    for number, batch in enumerate(batches):
+        indices = batch or order[:1]  # dummy batch keeps this rank in step with the others
+        inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples} \
+            if samples > 1 else {"do_sample": False}
+        if causal and stop_strings:  # a decoder-only model may run on past its answer: stop it there
+            sampling.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+        output = engine.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=pad_id,
+                                 eos_token_id=tokenizer.eos_token_id, use_cache=True, **sampling)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
+        progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
+        if not batch:
+            continue
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for row, i in enumerate(indices):
+            rows = slice(row * samples, (row + 1) * samples)
+            count = int((new_tokens[rows] != pad_id).sum()) // samples
+            yield i, texts[rows], count
+    progress.close()
+    if was_training:
+        engine.train()
+
+
+def generate_all(engine: Engine, tokenizer, causal: bool, prompts: Sequence[str], *, max_new_tokens: int,
+                 batch_size: int, stop_strings: Sequence[str] = NEXT_QUESTION, max_source_tokens: int = 1024,
+                 desc: str = "generate") -> list[tuple[str, int]]:
+    """Collective greedy generation: (text, generated tokens) for every prompt, in order, on every rank.
+
+    Prompts longer than ``max_source_tokens`` keep their end. Sharded like ``evaluate_problems``, so it is
+    correct under ZeRO-3 on any number of ranks.
+    """
+    if not prompts:
+        return []
+    encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
+    encoded = [ids[-max_source_tokens:] for ids in encoded]
+    mine = [(i, texts[0], count) for i, texts, count in
+            sharded_generations(engine, tokenizer, causal, encoded, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, stop_strings=stop_strings, desc=desc)]
+    found: dict[int, tuple[str, int]] = {}
+    for shard in engine.all_gather_objects(mine):
+        for i, text, count in shard:
+            found.setdefault(i, (text, count))
+    return [found[i] for i in range(len(prompts))]
+
+
 def evaluate_problems(
     engine: Engine,
     tokenizer,
@@ -149,39 +226,14 @@ def evaluate_problems(
         prompts = eval_prompts(problems, fmt, k_shot=k_shot, seed=seed, demo_pool=demo_pool)
     encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
     encoded = [ids[-max_source_tokens:] for ids in encoded]
-    order = sorted(range(len(problems)), key=lambda i: (-len(encoded[i]), i))
-    batches = _shard_batches(order, batch_size, engine.world_size, engine.rank)
-    pad_id = tokenizer.pad_token_id
     mine: list[Prediction] = []
-    was_training = engine.module.training
-    engine.eval()
-    progress = tqdm(total=len(problems), desc=desc, unit="problem", disable=not engine.is_main,
-                    dynamic_ncols=True)
-    span = batch_size * engine.world_size
-    for number, batch in enumerate(batches):
-        indices = batch or order[:1]  # dummy batch keeps this rank in step with the others
-        inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples} \
-            if samples > 1 else {"do_sample": False}
-        if causal:  # a decoder-only model may run on into the next question: stop it there
-            sampling.update(stop_strings=list(NEXT_QUESTION), tokenizer=tokenizer)
-        output = engine.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=pad_id,
-                                 eos_token_id=tokenizer.eos_token_id, use_cache=True, **sampling)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
-        progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
-        if not batch:
-            continue
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for row, i in enumerate(indices):
-            rows = slice(row * samples, (row + 1) * samples)
-            count = int((new_tokens[rows] != pad_id).sum()) // samples
-            if samples > 1:
-                mine.append(majority_vote(problems[i], prompts[i], i, texts[rows], count))
-            else:
-                mine.append(make_prediction(i, problems[i], prompts[i], texts[row], count))
-    progress.close()
-    if was_training:
-        engine.train()
+    for i, texts, count in sharded_generations(engine, tokenizer, causal, encoded, max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, samples=samples, temperature=temperature,
+                                               desc=desc):
+        if samples > 1:
+            mine.append(majority_vote(problems[i], prompts[i], i, texts, count))
+        else:
+            mine.append(make_prediction(i, problems[i], prompts[i], texts[0], count))
     gathered = engine.all_gather_objects(mine)
     seen: dict[int, Prediction] = {}
     for shard in gathered:
@@ -224,25 +276,43 @@ def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
         sets = resolve_eval_sets(config)  # bad names and missing files fail before any model is loaded
         if engine.is_main:
             out.mkdir(parents=True, exist_ok=True)
-        student = open_student(engine, config.model, config.precision, config.zero_stage, config.offload)
-        log.info("evaluating %s (%s) on %s with %s", config.model, "causal" if student.causal else "seq2seq",
-                 ", ".join(s.name for s in sets), config.strategy)
         reports: dict[str, EvalReport] = {}
-        for found in sets:
-            report = evaluate_problems(engine, student.tokenizer, student.causal, found.problems, config.strategy,
-                                       max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                                       demo_pool=found.demo_pool, k_shot=config.k_shot, seed=config.seed,
-                                       max_source_tokens=config.max_prompt_tokens, desc=found.name,
-                                       prompts=found.prompts, samples=config.samples,
-                                       temperature=config.temperature)
-            report.settings.update({"model": config.model, "dataset": found.name})
-            reports[found.name] = report
+
+        def record(name: str, report: EvalReport) -> None:
+            report.settings.update({"model": config.model, "dataset": name})
+            reports[name] = report
             if engine.is_main:
-                report.write(out / folder_name(found.name))
-                log.info("%s: %d/%d = %.1f%%", found.name, report.correct, report.total, 100 * report.accuracy)
+                report.write(out / folder_name(name))
+                log.info("%s: %d/%d = %.1f%%", name, report.correct, report.total, 100 * report.accuracy)
+
+        if config.strategy == "socratic":
+            from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_sets
+
+            socratic = SocraticSettings.from_config(config)
+            log.info("evaluating %s with socratic inference (decomposer %s, solver %s, %s sub-questions) on %s",
+                     config.model, socratic.decomposer, socratic.solver, socratic.subquestions,
+                     ", ".join(s.name for s in sets))
+            for name, report in evaluate_socratic_sets(engine, {s.name: s.problems for s in sets}, socratic).items():
+                record(name, report)
+        else:
+            student = open_student(engine, config.model, config.precision, config.zero_stage, config.offload)
+            log.info("evaluating %s (%s) on %s with %s", config.model, "causal" if student.causal else "seq2seq",
+                     ", ".join(s.name for s in sets), config.strategy)
+            for found in sets:
+                report = evaluate_problems(engine, student.tokenizer, student.causal, found.problems,
+                                           config.strategy, max_new_tokens=config.max_new_tokens,
+                                           batch_size=config.batch_size, demo_pool=found.demo_pool,
+                                           k_shot=config.k_shot, seed=config.seed,
+                                           max_source_tokens=config.max_prompt_tokens, desc=found.name,
+                                           prompts=found.prompts, samples=config.samples,
+                                           temperature=config.temperature)
+                record(found.name, report)
         if engine.is_main:
             metrics = {"model": config.model, "strategy": config.strategy, "world_size": engine.world_size,
                        "datasets": {name: r.metrics() for name, r in reports.items()}}
+            if config.strategy == "socratic":
+                first = next(iter(reports.values()))
+                metrics.update({key: first.settings[key] for key in ("decomposer", "solver", "subquestions")})
             if bbh_average(reports) is not None:
                 metrics["bbh_average"] = bbh_average(reports)
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -16,6 +16,8 @@ Conventions (``source + target`` reads as one natural text for a causal LM):
   Seq2seq students may strip the target; causal students concatenate ``source + target``.
 * A rationale that already ends with its own "The answer is X" sentence is kept as it is
   (X must match the gold answer) instead of repeating the sentence.
+* ``decomposer`` and ``solver`` are the Socratic formats (see ``cotdistill.socratic``): a problem
+  drawn into ``solver`` gives one example per sub-question.
 """
 
 from __future__ import annotations
@@ -30,8 +32,16 @@ from dataclasses import dataclass
 from cotdistill.answers import answers_match, extract_answer, infer_kind
 from cotdistill.errors import ConfigError, DataError
 from cotdistill.problems.record import Problem
+from cotdistill.socratic import (
+    SOCRATIC_FORMATS,
+    decomposer_prompt,
+    decomposer_target,
+    socratic_problem_errors,
+    solver_examples,
+)
 
-FORMATS = ("answer_only", "zero_shot_cot", "few_shot_cot")
+FORMATS = ("answer_only", "zero_shot_cot", "few_shot_cot", *SOCRATIC_FORMATS)
+PROMPT_FORMATS = ("answer_only", "zero_shot_cot", "few_shot_cot")  # one prompt -> one answer, as evaluated
 COT_FORMATS = ("zero_shot_cot", "few_shot_cot")
 COT_TRIGGER = "Let's think step by step."
 
@@ -47,11 +57,14 @@ class Example:
     format: str
     source: str
     target: str
+    teacher_tokens: tuple | None = None  # the teacher's [token, logprob, top-k] for the target's rationale
 
 
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+def _check_format(fmt: str, valid: tuple[str, ...] = FORMATS) -> None:
+    if fmt in SOCRATIC_FORMATS and valid == PROMPT_FORMATS:
+        raise ConfigError(f"format {fmt!r} is Socratic: its prompts come from cotdistill.socratic")
+    if fmt not in valid:
+        raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(valid)}")
 
 
 def validate_mixture(mixture: Mapping[str, float]) -> dict[str, float]:
@@ -106,7 +119,7 @@ def _cot_text(problem: Problem) -> str:
 
 def target(problem: Problem, fmt: str) -> str:
     """The text a student learns to produce for `problem` in format `fmt` (starts with a space)."""
-    _check_format(fmt)
+    _check_format(fmt, PROMPT_FORMATS)
     if fmt == "answer_only":
         return " " + _answer_sentence(problem.answer)
     return " " + _cot_text(problem)
@@ -114,7 +127,7 @@ def target(problem: Problem, fmt: str) -> str:
 
 def prompt(problem: Problem, fmt: str, demos: Sequence[Problem] = ()) -> str:
     """The prompt for `problem` in format `fmt`; `demos` are used by few_shot_cot only."""
-    _check_format(fmt)
+    _check_format(fmt, PROMPT_FORMATS)
     block = _question_block(problem)
     if fmt == "answer_only":
         return block
@@ -148,7 +161,12 @@ class _DemoSampler:
         return demos
 
 
-def _needs_rationale(problem: Problem, formats: Iterable[str]) -> None:
+def _check_problem(problem: Problem, formats: Iterable[str]) -> None:
+    """A problem must be able to make an example in every format of the mixture."""
+    formats = list(formats)
+    for fmt in SOCRATIC_FORMATS:
+        if fmt in formats and (problem_error := socratic_problem_errors(problem, fmt)):
+            raise DataError(problem_error)
     if not (problem.rationale or "").strip() and any(f in COT_FORMATS for f in formats):
         raise DataError(
             f"problem {problem.id!r} has no rationale but the mixture includes chain-of-thought "
@@ -182,15 +200,24 @@ def build_examples(
     names, weights = list(probabilities), list(probabilities.values())
     examples = []
     for problem in problems:
-        _needs_rationale(problem, names)
+        _check_problem(problem, names)  # for every format of the mixture, not just the ones drawn
         rng = random.Random(f"{seed}:{problem.id}")
         formats = names if per_problem else rng.choices(names, weights=weights)
         for fmt in formats:
-            demos = sampler.draw(problem, k_shot, rng) if fmt == "few_shot_cot" else ()
-            examples.append(
-                Example(problem.id, fmt, prompt(problem, fmt, demos), target(problem, fmt))
-            )
+            examples += _examples_for(problem, fmt, sampler, k_shot, rng)
     return examples
+
+
+def _examples_for(problem: Problem, fmt: str, sampler: _DemoSampler, k_shot: int,
+                  rng: random.Random) -> list[Example]:
+    if fmt in SOCRATIC_FORMATS:
+        if fmt == "decomposer":
+            return [Example(problem.id, fmt, decomposer_prompt(problem.question), decomposer_target(problem.steps))]
+        return [Example(f"{problem.id}#step{i}", fmt, source, target)
+                for i, (source, target) in enumerate(solver_examples(problem), 1)]
+    demos = sampler.draw(problem, k_shot, rng) if fmt == "few_shot_cot" else ()
+    teacher = problem.teacher_tokens if fmt in COT_FORMATS and problem.teacher_tokens else None
+    return [Example(problem.id, fmt, prompt(problem, fmt, demos), target(problem, fmt), teacher)]
 
 
 def eval_prompts(
@@ -202,7 +229,7 @@ def eval_prompts(
     demo_pool: Sequence[Problem] = (),
 ) -> list[str]:
     """Prompts for evaluating `problems` in format `fmt`, with the same seeded demo draws as training."""
-    _check_format(fmt)
+    _check_format(fmt, PROMPT_FORMATS)
     if fmt != "few_shot_cot":
         return [prompt(problem, fmt) for problem in problems]
     if k_shot < 1:

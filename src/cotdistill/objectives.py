@@ -34,3 +34,73 @@ def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor, causal: bool) -> 
     loss_sum, count = token_nll(logits, labels)
     n = int(count.item())
     return loss_sum / max(n, 1), n
+
+
+def kd_token_loss(logits: torch.Tensor, target_ids: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(p || q) between a sparse teacher distribution p and the student's softmax q, shape [B, T].
+
+    p is given as K (id, probability) pairs per position (`target_ids`, `target_probs`: [B, T, K]); entries
+    with probability 0 contribute nothing (0 log 0 = 0), so padding slots and ignored positions (all zero)
+    give 0. With a one-hot p this is exactly the token's NLL. Computed in fp32, like `token_nll`.
+    """
+    log_q = logits.float().log_softmax(-1).gather(-1, target_ids)
+    p = target_probs.float()
+    return _sparse_kl(p, log_q)
+
+
+def _sparse_kl(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """sum_k p_k (log p_k - log q_k) with the p_k = 0 terms dropped (also from the gradient)."""
+    cross = torch.where(p > 0, p * log_q, torch.zeros_like(log_q))
+    return (torch.xlogy(p, p) - cross).sum(-1)
+
+
+def one_hot_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-hot target of every labelled position as ([B, T, 1] ids, [B, T, 1] probs).
+
+    Ignored positions get id 0 with probability 0, so they stay valid gather indices yet add no loss.
+    """
+    labelled = labels != IGNORE_INDEX
+    ids = torch.where(labelled, labels, torch.zeros_like(labels)).unsqueeze(-1)
+    return ids, labelled.float().unsqueeze(-1)
+
+
+def distill_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    target_ids: torch.Tensor | None,
+    target_probs: torch.Tensor | None,
+    token_weights: torch.Tensor | None,
+    kd_weight: float,
+    causal: bool,
+) -> tuple[torch.Tensor, int]:
+    """Mean of ``weight * ((1 - kd_weight) * NLL + kd_weight * KL(teacher || student))`` over labelled tokens.
+
+    The sum is divided by the number of labelled tokens, not by the weights, so a loss weight of 2 for a
+    task really doubles its pull on the gradient. Positions without a teacher distribution must carry the
+    one-hot target (the collator does that; `target_ids`/`target_probs` None means one-hot everywhere), so
+    answer-only examples reduce to plain NLL. Causal models are shifted exactly like `shift_for_causal`
+    (logits at t predict labels, targets and weights at t + 1). Returns (loss, token count) like
+    `mean_token_nll`.
+    """
+    if not 0.0 <= kd_weight <= 1.0:
+        raise ValueError(f"kd_weight must be between 0 and 1, got {kd_weight}")
+    if target_ids is None or target_probs is None:
+        target_ids, target_probs = one_hot_targets(labels)
+    if causal:
+        logits, labels = shift_for_causal(logits, labels)
+        target_ids, target_probs = target_ids[:, 1:], target_probs[:, 1:]
+        token_weights = None if token_weights is None else token_weights[:, 1:]
+    labelled = labels != IGNORE_INDEX
+    log_q = logits.float().log_softmax(-1)
+    per_token = torch.zeros(labels.shape, dtype=log_q.dtype, device=log_q.device)
+    if kd_weight < 1.0:
+        nll = -log_q.gather(-1, torch.where(labelled, labels, torch.zeros_like(labels)).unsqueeze(-1)).squeeze(-1)
+        per_token = per_token + (1.0 - kd_weight) * nll
+    if kd_weight > 0.0:
+        kl = _sparse_kl(target_probs.to(log_q.device).float(), log_q.gather(-1, target_ids.to(log_q.device)))
+        per_token = per_token + kd_weight * kl
+    if token_weights is not None:
+        per_token = per_token * token_weights.to(per_token.device).float()
+    per_token = torch.where(labelled, per_token, torch.zeros_like(per_token))
+    count = int(labelled.sum().item())
+    return per_token.sum() / max(count, 1), count

@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,14 @@ from cotdistill.errors import ConfigError
 from cotdistill.eval_sets import EvalSet, folder_name, resolve_eval_sets
 from cotdistill.evaluate import EvalReport, evaluate_problems
 from cotdistill.export import export_from_engine, save_run_meta
-from cotdistill.formats import build_examples, validate_mixture
+from cotdistill.formats import PROMPT_FORMATS, build_examples, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
-from cotdistill.objectives import mean_token_nll
+from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
 from cotdistill.run_data import load_run_problems
 from cotdistill.schedule import lr_at
+from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded
+from cotdistill.student import Student
 from cotdistill.tiny import build_tiny_model
 
 TRAIN_LOG = "train_log.jsonl"
@@ -105,10 +108,21 @@ def _ensure_model(config: RunConfig, engine: Engine, texts: list[str], log) -> s
 
 
 def _eval_format(config: RunConfig) -> str:
+    """How dev sets are evaluated: eval.format, else from the mixture.
+
+    A unified Socratic mixture (decomposer and solver) is evaluated socratically; a solver alone answers
+    the data set's own sub-questions ("socratic-gold"); a decomposer alone cannot be scored (""). Otherwise
+    the heaviest prompt format.
+    """
     if config.eval.format:
         return config.eval.format
     mixture = validate_mixture(config.data.formats)
-    return max(mixture, key=mixture.get)
+    if "decomposer" in mixture and "solver" in mixture:
+        return "socratic"
+    if "solver" in mixture:
+        return "socratic-gold"
+    prompt_formats = {name: weight for name, weight in mixture.items() if name in PROMPT_FORMATS}
+    return max(prompt_formats, key=prompt_formats.get) if prompt_formats else ""
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -130,11 +144,15 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     train_problems, held_out = load_run_problems(config.data)
     mixture = validate_mixture(config.data.formats)
     examples = build_examples(train_problems, mixture, k_shot=config.data.k_shot, seed=t.seed,
-                              demo_pool=train_problems)
+                              demo_pool=train_problems, per_problem=config.data.per_problem)
     log.info("data: %d training problems -> %d examples (%s); %d held-out problems", len(train_problems),
              len(examples), ", ".join(f"{k} {v:.0%}" for k, v in mixture.items()), len(held_out))
 
     dev_sets = _dev_sets(config, train_problems, held_out)  # resolved now: a bad name fails before the model
+    if dev_sets and not _eval_format(config):
+        log.info("a decomposer alone cannot be scored: no dev-set evaluation (evaluate it with its solver: "
+                 "cotdistill eval --strategy socratic --decomposer ... --solver ...)")
+        dev_sets = []
 
     model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
@@ -143,7 +161,8 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     if engine.is_main:
         save_run_meta(model_path, tokenizer, out)
     tokenized, truncation = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
-                                              config.data.max_target_tokens)
+                                              config.data.max_target_tokens,
+                                              teacher_fn=_teacher_fn(config, tokenizer, examples))
     log.info("tokens: %s", truncation.summary())
 
     from transformers import AutoConfig
@@ -158,7 +177,8 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     engine.initialize(model)
 
     order = LengthGroupedBatches([e.length for e in tokenized], t.micro_batch_size, engine.world_size, t.seed,
-                                 group_by_length=t.group_by_length)
+                                 group_by_length=t.group_by_length,
+                                 formats=[e.format for e in tokenized] if config.data.single_format_batches else None)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
 
     step, micro_step = 0, 0
@@ -193,15 +213,17 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
         started = time.perf_counter()
         loss_sum = tokens = real = slots = 0.0
         for _ in range(t.gradient_accumulation):
-            batch = collate([tokenized[i] for i in next(batches)], pad_id)
+            batch = collate([tokenized[i] for i in next(batches)], pad_id, loss_weights=t.loss_weights or None,
+                            teacher=t.kd_weight > 0)
             micro_step += 1
             r, s = padding_stats(batch, causal)
             real, slots = real + r, slots + s
             labels = batch.pop("labels")
+            targets = {k: batch.pop(k).to(engine.device) for k in ("token_weights", "kd_ids", "kd_probs") if k in batch}
             if not causal:
                 batch["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=labels)
             outputs = engine.forward(**batch)
-            loss, n = mean_token_nll(outputs.logits, labels.to(engine.device), causal)
+            loss, n = _micro_batch_loss(outputs.logits, labels.to(engine.device), targets, t.kd_weight, causal)
             engine.backward(loss)
             engine.step()
             loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
@@ -257,14 +279,42 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     return result
 
 
+def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable | None:
+    """The per-token teacher distributions for distribution matching (train.kd_weight > 0), else None."""
+    if config.train.kd_weight <= 0:
+        return None
+    if not any(e.teacher_tokens for e in examples):
+        raise ConfigError("train.kd_weight > 0 but no training example carries teacher log-probs; build the data "
+                          "with sampling.logprobs > 0 (cotdistill build-data) and train on its cot product")
+    from cotdistill.alignment import StudentVocab, teacher_targets
+
+    vocab = StudentVocab(tokenizer)
+    renormalize = config.train.kd_renormalize
+    return lambda teacher_tokens, target_ids: teacher_targets(teacher_tokens, target_ids, tokenizer, vocab,
+                                                              renormalize=renormalize)
+
+
+def _micro_batch_loss(logits: torch.Tensor, labels: torch.Tensor, targets: dict[str, torch.Tensor],
+                      kd_weight: float, causal: bool) -> tuple[torch.Tensor, int]:
+    """Plain mean NLL, or the weighted NLL/KL mix when loss weights or distribution matching are on."""
+    if not targets:
+        return mean_token_nll(logits, labels, causal)
+    if "kd_ids" in targets:
+        ids, probs = targets["kd_ids"], targets["kd_probs"]
+    else:
+        ids, probs = (t.to(labels.device) for t in one_hot_targets(labels))
+    return distill_loss(logits, labels, ids, probs, targets.get("token_weights"), kd_weight, causal)
+
+
 def _dev_sets(config: RunConfig, train_problems: list, held_out: list) -> list[EvalSet]:
     """The held-out synthetic problems plus ``eval.datasets``, each capped at ``eval.limit`` problems."""
     fmt = _eval_format(config)
     limit = config.eval.limit
     sets = [EvalSet(HELD_OUT, held_out[: limit or len(held_out)], train_problems)] if held_out else []
     if config.eval.datasets:
+        strategy = "socratic" if fmt.startswith("socratic") else (fmt or "answer_only")
         request = EvalRunConfig(model=config.model.name_or_path, datasets=list(config.eval.datasets),
-                                strategy=fmt, k_shot=config.data.k_shot, seed=config.train.seed, limit=limit,
+                                strategy=strategy, k_shot=config.data.k_shot, seed=config.train.seed, limit=limit,
                                 data_dir=config.data.data_dir)
         sets += resolve_eval_sets(request)
     return sets
@@ -276,11 +326,21 @@ def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalS
     fmt = _eval_format(config)
     reports = {}
     for dev in sets:
-        report = evaluate_problems(engine, tokenizer, causal, dev.problems, fmt,
-                                   max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                                   demo_pool=dev.demo_pool, k_shot=config.data.k_shot, seed=config.train.seed,
-                                   max_source_tokens=config.data.max_source_tokens, desc=f"eval {dev.name}",
-                                   prompts=dev.prompts)
+        if fmt.startswith("socratic"):
+            settings = SocraticSettings(decomposer=config.model.name_or_path, solver=config.model.name_or_path,
+                                        subquestions="gold" if fmt == "socratic-gold" else "model",
+                                        max_new_tokens=config.eval.max_new_tokens,
+                                        max_step_tokens=config.eval.max_step_tokens,
+                                        batch_size=config.eval.batch_size,
+                                        max_source_tokens=config.data.max_source_tokens)
+            report = evaluate_socratic_loaded(engine, Student(tokenizer, causal, config.model.name_or_path, None),
+                                              dev.problems, settings, name=dev.name)
+        else:
+            report = evaluate_problems(engine, tokenizer, causal, dev.problems, fmt,
+                                       max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
+                                       demo_pool=dev.demo_pool, k_shot=config.data.k_shot, seed=config.train.seed,
+                                       max_source_tokens=config.data.max_source_tokens, desc=f"eval {dev.name}",
+                                       prompts=dev.prompts)
         reports[dev.name] = report
         if engine.is_main:
             report.write(folder / folder_name(dev.name))

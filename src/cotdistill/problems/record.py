@@ -19,7 +19,8 @@ class Problem:
 
     `answer` is the gold final answer as text (a number like "72" or "0.5", or "yes"/"no");
     `rationale` is a worked solution in plain prose when known; `steps` are Socratic
-    sub-question/answer pairs when known; `source` names the data set (e.g. "gsm8k").
+    sub-question/answer pairs when known; `source` names the data set (e.g. "gsm8k"); `teacher_tokens`
+    carry the teacher's top-k log-probs over `rationale` for distribution matching.
     """
 
     id: str
@@ -28,3 +29,5 @@ class Problem:
     rationale: str | None = None
     steps: tuple[Step, ...] = field(default_factory=tuple)
     source: str = ""
+    # A teacher's tokens for `rationale` as the data builder stores them: [token, logprob, [[alt, logprob], ...]]
+    teacher_tokens: tuple = field(default=(), compare=False, repr=False)

@@ -96,7 +96,8 @@ def read_problem_file(
     """A generic file of {"question","answer"} records (JSON list or JSONL).
 
     Optional fields: "rationale", "id" (default `<file stem>/<index>`), "source" (default the file
-    stem) and "steps" (a list of {"question","answer"} objects), so saved Problems read back whole.
+    stem), "steps" (a list of {"question","answer"} objects) and "teacher_tokens" (the data builder's
+    per-token log-probs), so saved Problems read back whole.
     """
     path = require_file(path)
     problems = []
@@ -109,6 +110,7 @@ def read_problem_file(
                 rationale=item.optional_text(rationale_field),
                 steps=_steps(item),
                 source=item.optional_text("source") or path.stem,
+                teacher_tokens=tuple(item.record.get("teacher_tokens") or ()),
             )
         )
     return problems
