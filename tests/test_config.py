@@ -490,3 +490,20 @@ def test_to_yaml_round_trips_changed_values(tmp_path):
 def test_shipped_recipe_round_trips_through_yaml(recipe, tmp_path):
     config = load_config(recipe)
     assert load_config(write(tmp_path, to_yaml(config))) == config
+
+
+PAPER_RECIPES = sorted((REPO / "recipes" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", PAPER_RECIPES, ids=lambda p: p.name)
+def test_paper_recipes_load_validate_and_name_their_mixtures(recipe):
+    from cotdistill.formats import validate_mixture
+
+    config = load_config(recipe)
+    assert not config.model.make_tiny and config.data.dataset == "teacher_data"
+    assert validate_mixture(config.data.formats)
+    assert (REPO / config.deepspeed_config).is_file()
+
+
+def test_both_paper_recipes_are_shipped():
+    assert {p.name for p in PAPER_RECIPES} == {"socratic-gpt2-large-gsm8k.yaml", "specialize-flan-t5-large-gsm8k.yaml"}

@@ -26,6 +26,8 @@ from cotdistill.ds_config import zero_stage
 
 log = logging.getLogger(__name__)
 
+UNIVERSAL_TAG = "universal"  # <checkpoint>/universal: a checkpoint resharded for another world size
+
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -93,7 +95,7 @@ def share_cpu_threads() -> None:
     if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
         return
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")) or 1)
-    threads = max(1, (os.cpu_count() or 1) // max(1, local_world))
+    threads = max(1, _usable_cpus() // max(1, local_world))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 
@@ -253,12 +255,77 @@ class Engine:
         """Collective: every rank writes its partition of weights and optimizer state under folder/tag."""
         self.ds.save_checkpoint(str(folder), tag=tag, client_state=client_state, save_latest=False)
 
-    def load_checkpoint(self, folder: Path, tag: str) -> dict[str, Any]:
-        path, client_state = self.ds.load_checkpoint(str(folder), tag=tag, load_optimizer_states=True,
-                                                     load_lr_scheduler_states=False)
+    def load_checkpoint(self, folder: Path, tag: str, saved_world_size: int | None = None) -> dict[str, Any]:
+        """Collective: restore weights, optimizer state and the client state saved under folder/tag.
+
+        A ZeRO checkpoint written by ``saved_world_size`` ranks other than this world size is resharded:
+        rank 0 converts it once into DeepSpeed's universal checkpoint (``folder/universal``, see
+        ``universal_checkpoint``) and every rank loads its new partition of the fp32 master weights and
+        Adam moments from there, so training continues with the same optimizer state.
+        """
+        if saved_world_size is None or saved_world_size == self.world_size or not self.ds.zero_optimization():
+            return self._load(folder, tag, universal=False)
+        if self.ds.zero_nvme_offload_optimizer():
+            raise RuntimeError(f"checkpoint {folder} was written by {saved_world_size} ranks and this job has "
+                               f"{self.world_size}: DeepSpeed cannot reshard an NVMe-offloaded optimizer; resume "
+                               f"on {saved_world_size} ranks, or with a config that offloads to CPU")
+        return self._load(folder, self.universal_checkpoint(folder, tag), universal=True)
+
+    def _load(self, folder: Path, tag: str, universal: bool) -> dict[str, Any]:
+        # DeepSpeed reads `checkpoint.load_universal` only inside load_checkpoint (0.19.8: every reader is on
+        # the load path), so it is switched on for this one load rather than fixed before initialize, when
+        # nobody yet knows which world size wrote the checkpoint.
+        config = self.ds._config
+        before = config.load_universal_checkpoint
+        config.load_universal_checkpoint = universal
+        try:
+            path, client_state = self.ds.load_checkpoint(str(folder), tag=tag, load_optimizer_states=True,
+                                                         load_lr_scheduler_states=False)
+        finally:
+            config.load_universal_checkpoint = before
         if path is None:
             raise FileNotFoundError(f"DeepSpeed could not load checkpoint {folder}/{tag}")
         return client_state or {}
+
+    def universal_checkpoint(self, folder: Path, tag: str) -> str:
+        """Collective: make sure ``folder/universal`` holds the universal form of folder/tag; return its tag.
+
+        Rank 0 converts (DeepSpeed's ``ds_to_universal``: per parameter the fp32 master weight and both
+        Adam moments, unpartitioned, plus the optimizer's step count and hyper-parameters) into a temporary
+        folder and renames it into place, so a crash mid-conversion leaves nothing that looks finished and
+        the next resume converts again. A finished conversion is reused. The other ranks wait.
+        """
+        final = folder / UNIVERSAL_TAG
+        problem = ""
+        if self.is_main and not final.is_dir():
+            import argparse
+            import shutil
+            import time
+
+            from deepspeed.checkpoint.ds_to_universal import main as to_universal
+
+            scratch = folder / f".{UNIVERSAL_TAG}-tmp"
+            shutil.rmtree(scratch, ignore_errors=True)  # an interrupted conversion
+            started = time.perf_counter()
+            # ds_to_universal writes `latest_universal` beside its output folder: inside scratch, gone below.
+            args = argparse.Namespace(input_folder=str(folder / tag), output_folder=str(scratch / UNIVERSAL_TAG),
+                                      num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                      strict=True, inject_missing_state=True)
+            try:
+                with _silenced():  # it prints a banner and progress bars
+                    to_universal(args)
+                os.replace(scratch / UNIVERSAL_TAG, final)
+                log.info("universal checkpoint written to %s in %.1f s", final, time.perf_counter() - started)
+            except Exception as err:  # every rank must hear of it (the broadcast below)
+                problem = f"converting {folder / tag} to a universal checkpoint failed: {err!r}"
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        elif self.is_main:
+            log.info("reusing the universal checkpoint converted earlier: %s", final)
+        problem = self.broadcast_object(problem)
+        if problem:
+            raise RuntimeError(problem)
+        return UNIVERSAL_TAG
 
     def load_weights_only(self, folder: Path, tag: str) -> None:
         """Fill the (possibly partitioned) module from a ZeRO checkpoint written by any number of ranks.
@@ -321,3 +388,11 @@ def state_dict_from_checkpoint(checkpoint_dir: Path, tag: str) -> dict[str, torc
 
     with _silenced():
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (Slurm and taskset bind jobs to fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1

@@ -8,6 +8,7 @@ prepare output dir -> problems -> formatted examples -> (tiny model if asked) ->
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -81,17 +82,31 @@ def prepare_output_dir(output_dir: str, engine: Engine) -> Path:
 
 
 class StopRequest:
-    """Turns SIGTERM/SIGUSR1 (preemption, time limits) into a checkpoint at the next step boundary."""
+    """Turns SIGTERM/SIGUSR1 (preemption, time limits) into a checkpoint at the next step boundary.
+
+    Installed before anything slow starts, so a signal during start-up is remembered rather than fatal.
+    `release()` (after the training loop) ignores further USR1s and restores TERM: a late USR1 during
+    interpreter shutdown must not kill a process that already saved its checkpoint.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self) -> None:
         self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        self._previous: dict[int, Any] = {}
+        for sig in self.SIGNALS:
             # Only the main thread may install handlers; elsewhere (a test runner thread) keep the default.
             with contextlib.suppress(ValueError):
-                signal.signal(sig, self._handle)
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.requested = True
+
+    def release(self) -> None:
+        for sig, previous in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, signal.SIG_IGN if sig == signal.SIGUSR1 else previous)
+        self._previous.clear()
 
 
 def _ensure_model(config: RunConfig, engine: Engine, texts: list[str], log) -> str:
@@ -127,14 +142,16 @@ def _eval_format(config: RunConfig) -> str:
 
 def train(config: RunConfig) -> TrainResult:
     """Run (or resume) one training job described by ``config``; every rank calls this."""
+    stop = StopRequest()
     engine = Engine()
     try:
-        return _train(engine, config)
+        return _train(engine, config, stop)
     finally:
+        stop.release()
         engine.close()
 
 
-def _train(engine: Engine, config: RunConfig) -> TrainResult:
+def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     log = setup_logging(engine.rank)
     t = config.train
     seed_everything(t.seed)
@@ -181,24 +198,13 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
                                  formats=[e.format for e in tokenized] if config.data.single_format_batches else None)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
 
-    step, micro_step = 0, 0
     latest = ckpt.latest_checkpoint(out) if config.checkpoint.resume else None
-    if latest is not None:
-        state = engine.load_checkpoint(latest.path, ckpt.TAG)
-        step, micro_step = int(state["step"]), int(state["micro_step"])
-        if not ckpt.load_rng(latest.path, engine.rank):
-            log.warning("checkpoint %s has no RNG state for rank %d; dropout streams restart", latest.path,
-                        engine.rank)
-        if engine.is_main:
-            _forget_logged_steps_after(out / TRAIN_LOG, step)
-        log.info("resumed from %s (step %d, %d samples consumed)", latest.path, step,
-                 micro_step * order.global_batch)
-    elif engine.is_main:
+    step, micro_step = _resume(engine, config, out, latest, order, log) if latest is not None else (0, 0)
+    if latest is None and engine.is_main:
         for stale in ckpt.remove_incomplete(out):
             log.info("removed incomplete checkpoint %s", stale)
 
     writer = _tensorboard(out, config) if engine.is_main else None
-    stop = StopRequest()
     stop_at = min(total_steps, step + t.stop_after_steps) if t.stop_after_steps else total_steps
     batches = order.iterate(engine.rank, micro_step)
     pad_id = tokenizer.pad_token_id
@@ -249,7 +255,7 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
         stopping = engine.any_rank(stop.requested)
         due = config.checkpoint.every and step % config.checkpoint.every == 0
         if due or stopping or step == stop_at:
-            _save(engine, config, out, step, micro_step, mean_loss, log)
+            _save(engine, config, out, step, micro_step, mean_loss, log, total_steps)
             last_saved = step
         if stopping:
             log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume", step)
@@ -261,7 +267,7 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     if progress is not None:
         progress.close()
     if step > 0 and last_saved != step:
-        _save(engine, config, out, step, micro_step, losses[-1] if losses else float("nan"), log)
+        _save(engine, config, out, step, micro_step, losses[-1] if losses else float("nan"), log, total_steps)
 
     result = TrainResult(out, step, losses[-1] if losses else float("nan"), losses=losses)
     if step < total_steps:
@@ -277,6 +283,55 @@ def _train(engine: Engine, config: RunConfig) -> TrainResult:
     if writer is not None:
         writer.close()
     return result
+
+
+def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthGroupedBatches,
+            log) -> tuple[int, int]:
+    """Load the newest complete checkpoint, on any world size; returns (optimizer step, micro-step).
+
+    A checkpoint written by another number of ranks is converted to a universal checkpoint, and the data
+    position carries over in consumed samples (the batch order depends on the world size).
+    """
+    t = config.train
+    saved_world = int(latest.meta.get("world_size", engine.world_size))
+    resharded = saved_world != engine.world_size
+    if resharded:
+        log.info("checkpoint step %d was written by %d rank%s; converting to a universal checkpoint for %d "
+                 "rank%s", latest.step, saved_world, "s" * (saved_world > 1), engine.world_size,
+                 "s" * (engine.world_size > 1))
+    state = engine.load_checkpoint(latest.path, ckpt.TAG, saved_world_size=saved_world)
+    step, micro_step = int(state["step"]), int(state["micro_step"])
+    if resharded:
+        saved_ds = state.get("ds_config") or {}
+        before = copy.copy(order)  # the same examples, batched as the saving job batched them
+        before.micro = int(saved_ds.get("train_micro_batch_size_per_gpu", t.micro_batch_size))
+        before.world = saved_world
+        position = ckpt.data_position(micro_step, before.global_batch, order.global_batch,
+                                      before.steps_per_epoch, order.steps_per_epoch)
+        micro_step = position.micro_step
+        if position.repeated:
+            log.info("%d consumed samples do not fill whole micro-steps of %d samples: rounded down, the last "
+                     "%d samples are trained on again", position.consumed, order.global_batch, position.repeated)
+        saved_batch = int(saved_ds.get("train_batch_size", 0))
+        batch = t.micro_batch_size * t.gradient_accumulation * engine.world_size
+        if engine.is_main and saved_batch and saved_batch != batch:
+            log.warning("the global batch changes from %d to %d samples per optimizer step (micro batch x "
+                        "gradient accumulation x %d ranks); set train.gradient_accumulation to keep it",
+                        saved_batch, batch, engine.world_size)
+        missing = ckpt.missing_rng_ranks(latest.path, engine.world_size)
+        if missing:
+            log.info("rank%s %s had no saved RNG state (the checkpoint has %d): fresh streams seeded from "
+                     "train.seed, the step and the rank", "s" * (len(missing) > 1),
+                     ", ".join(map(str, missing)), saved_world)
+    if not ckpt.load_rng(latest.path, engine.rank):
+        seed_everything(t.seed + 1_000_003 * step + engine.rank)
+        if not resharded:
+            log.warning("checkpoint %s has no RNG state for rank %d; its streams restart from a fresh seed",
+                        latest.path, engine.rank)
+    if engine.is_main:
+        _forget_logged_steps_after(out / TRAIN_LOG, step)
+    log.info("resumed from %s (step %d, %d samples consumed)", latest.path, step, micro_step * order.global_batch)
+    return step, micro_step
 
 
 def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable | None:
@@ -350,13 +405,14 @@ def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalS
     return reports
 
 
-def _save(engine: Engine, config: RunConfig, out: Path, step: int, micro_step: int, loss: float, log) -> None:
+def _save(engine: Engine, config: RunConfig, out: Path, step: int, micro_step: int, loss: float, log,
+          total_steps: int) -> None:
     folder = ckpt.checkpoint_path(out, step)
     engine.save_checkpoint(folder, ckpt.TAG, {"step": step, "micro_step": micro_step})
     ckpt.save_rng(folder, engine.rank)
     engine.barrier()
     if engine.is_main:
-        ckpt.mark_complete(folder, {"step": step, "micro_step": micro_step, "loss": loss,
+        ckpt.mark_complete(folder, {"step": step, "micro_step": micro_step, "loss": loss, "total_steps": total_steps,
                                     "world_size": engine.world_size, "time": time.time()})
         removed = ckpt.rotate(out, config.checkpoint.keep_last)
         log.info("checkpoint step %d saved to %s%s", step, folder,
