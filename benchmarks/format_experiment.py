@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from cotdistill.report import markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {"answer-only": "answer_only", "cot": "zero_shot_cot", "socratic": "socratic"}
 TINY = "runs/experiment/tiny-gpt2"
@@ -46,11 +48,11 @@ def main() -> None:
              f"recipes/experiment/{arm}.yaml", f"train.max_steps={args.steps}", "model.make_tiny="])
         minutes = (time.monotonic() - started) / 60
         metrics = json.loads((REPO / "runs" / "experiment" / arm / "eval" / "held-out" / "metrics.json").read_text())
-        rows.append(f"| {arm} | {strategy} | {metrics['correct']}/{metrics['total']} | "
-                    f"{100 * metrics['accuracy']:.1f}% | {minutes:.1f} |")
+        rows.append([arm, strategy, f"{metrics['correct']}/{metrics['total']}", f"{100 * metrics['accuracy']:.1f}%",
+                     f"{minutes:.1f}"])
         print(rows[-1], file=sys.stderr, flush=True)
-    table = "\n".join(["| student | evaluated as | correct | held-out accuracy | minutes (train + eval) |",
-                       "|---|---|---:|---:|---:|", *rows])
+    table = markdown_table(["student", "evaluated as", "correct", "held-out accuracy", "minutes (train + eval)"],
+                           rows)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n", encoding="utf-8")

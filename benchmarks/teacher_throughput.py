@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cotdistill.report import markdown_table
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,11 +65,11 @@ def main() -> None:
             server.kill()
         rate = run["requests_sent"] / run["ask_seconds"]
         ideal = concurrency / delay
-        rows.append(f"| {concurrency} | {delay:g} | {run['requests_sent']} | {run['ask_seconds']:.2f} | "
-                    f"{rate:.1f} | {ideal:.0f} | {100 * rate / ideal:.0f}% |")
+        rows.append([concurrency, f"{delay:g}", run["requests_sent"], f"{run['ask_seconds']:.2f}", f"{rate:.1f}",
+                     f"{ideal:.0f}", f"{100 * rate / ideal:.0f}%"])
         print(rows[-1], file=sys.stderr, flush=True)
-    table = "\n".join(["| concurrency | delay (s) | requests | seconds | requests/s | ideal | of ideal |",
-                       "|---:|---:|---:|---:|---:|---:|---:|", *rows])
+    table = markdown_table(["concurrency", "delay (s)", "requests", "seconds", "requests/s", "ideal", "of ideal"],
+                           rows)
     print(table)
     if args.out:
         Path(args.out).write_text(table + "\n", encoding="utf-8")
