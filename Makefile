@@ -26,7 +26,7 @@ demo: install
 	@rm -rf runs/demo-gpt2 runs/tiny-gpt2
 	$(VENV)/bin/deepspeed --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-gpt2-synthetic.yaml
 
-# The embedded experiment (issue 5): answer-only vs CoT vs Socratic students, same budget (~35 min on 2 CPU cores).
+# The embedded experiment (issue 5): answer-only vs CoT vs Socratic students, same budget (minutes per arm: docs/BENCHMARKS.md).
 experiment: install
 	$(PY) benchmarks/format_experiment.py --ranks $(NUM_RANKS)
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, T5ForConditionalGeneration
 
-from cotdistill.teacher.hf_local import HFTeacher, token_spans
+from cotdistill.alignment import token_spans
+from cotdistill.teacher.hf_local import HFTeacher
 from cotdistill.teacher.types import SampleRequest, SampleResponse, Sampling, TeacherError
 
 ARCHS = ("t5", "gpt2")

@@ -11,13 +11,12 @@ token one-hot, so distillation never teaches a different text than the one being
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-
-from cotdistill.teacher.hf_local import token_spans
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -61,6 +60,26 @@ def _texts_after_anchor(tokenizer: PreTrainedTokenizerBase, anchor: int, ids: Se
         piece = text[len(head):] if text.startswith(head) else None
         out.append(piece if piece and "\ufffd" not in piece else None)
     return out
+
+
+def token_spans(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]]:
+    """Character span of each id in ``text`` (the decode of all ids), so the spans tile the text exactly.
+
+    Each boundary is where the decode of the growing prefix stops agreeing with the full text: a token that
+    ends inside a multi-byte character decodes to U+FFFD there, so it gets an empty span and the token that
+    completes the character carries it. Spans from ``convert_ids_to_tokens`` would not tile the text
+    (sentencepiece "▁", byte-level "Ġ"). Costs one decode per token.
+    """
+    spans, done = [], 0
+    for i in range(len(ids)):
+        if i == len(ids) - 1:
+            end = len(text)
+        else:
+            prefix = tokenizer.decode(ids[:i + 1], skip_special_tokens=True)
+            end = max(done, len(os.path.commonprefix([prefix, text])))
+        spans.append((done, end))
+        done = end
+    return spans
 
 
 def token_texts(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> list[str]:

@@ -29,6 +29,13 @@ DECOMPOSER_STOPS = ("\n\n", "\nQuestion:", "\nA1:")
 SOLVER_STOPS = ("\n",)
 
 
+def cut_at(text: str, stops: Sequence[str]) -> str:
+    """`text` up to the first of `stops`, stripped."""
+    for stop in stops:
+        text = text.split(stop, 1)[0]
+    return text.strip()
+
+
 def decomposer_prompt(question: str) -> str:
     return f"{DECOMPOSER_TASK}\nQuestion: {question.strip()}\nSub-questions:"
 
@@ -64,9 +71,8 @@ def parse_subquestions(text: str) -> list[str]:
     Numbering must run 1, 2, 3...; a line that breaks it (or any unlabelled line) ends the list, so a
     model that rambles on keeps the sub-questions it wrote before rambling.
     """
-    for stop in DECOMPOSER_STOPS:
-        text = text.split(stop, 1)[0]
-    text = _LABEL_WITHOUT_NEWLINE.sub("\n", text)  # T5 tokenizers have no newline: "Q1: a? Q2: b?"
+    # T5 tokenizers have no newline token, so a T5 decomposer writes "Q1: a? Q2: b?" on one line.
+    text = _LABEL_WITHOUT_NEWLINE.sub("\n", cut_at(text, DECOMPOSER_STOPS))
     questions: list[str] = []
     for line in text.strip().splitlines():
         match = _SUBQUESTION.match(line)
@@ -78,9 +84,7 @@ def parse_subquestions(text: str) -> list[str]:
 
 def clean_solver_answer(text: str) -> str:
     """The solver's answer step: its first line."""
-    for stop in SOLVER_STOPS:
-        text = text.split(stop, 1)[0]
-    return text.strip()
+    return cut_at(text, SOLVER_STOPS)
 
 
 def socratic_problem_errors(problem: Problem, fmt: str) -> str | None:

@@ -39,6 +39,7 @@ from cotdistill.socratic import (
     DECOMPOSER_STOPS,
     SOLVER_STOPS,
     clean_solver_answer,
+    cut_at,
     decomposer_prompt,
     parse_subquestions,
     solver_prompt,
@@ -141,12 +142,6 @@ def check_model(name: str) -> None:
     detect_kind(found[0] / META_DIR if found else name)
 
 
-def _cut(text: str, stops: Sequence[str]) -> str:
-    for stop in stops:
-        text = text.split(stop, 1)[0]
-    return text.strip()
-
-
 def gold_decompositions(problems: Sequence[Problem], max_subquestions: int, name: str) -> list[Decomposition]:
     """The problems' own sub-questions; every problem must have steps."""
     missing = [p.id for p in problems if not p.steps]
@@ -165,7 +160,7 @@ def decompose(engine: Engine, student: Student, problems: Sequence[Problem], set
     outputs = generate_all(engine, student.tokenizer, student.causal, prompts, max_new_tokens=settings.max_new_tokens,
                            batch_size=settings.batch_size, stop_strings=DECOMPOSER_STOPS,
                            max_source_tokens=settings.max_source_tokens, desc=desc)
-    return [Decomposition(prompt, _cut(text, DECOMPOSER_STOPS), parse_subquestions(text)[:settings.max_subquestions],
+    return [Decomposition(prompt, cut_at(text, DECOMPOSER_STOPS), parse_subquestions(text)[:settings.max_subquestions],
                           tokens) for prompt, (text, tokens) in zip(prompts, outputs, strict=True)]
 
 

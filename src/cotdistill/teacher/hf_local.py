@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from cotdistill.alignment import token_spans
 from cotdistill.batching import padded_prompts
 from cotdistill.errors import ConfigError
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
@@ -275,26 +275,6 @@ class HFTeacher:
         context = self.tokenizer.decode([previous])
         both = self.tokenizer.decode([previous, token])
         return both[len(context):] if both.startswith(context) else self.tokenizer.decode([token])
-
-
-def token_spans(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]]:
-    """Character span of each id in ``text`` (the decode of all ids), so the spans tile the text exactly.
-
-    Each boundary is where the decode of the growing prefix stops agreeing with the full text: a token that
-    ends inside a multi-byte character decodes to U+FFFD there, so it gets an empty span and the token that
-    completes the character carries it. Spans from ``convert_ids_to_tokens`` would not tile the text
-    (sentencepiece "▁", byte-level "Ġ"). Costs one decode per token.
-    """
-    spans, done = [], 0
-    for i in range(len(ids)):
-        if i == len(ids) - 1:
-            end = len(text)
-        else:
-            prefix = tokenizer.decode(ids[:i + 1], skip_special_tokens=True)
-            end = max(done, len(os.path.commonprefix([prefix, text])))
-        spans.append((done, end))
-        done = end
-    return spans
 
 
 def _step_logprobs(logits: tuple[torch.Tensor, ...], new_ids: torch.Tensor, k: int,
