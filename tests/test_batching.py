@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cotdistill.batching import (
+    DataState,
     LengthGroupedBatches,
     TokenizedExample,
     collate,
@@ -340,3 +341,65 @@ def test_generation_prompts_can_pad_on_the_left():
     assert out["input_ids"].tolist() == [[1, 2, 3], [0, 0, 4], [0, 5, 6]]
     assert out["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1], [0, 1, 1]]
     assert out["input_ids"][:, -1].tolist() == [3, 4, 6]
+
+
+# -- the data state: resuming on another world size -------------------------------------------------------------
+
+
+def take(stream, steps: int) -> list[list[list[int]]]:
+    return [stream.next_step() for _ in range(steps)]
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_state_resumes_the_uninterrupted_stream_on_the_same_world_size(group):
+    order = LengthGroupedBatches(mixed_lengths(70), 4, 3, seed=9, group_by_length=group, mega=2)
+    uninterrupted = take(order.stream(order.position(0)), 3 * order.steps_per_epoch)
+    for k in (0, 1, 5, 6, 7, 13):
+        stream = order.stream(order.position(0))
+        take(stream, k)
+        state = DataState.from_json(stream.state().to_json())  # through the checkpoint's JSON
+        assert take(order.stream(state), len(uninterrupted) - k) == uninterrupted[k:], f"resume at {k}"
+
+
+@pytest.mark.parametrize("group", [True, False])
+@pytest.mark.parametrize("worlds", [(2, 1), (1, 3), (3, 2, 4), (2, 5, 1)])
+def test_an_epoch_resharded_mid_way_trains_each_of_its_samples_exactly_as_often_as_planned(worlds, group):
+    """However often the world size changes inside an epoch, the epoch's planned samples are each consumed
+    once (only the last step of the epoch may wrap around to fill whole micro-steps)."""
+    lengths = mixed_lengths(103)
+    orders = [LengthGroupedBatches(lengths, 4, w, seed=2, group_by_length=group, mega=2) for w in worlds]
+    planned = [i for step in orders[0].epoch(0) for rank in step for i in rank]
+    state, consumed = orders[0].position(0), []
+    for order in orders:
+        stream = order.stream(state)
+        for step in take(stream, 2):
+            consumed += [i for rank in step for i in rank]
+        state = stream.state()
+    assert state.epoch == 0
+    consumed += state.remaining
+    assert consumed[:len(planned)] == planned
+    assert len(consumed) - len(planned) < 4 * max(worlds)  # at most one wrapped-up last step
+
+
+def test_fewer_ranks_with_the_same_micro_batch_get_the_very_same_micro_batches():
+    lengths = mixed_lengths(96)
+    two, one = LengthGroupedBatches(lengths, 4, 2, seed=1), LengthGroupedBatches(lengths, 4, 1, seed=1)
+    state = two.position(5)
+    assert [s[0] for s in one.chunk(state.remaining)] == [b for step in two.epoch(0)[5:] for b in step]
+
+
+def test_recut_steps_never_mix_formats():
+    formats = ["decomposer"] * 37 + ["solver"] * 70 + ["zero_shot_cot"] * 9
+    lengths = [(i * 7) % 50 + 1 for i in range(len(formats))]
+    two = LengthGroupedBatches(lengths, 4, 2, seed=5, formats=formats)
+    three = LengthGroupedBatches(lengths, 4, 3, seed=5, formats=formats)
+    steps = three.chunk(two.position(4).remaining)
+    assert steps and all(len({formats[i] for rank in step for i in rank}) == 1 for step in steps)
+    assert all(len(rank) == 4 for step in steps for rank in step)
+
+
+def test_a_state_at_the_end_of_an_epoch_starts_the_next_epoch():
+    order = LengthGroupedBatches(mixed_lengths(40), 4, 2, seed=4)
+    state = order.position(order.steps_per_epoch)
+    assert state == DataState(1, tuple(i for step in order.epoch(1) for rank in step for i in rank))
+    assert order.stream(DataState(0, ())).next_step() == order.epoch(1)[0]

@@ -4,12 +4,13 @@ One uninterrupted 2-rank run of 8 steps (checkpoints at 4 and 8); its step-4 che
 step 4 are copied into a fresh output folder (exactly what a 2-rank run stopped at step 4 leaves behind)
 and training resumes there on 1 rank with twice the gradient accumulation, so the global batch stays 8.
 
-Why the losses can be compared step by step: with ``train.group_by_length=false`` and examples that fill
-whole global batches, the flat sample order of ``LengthGroupedBatches`` does not depend on the world size
-(checked below), so 1 rank x 2 micro-batches sees exactly the samples 2 ranks x 1 micro-batch saw, and the
-mean of per-micro-batch gradients is the same mean whether DeepSpeed averages over ranks or over
-accumulation steps. What differs is float arithmetic: bf16 gradients averaged by a reduce-scatter over 2
-ranks versus accumulated in fp32 on 1 rank, and 2 CPU threads per matmul instead of 1.
+Why the losses can be compared step by step: the checkpoint carries the epoch's unconsumed samples in their
+sequence (``DataState``), and the 1-rank run re-cuts them into its micro-steps, so with the micro batch kept,
+1 rank x 2 micro-batches sees exactly the micro-batches 2 ranks x 1 micro-batch would have seen (length
+grouping on, the default), and the mean of per-micro-batch gradients is the same mean whether DeepSpeed
+averages over ranks or over accumulation steps. What differs is float arithmetic: bf16 gradients averaged
+by a reduce-scatter over 2 ranks versus accumulated in fp32 on 1 rank, and 2 CPU threads per matmul
+instead of 1.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ LATER_STEPS_TOL = 2e-3
 def train_args(model: Path, output_dir: Path, *extra: str) -> list[str]:
     return ["--config", "recipes/demo-gpt2-synthetic.yaml", *TINY_RUN, f"model.name_or_path={model}",
             "model.make_tiny=", f"output_dir={output_dir}", f"train.max_steps={STEPS}",
-            f"checkpoint.every={STEPS // 2}", "train.group_by_length=false", "eval.at_end=false",
+            f"checkpoint.every={STEPS // 2}", "eval.at_end=false",
             "checkpoint.export_final=false", *extra]
 
 
@@ -59,55 +60,23 @@ def runs(tiny_models, tmp_path_factory) -> dict:
     return {"full": root / "full", "resumed": root / "resumed", "log": proc.stdout + proc.stderr}
 
 
-# -- units: the data position and the batch order --------------------------------------------------------------
+# -- units: the data state carries over --------------------------------------------------------------------------
 
 
-def test_data_position_carries_consumed_samples_over():
-    # 2 ranks x micro 4 = 8 samples per micro-step; 1 rank x 4.
-    assert ckpt.data_position(4, 8, 4) == ckpt.DataPosition(micro_step=8, consumed=32, repeated=0)
-    assert ckpt.data_position(8, 4, 8) == ckpt.DataPosition(micro_step=4, consumed=32, repeated=0)
-    # 3 ranks x 4 -> 2 ranks x 4: 5 x 12 = 60 samples = 7 micro-steps of 8 and 4 left over, seen again.
-    assert ckpt.data_position(5, 12, 8) == ckpt.DataPosition(micro_step=7, consumed=60, repeated=4)
-    assert ckpt.data_position(0, 8, 4) == ckpt.DataPosition(0, 0, 0)
+def lengths_of(n: int) -> list[int]:
+    return [(7 * i) % 23 + 1 for i in range(n)]
 
 
-def test_data_position_keeps_whole_epochs_whole():
-    # 10 examples: 2 micro-steps of 8 per epoch (the second padded), 3 of 4 (the third padded).
-    old, new = LengthGroupedBatches([5] * 10, 4, 2, 0), LengthGroupedBatches([5] * 10, 4, 1, 0)
-    assert (old.steps_per_epoch, new.steps_per_epoch) == (2, 3)
-    # Two epochs and one micro-step in: epoch 2 starts at new micro-step 6, plus 8 samples = 2 micro-steps.
-    position = ckpt.data_position(5, 8, 4, old.steps_per_epoch, new.steps_per_epoch)
-    assert position == ckpt.DataPosition(micro_step=8, consumed=40, repeated=0)
-    with pytest.raises(ValueError):
-        ckpt.data_position(-1, 8, 4)
-
-
-def flat_order(order: LengthGroupedBatches, epoch: int = 0) -> list[int]:
-    return [i for step in order.epoch(epoch) for rank_batch in step for i in rank_batch]
-
-
-def test_ungrouped_batch_order_is_the_same_sample_sequence_on_any_world_size():
-    lengths = [(7 * i) % 23 + 1 for i in range(64)]
-    for epoch in (0, 1):
-        two = flat_order(LengthGroupedBatches(lengths, 4, 2, seed=3, group_by_length=False), epoch)
-        one = flat_order(LengthGroupedBatches(lengths, 4, 1, seed=3, group_by_length=False), epoch)
-        assert two == one
-    # Resuming mid-epoch at the converted micro-step yields the rest of the same sequence.
-    two_ranks = LengthGroupedBatches(lengths, 4, 2, seed=3, group_by_length=False)
-    one_rank = LengthGroupedBatches(lengths, 4, 1, seed=3, group_by_length=False)
-    start = ckpt.data_position(3, two_ranks.global_batch, one_rank.global_batch).micro_step
-    rest = one_rank.iterate(0, start)
-    assert [i for _ in range(10) for i in next(rest)] == flat_order(two_ranks)[24:64]
-
-
-def test_length_grouped_order_depends_on_the_world_size():
-    """Why the test runs ungrouped: grouping sorts chunks of mega x global batch and shuffles whole global
-    batches, both sized by the world size, so after a world-size change the same consumed-sample count
-    continues a different (equally valid) order, and per-step losses can only be compared loosely."""
-    lengths = [(7 * i) % 23 + 1 for i in range(64)]
-    two = flat_order(LengthGroupedBatches(lengths, 4, 2, seed=3, mega=2))
-    one = flat_order(LengthGroupedBatches(lengths, 4, 1, seed=3, mega=2))
-    assert sorted(two) == sorted(one) and two != one
+def test_two_rank_state_resumes_on_one_rank_with_the_same_micro_batches():
+    two = LengthGroupedBatches(lengths_of(64), 4, 2, seed=3)
+    one = LengthGroupedBatches(lengths_of(64), 4, 1, seed=3)
+    stream = two.stream(two.position(0))
+    for _ in range(3):
+        stream.next_step()
+    resumed = one.stream(stream.state())
+    rest_on_two = [rank_batch for step in two.epoch(0)[3:] for rank_batch in step]
+    assert [resumed.next_step()[0] for _ in range(len(rest_on_two))] == rest_on_two
+    assert resumed.next_step() == one.epoch(1)[0]  # then whole epochs of the new world size
 
 
 # -- end to end ---------------------------------------------------------------------------------------------
@@ -116,7 +85,7 @@ def test_length_grouped_order_depends_on_the_world_size():
 @pytest.mark.distributed
 def test_resume_on_fewer_ranks_is_automatic_and_logged(runs):
     assert "checkpoint step 4 was written by 2 ranks; converting to a universal checkpoint for 1 rank" in runs["log"]
-    assert "resumed from" in runs["log"] and "(step 4, 32 samples consumed)" in runs["log"]
+    assert "resumed from" in runs["log"] and "(step 4, epoch 0 with 224 samples left)" in runs["log"]
     assert "global batch changes" not in runs["log"]  # gradient accumulation 2 kept it at 8
     step4 = ckpt.checkpoint_path(runs["resumed"], 4)
     assert (step4 / "universal" / "zero" / "optimizer_state.pt").is_file()
@@ -129,7 +98,7 @@ def test_resumed_run_reaches_the_end_with_every_step_logged_once(runs):
     assert steps == list(range(1, STEPS + 1))
     latest = ckpt.latest_checkpoint(runs["resumed"])
     assert latest is not None and latest.step == STEPS
-    assert latest.meta["world_size"] == 1 and latest.meta["micro_step"] == 2 * STEPS
+    assert latest.meta["world_size"] == 1 and latest.meta["samples"] == 8 * STEPS
 
 
 @pytest.mark.distributed

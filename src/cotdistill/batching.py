@@ -106,6 +106,7 @@ class LengthGroupedBatches:
         if formats is not None and len(formats) != len(lengths):
             raise ValueError(f"{len(formats)} formats for {len(lengths)} examples")
         # With formats, every global step draws from one format only (data.single_format_batches).
+        self.formats = None if formats is None else list(formats)
         self.by_format = None if formats is None else {
             name: [i for i, f in enumerate(formats) if f == name] for name in sorted(set(formats))}
         self.lengths = list(lengths)
@@ -155,11 +156,84 @@ class LengthGroupedBatches:
 
     def iterate(self, rank: int, start_micro_step: int = 0) -> Iterator[list[int]]:
         """This rank's micro-batches forever (epoch after epoch), from a global micro-step index."""
-        epoch, offset = divmod(start_micro_step, self.steps_per_epoch)
+        stream = self.stream(self.position(start_micro_step))
         while True:
-            for step in self.epoch(epoch)[offset:]:
-                yield step[rank]
-            epoch, offset = epoch + 1, 0
+            yield stream.next_step()[rank]
+
+    def position(self, micro_step: int) -> DataState:
+        """The data state after ``micro_step`` global micro-steps of this order (no resharding since)."""
+        epoch, offset = divmod(micro_step, self.steps_per_epoch)
+        return DataState(epoch, flatten(self.epoch(epoch)[offset:]))
+
+    def stream(self, state: DataState) -> BatchStream:
+        return BatchStream(self, state)
+
+    def chunk(self, flat: Sequence[int]) -> list[list[list[int]]]:
+        """Re-cut a flat sample sequence into this order's global micro-steps, keeping the sequence.
+
+        Used for the rest of an epoch laid out by another world size or micro batch: a step that was one
+        rank's micro-batch stays one micro-batch when only the number of ranks changed, so padding and the
+        samples of each optimizer step carry over. With single-format batches a step never crosses a change
+        of format. The last step of a run is filled by wrapping around within that run.
+        """
+        runs: list[list[int]] = []
+        for i in flat:
+            if runs and (self.formats is None or self.formats[i] == self.formats[runs[-1][0]]):
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        steps = []
+        for run in runs:
+            need = -(-len(run) // self.global_batch) * self.global_batch
+            run = (run * -(-need // len(run)))[:need]
+            steps += [run[s:s + self.global_batch] for s in range(0, need, self.global_batch)]
+        return [[step[r * self.micro:(r + 1) * self.micro] for r in range(self.world)] for step in steps]
+
+
+
+@dataclass(frozen=True)
+class DataState:
+    """Where training is in the data, independent of the world size: the epoch and its unconsumed samples.
+
+    Saved with every checkpoint, so a run that resumes on another number of ranks (even twice within one
+    epoch) finishes exactly the samples the epoch had left, in the same sequence, before a new epoch starts.
+    """
+
+    epoch: int
+    remaining: tuple[int, ...]
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "remaining": list(self.remaining)}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> DataState:
+        return cls(int(data["epoch"]), tuple(int(i) for i in data["remaining"]))
+
+
+class BatchStream:
+    """Global micro-steps from a data state onwards: the rest of its epoch, then whole epochs."""
+
+    def __init__(self, order: LengthGroupedBatches, state: DataState) -> None:
+        self.order = order
+        self.epoch = state.epoch
+        self.steps = order.chunk(state.remaining) if state.remaining else []
+        self.offset = 0
+
+    def next_step(self) -> list[list[int]]:
+        """The next global micro-step: one index list per rank."""
+        while self.offset >= len(self.steps):
+            self.epoch, self.steps, self.offset = self.epoch + 1, self.order.epoch(self.epoch + 1), 0
+        self.offset += 1
+        return self.steps[self.offset - 1]
+
+    def state(self) -> DataState:
+        """The position after the steps taken so far (what a checkpoint saves)."""
+        return DataState(self.epoch, flatten(self.steps[self.offset:]))
+
+
+def flatten(steps: Sequence[Sequence[Sequence[int]]]) -> tuple[int, ...]:
+    """Global micro-steps as one sample sequence: step by step, rank by rank."""
+    return tuple(i for step in steps for rank_batch in step for i in rank_batch)
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch.Tensor:

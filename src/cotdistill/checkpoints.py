@@ -1,7 +1,8 @@
 """Checkpoint folders that are complete or invisible, rotation, and resume discovery.
 
 Layout: ``<output_dir>/checkpoints/step-000050/`` holds DeepSpeed's files (tag ``state``), one
-``rng-rank<r>.pt`` per rank, and ``COMPLETE`` (JSON), written last by rank 0 after every rank finished.
+``rng-rank<r>.pt`` per rank, ``data_state.json`` (the epoch and its unconsumed samples) and ``COMPLETE``
+(JSON), written last by rank 0 after every rank finished.
 A folder without ``COMPLETE`` was interrupted mid-write and is never resumed from. Resuming on another
 number of ranks adds ``universal/`` (the same state, unpartitioned; see ``Engine.load_checkpoint``).
 """
@@ -22,6 +23,7 @@ import torch
 
 MARKER = "COMPLETE"
 TAG = "state"
+DATA_STATE = "data_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
 
@@ -93,35 +95,17 @@ def remove_incomplete(output_dir: str | Path) -> list[Path]:
     return stale
 
 
-@dataclass(frozen=True)
-class DataPosition:
-    """Where a run resumes in the batch order after the number of ranks changed."""
-
-    micro_step: int  # global micro-step index for the new world size
-    consumed: int  # samples the checkpoint had consumed (micro-step x samples per micro-step)
-    repeated: int  # samples of a partly consumed new micro-step that are trained on again (rounding down)
+def save_data_state(folder: Path, state: dict[str, Any]) -> None:
+    """The data position (rank 0 writes it; it is the same on every rank), before the COMPLETE marker."""
+    tmp = folder / (DATA_STATE + ".tmp")
+    tmp.write_text(json.dumps(state), encoding="utf-8")
+    os.replace(tmp, folder / DATA_STATE)
 
 
-def data_position(micro_step: int, old_batch: int, new_batch: int, old_steps_per_epoch: int | None = None,
-                  new_steps_per_epoch: int | None = None) -> DataPosition:
-    """Carry the data position over in samples, not micro-steps.
-
-    ``old_batch``/``new_batch`` are the samples of one global micro-step (micro batch x ranks) before and
-    after. The checkpoint consumed ``micro_step * old_batch`` samples; the new run starts at that many
-    divided by ``new_batch``, rounded down. With the epoch lengths in micro-steps given, whole epochs stay
-    whole epochs (each epoch is padded to whole micro-steps, a padding that depends on the batch) and only
-    the position inside the current epoch is converted; that equals the plain formula whenever the
-    examples fill whole micro-steps of both sizes.
-    """
-    if micro_step < 0 or old_batch < 1 or new_batch < 1:
-        raise ValueError(f"bad data position: micro_step {micro_step}, batches {old_batch} -> {new_batch}")
-    if old_steps_per_epoch is None or new_steps_per_epoch is None:
-        epoch, offset, new_start = 0, micro_step, 0
-    else:
-        epoch, offset = divmod(micro_step, old_steps_per_epoch)
-        new_start = epoch * new_steps_per_epoch
-    new_offset, repeated = divmod(offset * old_batch, new_batch)
-    return DataPosition(new_start + new_offset, micro_step * old_batch, repeated)
+def load_data_state(folder: Path) -> dict[str, Any] | None:
+    """The saved data position, or None for a checkpoint written before it was saved."""
+    path = folder / DATA_STATE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def capture_rng() -> dict[str, Any]:

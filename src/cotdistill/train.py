@@ -8,7 +8,6 @@ prepare output dir -> problems -> formatted examples -> (tiny model if asked) ->
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from cotdistill import checkpoints as ckpt
-from cotdistill.batching import LengthGroupedBatches, collate, padding_stats, tokenize_examples
+from cotdistill.batching import DataState, LengthGroupedBatches, collate, padding_stats, tokenize_examples
 from cotdistill.config import EvalRunConfig, RunConfig, to_yaml
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
@@ -199,14 +198,15 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
 
     latest = ckpt.latest_checkpoint(out) if config.checkpoint.resume else None
-    step, micro_step = _resume(engine, config, out, latest, order, log) if latest is not None else (0, 0)
+    step, consumed, data = (_resume(engine, config, out, latest, order, log) if latest is not None
+                              else (0, 0, order.position(0)))
     if latest is None and engine.is_main:
         for stale in ckpt.remove_incomplete(out):
             log.info("removed incomplete checkpoint %s", stale)
 
     writer = _tensorboard(out, config) if engine.is_main else None
     stop_at = min(total_steps, step + t.stop_after_steps) if t.stop_after_steps else total_steps
-    batches = order.iterate(engine.rank, micro_step)
+    batches = order.stream(data)
     pad_id = tokenizer.pad_token_id
     losses: list[float] = []
     last_saved = step if latest is not None else -1
@@ -219,9 +219,9 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
         started = time.perf_counter()
         loss_sum = tokens = real = slots = 0.0
         for _ in range(t.gradient_accumulation):
-            batch = collate([tokenized[i] for i in next(batches)], pad_id, loss_weights=t.loss_weights or None,
-                            teacher=t.kd_weight > 0)
-            micro_step += 1
+            batch = collate([tokenized[i] for i in batches.next_step()[engine.rank]], pad_id,
+                            loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0)
+            consumed += order.global_batch
             r, s = padding_stats(batch, causal)
             real, slots = real + r, slots + s
             labels = batch.pop("labels")
@@ -248,14 +248,15 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
             for name, value in scalars.items():
                 writer.add_scalar(name, value, step)
             with open(out / TRAIN_LOG, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, **{k.split("/")[1]: v for k, v in scalars.items()}}) + "\n")
+                fh.write(json.dumps({"step": step, **{k.split("/")[1]: v for k, v in scalars.items()},
+                                     "time": time.time()}) + "\n")
         if progress is not None:
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             progress.update(1)
         stopping = engine.any_rank(stop.requested)
         due = config.checkpoint.every and step % config.checkpoint.every == 0
         if due or stopping or step == stop_at:
-            _save(engine, config, out, step, micro_step, mean_loss, log, total_steps)
+            _save(engine, config, out, step, consumed, batches.state(), mean_loss, log, total_steps)
             last_saved = step
         if stopping:
             log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume", step)
@@ -267,7 +268,8 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     if progress is not None:
         progress.close()
     if step > 0 and last_saved != step:
-        _save(engine, config, out, step, micro_step, losses[-1] if losses else float("nan"), log, total_steps)
+        _save(engine, config, out, step, consumed, batches.state(), losses[-1] if losses else float("nan"), log,
+              total_steps)
 
     result = TrainResult(out, step, losses[-1] if losses else float("nan"), losses=losses)
     if step < total_steps:
@@ -286,11 +288,12 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
 
 
 def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthGroupedBatches,
-            log) -> tuple[int, int]:
-    """Load the newest complete checkpoint, on any world size; returns (optimizer step, micro-step).
+            log) -> tuple[int, int, DataState]:
+    """Load the newest complete checkpoint, on any world size; returns (optimizer step, samples, data state).
 
-    A checkpoint written by another number of ranks is converted to a universal checkpoint, and the data
-    position carries over in consumed samples (the batch order depends on the world size).
+    A checkpoint written by another number of ranks is converted to a universal checkpoint. The data carries
+    over as the epoch's unconsumed samples in their sequence (``DataState``), re-cut into this world size's
+    micro-steps, so no sample of the epoch is skipped or repeated.
     """
     t = config.train
     saved_world = int(latest.meta.get("world_size", engine.world_size))
@@ -300,18 +303,16 @@ def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthG
                  "rank%s", latest.step, saved_world, "s" * (saved_world > 1), engine.world_size,
                  "s" * (engine.world_size > 1))
     state = engine.load_checkpoint(latest.path, ckpt.TAG, saved_world_size=saved_world)
-    step, micro_step = int(state["step"]), int(state["micro_step"])
+    step = int(state["step"])
+    saved_ds = state.get("ds_config") or {}
+    saved = ckpt.load_data_state(latest.path)
+    if saved is not None:
+        data = DataState.from_json(saved)
+    else:  # written before data states were saved: replay the saving job's own batch order
+        before = LengthGroupedBatches(order.lengths, int(saved_ds.get("train_micro_batch_size_per_gpu", order.micro)),
+                                      saved_world, order.seed, order.group, order.mega, order.formats)
+        data = before.position(int(state["micro_step"]))
     if resharded:
-        saved_ds = state.get("ds_config") or {}
-        before = copy.copy(order)  # the same examples, batched as the saving job batched them
-        before.micro = int(saved_ds.get("train_micro_batch_size_per_gpu", t.micro_batch_size))
-        before.world = saved_world
-        position = ckpt.data_position(micro_step, before.global_batch, order.global_batch,
-                                      before.steps_per_epoch, order.steps_per_epoch)
-        micro_step = position.micro_step
-        if position.repeated:
-            log.info("%d consumed samples do not fill whole micro-steps of %d samples: rounded down, the last "
-                     "%d samples are trained on again", position.consumed, order.global_batch, position.repeated)
         saved_batch = int(saved_ds.get("train_batch_size", 0))
         batch = t.micro_batch_size * t.gradient_accumulation * engine.world_size
         if engine.is_main and saved_batch and saved_batch != batch:
@@ -330,8 +331,10 @@ def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthG
                         latest.path, engine.rank)
     if engine.is_main:
         _forget_logged_steps_after(out / TRAIN_LOG, step)
-    log.info("resumed from %s (step %d, %d samples consumed)", latest.path, step, micro_step * order.global_batch)
-    return step, micro_step
+    log.info("resumed from %s (step %d, epoch %d with %d samples left)", latest.path, step, data.epoch,
+             len(data.remaining))
+    samples = int(state.get("samples", latest.meta.get("samples", 0)))
+    return step, samples, data
 
 
 def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable | None:
@@ -405,14 +408,15 @@ def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalS
     return reports
 
 
-def _save(engine: Engine, config: RunConfig, out: Path, step: int, micro_step: int, loss: float, log,
-          total_steps: int) -> None:
+def _save(engine: Engine, config: RunConfig, out: Path, step: int, samples: int, data: DataState, loss: float,
+          log, total_steps: int) -> None:
     folder = ckpt.checkpoint_path(out, step)
-    engine.save_checkpoint(folder, ckpt.TAG, {"step": step, "micro_step": micro_step})
+    engine.save_checkpoint(folder, ckpt.TAG, {"step": step, "samples": samples})
     ckpt.save_rng(folder, engine.rank)
     engine.barrier()
     if engine.is_main:
-        ckpt.mark_complete(folder, {"step": step, "micro_step": micro_step, "loss": loss, "total_steps": total_steps,
+        ckpt.save_data_state(folder, data.to_json())
+        ckpt.mark_complete(folder, {"step": step, "samples": samples, "loss": loss, "total_steps": total_steps,
                                     "world_size": engine.world_size, "time": time.time()})
         removed = ckpt.rotate(out, config.checkpoint.keep_last)
         log.info("checkpoint step %d saved to %s%s", step, folder,
