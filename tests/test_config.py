@@ -503,7 +503,3 @@ def test_paper_recipes_load_validate_and_name_their_mixtures(recipe):
     assert not config.model.make_tiny and config.data.dataset == "teacher_data"
     assert validate_mixture(config.data.formats)
     assert (REPO / config.deepspeed_config).is_file()
-
-
-def test_both_paper_recipes_are_shipped():
-    assert {p.name for p in PAPER_RECIPES} == {"socratic-gpt2-large-gsm8k.yaml", "specialize-flan-t5-large-gsm8k.yaml"}

@@ -114,3 +114,47 @@ def test_export_of_a_complete_checkpoint_without_run_meta_names_the_missing_fold
         export_checkpoint(folder, tmp_path / "out")
     assert str(tmp_path / "run" / META_DIR) in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def flan_t5_like(seed: int):
+    """A T5 v1.1 (FlanT5) model: gated-GELU, no output scaling, an LM head of its own."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config)
+    model.lm_head.weight = torch.nn.Parameter(torch.randn(64, 16))  # as trained: the head differs from `shared`
+    return model
+
+
+def test_flan_t5_skeleton_keeps_its_own_lm_head():
+    from cotdistill.modeling import build_from_config
+
+    config = flan_t5_like(0).config
+    skeleton = build_from_config(config, "seq2seq")
+    assert skeleton.lm_head.weight is not skeleton.shared.weight
+    assert skeleton.encoder.embed_tokens.weight is skeleton.shared.weight  # the input embeddings stay shared
+    plain_t5 = build_from_config(type(config)(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                              num_heads=2), "seq2seq")
+    assert plain_t5.lm_head.weight is plain_t5.shared.weight  # original T5 ties its head, as published
+
+
+def test_offline_export_of_a_flan_t5_checkpoint_keeps_embedding_and_head_apart(tmp_path, monkeypatch):
+    trained = flan_t5_like(1)
+    state = {k: v.clone() for k, v in trained.state_dict().items()}
+    assert not torch.equal(state["shared.weight"], state["lm_head.weight"])
+    folder = ckpt.checkpoint_path(tmp_path / "run", 10)
+    folder.mkdir(parents=True)
+    ckpt.mark_complete(folder, {"step": 10})
+    trained.config.save_pretrained(tmp_path / "run" / META_DIR)
+    small_tokenizer().save_pretrained(tmp_path / "run" / META_DIR)
+    monkeypatch.setattr("cotdistill.export.state_dict_from_checkpoint", lambda *args: dict(state))
+
+    out = export_checkpoint(folder, tmp_path / "out", dtype="fp32")
+
+    from transformers import T5ForConditionalGeneration
+
+    loaded = T5ForConditionalGeneration.from_pretrained(out)
+    torch.testing.assert_close(loaded.shared.weight, state["shared.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(loaded.lm_head.weight, state["lm_head.weight"], rtol=0, atol=0)

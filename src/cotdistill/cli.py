@@ -1,4 +1,5 @@
-"""The ``cotdistill`` command (python-fire): build-data, eval, eval-checkpoints, make-tiny, export, show-config.
+"""The ``cotdistill`` command (python-fire): build-data, eval, eval-checkpoints, make-tiny, export, show-config,
+plan-memory.
 
 Training runs through ``deepspeed launchers/train.py`` so that the DeepSpeed launcher owns the ranks.
 """
@@ -92,9 +93,30 @@ def show_config(config: str = "", *overrides: str) -> None:
     print(to_yaml(run_or_exit(lambda: load_config(config or None, list(overrides)))), end="")
 
 
+def plan_memory(model: str = "", nodes: int = 1, gpus_per_node: int = 1, recipe: str = "",
+                micro_batch_size: int = 0, source_tokens: int = 0, target_tokens: int = 0, precision: str = "",
+                gradient_checkpointing: bool | None = None, gpu_gib: float = 80, ram_gib: float = 0) -> str:
+    """GPU, CPU and NVMe memory of every ZeRO setting for a model, from its config alone (no GPU, no weights).
+
+    Example: cotdistill plan-memory --model flan-t5-xxl --nodes 2 --gpus-per-node 8
+    With --recipe the model, micro-batch, lengths, precision and checkpointing come from the recipe; the
+    other flags override them (0 or '': not set). The last line names the fewest --gpu_gib GPUs that fit.
+    """
+    from cotdistill.memory_plan import plan, render_plan
+
+    def work() -> str:
+        result = plan(str(model), nodes, gpus_per_node, recipe=recipe or None,
+                      micro_batch_size=micro_batch_size or None, source_tokens=source_tokens or None,
+                      target_tokens=target_tokens or None, precision=precision or None,
+                      gradient_checkpointing=gradient_checkpointing)
+        return render_plan(result, gpu_gib=gpu_gib, ram_gib=ram_gib or None)
+
+    return run_or_exit(work)
+
+
 def main() -> None:
     fire.Fire({"build-data": build_data, "eval": evaluate, "eval-checkpoints": eval_checkpoints,
-               "make-tiny": make_tiny, "export": export, "show-config": show_config})
+               "make-tiny": make_tiny, "export": export, "show-config": show_config, "plan-memory": plan_memory})
 
 
 if __name__ == "__main__":

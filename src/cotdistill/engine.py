@@ -219,8 +219,9 @@ class Engine:
     def eval(self) -> None:
         self.ds.eval()
 
-    def forward(self, **batch: torch.Tensor) -> Any:
-        return self.ds(**{k: v.to(self.device) for k, v in batch.items()})
+    def forward(self, **batch: Any) -> Any:
+        """The model's forward on this rank's batch; tensors move to the device, flags pass as they are."""
+        return self.ds(**{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
 
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss)

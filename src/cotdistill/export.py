@@ -14,6 +14,7 @@ import torch
 
 from cotdistill.engine import Engine, state_dict_from_checkpoint
 from cotdistill.errors import ConfigError
+from cotdistill.modeling import build_from_config
 
 META_DIR = "hf_meta"
 
@@ -65,7 +66,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, dtype: st
 
     Runs on CPU in one process, no DeepSpeed launch: reads the partitioned fp32 master weights.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from cotdistill.checkpoints import MARKER, TAG
 
@@ -76,16 +77,15 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, dtype: st
     if not meta.is_dir():
         raise ConfigError(f"{meta} is missing: the run folder should hold the model config and tokenizer")
     config = AutoConfig.from_pretrained(str(meta))
-    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    model = auto.from_config(config)
+    model = build_from_config(config, "seq2seq" if config.is_encoder_decoder else "causal")
     state = state_dict_from_checkpoint(folder, TAG)  # fp32 master weights, consolidated on CPU
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    tied = set(getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or [])
     missing = [m for m in missing if m not in tied and not any(m.endswith(t) for t in tied)]
     if missing or unexpected:
         raise ConfigError(f"checkpoint {folder} does not match its config: missing {missing[:5]}, "
                           f"unexpected {unexpected[:5]}")
-    model.tie_weights()
+    model.tie_weights(recompute_mapping=False)  # the ties the model was built with (FlanT5 keeps its head)
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     model = model.to(torch_dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(meta))

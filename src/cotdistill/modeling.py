@@ -138,8 +138,28 @@ def model_skeleton(config_path: PathLike, kind: ModelKind, dtype: torch.dtype | 
     found = detect_kind(config_path)
     if found != kind:
         raise ConfigError(f"{str(config_path)!r} is a {found} model, but a {kind} model was requested")
+    return build_from_config(_read_config(config_path), kind, dtype=dtype)
+
+
+def build_from_config(config: PretrainedConfig, kind: ModelKind, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """``from_config`` that keeps FlanT5's (T5 v1.1's) LM head separate from the shared embedding.
+
+    transformers 5 builds every T5 with ``lm_head`` tied to ``shared`` and remembers v1.1 only as
+    ``scale_decoder_outputs=False``; ``from_pretrained`` unties the two when a checkpoint holds both, but
+    ``from_config`` does not, so a FlanT5 skeleton would have one matrix too few and loading trained weights
+    into it would overwrite the embedding with the head. The head's tie is left out while the model is built.
+    """
     auto_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    return auto_class.from_config(_read_config(config_path), dtype=dtype)
+    model_class = auto_class._model_mapping[type(config)]
+    tied = getattr(model_class, "_tied_weights_keys", None)
+    if getattr(config, "scale_decoder_outputs", True) is not False or not isinstance(tied, dict) \
+            or "lm_head.weight" not in tied:
+        return auto_class.from_config(config, dtype=dtype)
+    model_class._tied_weights_keys = {k: v for k, v in tied.items() if k != "lm_head.weight"}
+    try:
+        return auto_class.from_config(config, dtype=dtype)
+    finally:
+        model_class._tied_weights_keys = tied
 
 
 def _enable_checkpointing(model: PreTrainedModel) -> None:

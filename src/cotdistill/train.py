@@ -228,7 +228,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
             targets = {k: batch.pop(k).to(engine.device) for k in ("token_weights", "kd_ids", "kd_probs") if k in batch}
             if not causal:
                 batch["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=labels)
-            outputs = engine.forward(**batch)
+            outputs = engine.forward(**batch, use_cache=False)  # no KV cache to keep in training
             loss, n = _micro_batch_loss(outputs.logits, labels.to(engine.device), targets, t.kd_weight, causal)
             engine.backward(loss)
             engine.step()

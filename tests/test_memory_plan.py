@@ -1,0 +1,235 @@
+"""The memory planner: exact parameter counts, ZeRO model states, activations, recipes and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cotdistill import memory_plan as mp
+from cotdistill.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "cotdistill"
+
+PUBLISHED_SIZES = {
+    "flan-t5-small": 76_961_152,
+    "flan-t5-base": 247_577_856,
+    "flan-t5-large": 783_150_080,
+    "flan-t5-xl": 2_849_757_184,
+    "flan-t5-xxl": 11_135_332_352,
+    "gpt2": 124_439_808,
+    "gpt2-medium": 354_823_168,
+    "gpt2-large": 774_030_080,
+    "gpt2-xl": 1_557_611_200,
+}
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_SIZES))
+def test_shipped_configs_count_the_published_parameter_numbers(name):
+    facts = mp.count_parameters(mp.resolve_model_config(name))
+    assert facts.total_params == PUBLISHED_SIZES[name]
+    if name.startswith("flan-t5"):  # T5 v1.1: the LM head is its own matrix, as large as the embedding
+        assert facts.lm_head_params == facts.embedding_params == 32128 * facts.hidden
+    else:  # GPT-2 ties them
+        assert facts.lm_head_params == 0 and facts.embedding_params == 50257 * facts.hidden
+    assert facts.largest_layer[1] == facts.embedding_params
+
+
+def test_every_shipped_config_is_a_package_file():
+    shipped = {p.stem for p in (REPO / "src" / "cotdistill" / "model_configs").glob("*.json")}
+    assert shipped == set(mp.SHIPPED_CONFIGS)
+
+
+def test_hub_ids_resolve_to_the_shipped_configs_offline():
+    config = mp.resolve_model_config("google/flan-t5-xxl")
+    assert (config.name_or_path, config.d_model, config.d_ff, config.num_heads) == ("flan-t5-xxl", 4096, 10240, 64)
+    assert mp.resolve_model_config("openai-community/gpt2-large").n_embd == 1280
+
+
+def test_a_local_folder_or_config_file_is_read(tmp_path):
+    values = json.loads((REPO / "src" / "cotdistill" / "model_configs" / "gpt2-medium.json").read_text())
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(values))
+    (tmp_path / "custom.json").write_text(json.dumps({**values, "n_layer": 2}))
+    assert mp.count_parameters(mp.resolve_model_config(str(tmp_path / "model"))).total_params == 354_823_168
+    assert mp.resolve_model_config(str(tmp_path / "custom.json")).n_layer == 2
+
+
+def test_unknown_model_raises_config_error_naming_the_shipped_configs(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        mp.resolve_model_config(str(tmp_path / "no-such-model"))
+    assert "flan-t5-xxl" in str(err.value) and "gpt2-large" in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no config.json"):
+        mp.resolve_model_config(str(tmp_path / "empty"))
+
+
+def test_zero3_model_states_per_gpu_shrink_with_more_gpus():
+    per_gpu = [mp.plan("flan-t5-xl", nodes, 8).row(3, "none").gpu_model_states for nodes in (1, 2, 4)]
+    assert per_gpu[0] > per_gpu[1] > per_gpu[2]
+    # ZeRO-2 keeps the whole 16-bit model on every GPU, so it never drops below 2 bytes per parameter
+    n_params = PUBLISHED_SIZES["flan-t5-xl"]
+    assert mp.plan("flan-t5-xl", 64, 8).row(2, "none").gpu_model_states > 2 * n_params
+
+
+def test_mixed_precision_model_states_are_16_bytes_per_parameter():
+    result = mp.plan("gpt2-xl")
+    n_params = PUBLISHED_SIZES["gpt2-xl"]
+    # on one GPU, ZeRO-3 without offload holds the offloaded setting's working set plus all model states
+    resident = result.row(3, "none").gpu_model_states - result.row(3, "cpu").gpu_model_states
+    assert resident == 16 * n_params
+    # offloaded: fp32 master, Adam m and v, fp32 gradients and the 16-bit partition (DeepSpeed's 18)
+    host = result.row(3, "cpu").cpu_bytes_per_node - mp.HOST_PROCESS_OVERHEAD
+    assert host == int(18 * n_params * mp.CPU_BUFFER_FACTOR)
+
+
+def test_cpu_offload_moves_model_states_from_gpu_to_cpu():
+    result = mp.plan("flan-t5-large", 1, 4)
+    for stage in (2, 3):
+        kept, offloaded = result.row(stage, "none"), result.row(stage, "cpu")
+        assert offloaded.gpu_bytes < kept.gpu_bytes
+        assert offloaded.cpu_bytes_per_node > kept.cpu_bytes_per_node
+
+
+def test_nvme_offload_is_planned_for_zero3_only():
+    result = mp.plan("flan-t5-xxl", 2, 8)
+    assert not result.row(2, "nvme").supported
+    nvme, cpu = result.row(3, "nvme"), result.row(3, "cpu")
+    assert nvme.nvme_bytes_per_node > 0 and cpu.nvme_bytes_per_node == 0
+    assert nvme.gpu_bytes == cpu.gpu_bytes
+    assert "n/a" in mp.render_plan(result).split("ZeRO-2 + NVMe offload")[1].splitlines()[0]
+
+
+def test_gradient_checkpointing_reduces_activations():
+    for name in ("flan-t5-large", "gpt2-large"):
+        result = mp.plan(name, micro_batch_size=16)
+        assert result.activations.checkpointed < result.activations.full / 2
+        for row in result.rows:
+            if row.supported:
+                assert row.gpu_bytes_checkpointing < row.gpu_bytes
+
+
+def test_t5_activations_grow_with_source_length_through_the_encoder():
+    short = mp.plan("flan-t5-base", source_tokens=256, target_tokens=128).activations
+    long = mp.plan("flan-t5-base", source_tokens=1024, target_tokens=128).activations
+    assert long.layers > 2 * short.layers
+    assert long.logits == short.logits  # T5's logits cover the target only
+    gpt_short = mp.plan("gpt2", source_tokens=256, target_tokens=128).activations
+    gpt_long = mp.plan("gpt2", source_tokens=512, target_tokens=128).activations
+    assert gpt_long.logits > gpt_short.logits  # GPT-2's cover source and target
+
+
+def _saved_bytes(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> int:
+    """Bytes of the distinct non-parameter storages autograd keeps for the backward pass of a forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = max(saved.get(storage.data_ptr(), 0), storage.nbytes())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(**inputs)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("architecture", ["t5", "gpt2"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_activation_estimate_matches_the_tensors_autograd_saves(architecture, attention, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, GPT2Config, T5Config
+
+    # on CPU, SDPA has no fused dropout (the math fallback stores probabilities) and cannot differentiate a
+    # mask, so that path is measured without dropout and with T5's position bias frozen
+    dropout = 0.1 if attention == "eager" else 0.0
+    if architecture == "t5":
+        config = T5Config(vocab_size=200, d_model=64, d_kv=16, d_ff=96, num_layers=3, num_decoder_layers=2,
+                          num_heads=6, feed_forward_proj="gated-gelu", dropout_rate=dropout)
+        auto = AutoModelForSeq2SeqLM
+    else:
+        config = GPT2Config(vocab_size=200, n_positions=64, n_embd=64, n_layer=3, n_head=4, bos_token_id=0,
+                            eos_token_id=0, attn_pdrop=dropout, resid_pdrop=dropout, embd_pdrop=dropout)
+        auto = AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = auto.from_config(config, dtype=torch.bfloat16, attn_implementation=attention).train()
+    for name, param in model.named_parameters():
+        param.requires_grad_("relative_attention_bias" not in name or attention == "eager")
+    batch, source, target = 2, 24, 16
+    length = source if architecture == "t5" else source + target
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, -3:] = 0  # padding, so that a mask is built
+    inputs = {"input_ids": torch.randint(2, 200, (batch, length)), "attention_mask": mask}
+    if architecture == "t5":
+        inputs["decoder_input_ids"] = torch.randint(2, 200, (batch, target))
+    measured = _saved_bytes(model, inputs)
+
+    facts = mp.count_parameters(config)
+    facts = type(facts)(**{**facts.__dict__, "attention": attention})
+    monkeypatch.setattr(mp, "DROPOUT_MASK_BYTES", 2)  # CPU dropout keeps its mask in bf16
+    estimate = mp.estimate_activations(facts, mp.Workload(batch, source, target, "bf16"))
+    assert estimate.layers + estimate.other == pytest.approx(measured, rel=0.02)
+
+
+def test_recipe_values_are_used_and_explicit_arguments_win(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"deepspeed_config: {REPO / 'ds_configs' / 'zero2.json'}\n"
+        "model: {name_or_path: gpt2-medium, gradient_checkpointing: true}\n"
+        "data: {max_source_tokens: 300, max_target_tokens: 100}\n"
+        "train: {micro_batch_size: 4, precision: fp32}\n")
+    result = mp.plan(recipe=recipe)
+    assert result.model.total_params == PUBLISHED_SIZES["gpt2-medium"]
+    assert result.workload == mp.Workload(4, 300, 100, "fp32", True)
+    assert result.recipe_setting == (2, "none")
+    assert "ZeRO-2 (recipe)" in mp.render_plan(result)
+    override = mp.plan("gpt2", recipe=recipe, micro_batch_size=2, precision="bf16", gradient_checkpointing=False)
+    assert override.model.total_params == PUBLISHED_SIZES["gpt2"]
+    assert override.workload == mp.Workload(2, 300, 100, "bf16", False)
+
+
+def test_defaults_without_a_recipe():
+    assert mp.plan("gpt2").workload == mp.Workload(8, 256, 192, "bf16", False)
+    with pytest.raises(ConfigError, match="precision"):
+        mp.plan("gpt2", precision="fp8")
+    with pytest.raises(ConfigError, match="gpus_per_node"):
+        mp.plan("gpt2", gpus_per_node=0)
+
+
+def test_hardware_line_names_the_fewest_gpus_that_fit():
+    assert mp.hardware_line(mp.plan("gpt2")).startswith("ZeRO-2: 1 x 80 GiB GPU, 1 node with")
+    xxl = mp.plan("flan-t5-xxl", micro_batch_size=8, gradient_checkpointing=True)
+    assert mp.hardware_line(xxl, 40).startswith("ZeRO-2 + CPU offload: 1 x 40 GiB GPU,")
+    # too little host memory for CPU offload on one node: the optimizer goes to NVMe
+    assert mp.hardware_line(xxl, 40, ram_gib=128).startswith("ZeRO-3 + NVMe offload: 1 x 40 GiB GPU,")
+    assert mp.hardware_line(mp.plan("flan-t5-xxl"), gpu_gib=1).startswith("does not fit")
+
+
+def test_cli_prints_the_table(tmp_path):
+    done = subprocess.run([str(CLI), "plan-memory", "--model", "gpt2-large", "--nodes", "1", "--gpus-per-node", "2"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| ZeRO-3 + CPU offload |" in done.stdout and "774,030,080" in done.stdout
+    assert "1 node(s) x 2 GPU(s)" in done.stdout
+
+
+def test_cli_bad_model_exits_2_with_one_error_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([str(CLI), "plan-memory", "--model", "no-such-model-anywhere"], capture_output=True,
+                          text=True, cwd=tmp_path, env=env, timeout=300)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "flan-t5-small" in lines[0]
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_recipes_carry_the_planners_current_hardware_line(recipe):
+    from cotdistill.memory_plan import hardware_comment
+
+    assert hardware_comment(recipe) in recipe.read_text().splitlines(), "regenerate the recipe's hardware line"
