@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo experiment test lint bench bench-eval bench-teacher clean
+.PHONY: install demo experiment test lint bench bench-eval bench-teacher bench-train clean
 
 install: $(VENV)/.installed
 
@@ -34,7 +34,7 @@ test: install
 	$(PY) -m pytest -q
 
 # Benchmarks (not part of make test); figures go to docs/BENCHMARKS.md with their commands.
-bench: bench-eval bench-teacher
+bench: bench-eval bench-teacher bench-train
 
 bench-eval: install
 	@rm -rf runs/bench-tiny-t5
@@ -43,6 +43,11 @@ bench-eval: install
 
 bench-teacher: install
 	$(PY) benchmarks/teacher_throughput.py --requests 3200 --runs 8:0.1 32:0.1 64:0.1 64:0.25 256:1.0
+
+# cotdistill's trainer vs the Hugging Face Trainer (tokens/s, padding, peak RSS, loss, MFU) on tiny-gpt2, tiny-t5,
+# t5-small and gpt2-small, one 2-rank run after the other: about 11 minutes on 2 CPU cores (docs/BENCHMARKS.md).
+bench-train: install
+	$(PY) benchmarks/train_throughput.py --out runs/bench-train/result.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests launchers benchmarks

@@ -157,3 +157,44 @@ def test_run_summary_is_silent_on_other_ranks(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     print_run_summary(*summary_inputs(tmp_path))
     assert capsys.readouterr().out == ""
+
+
+TEXTS = [f"Q: what is {a} plus {b}? A: {a} + {b} = {a + b}. The answer is {a + b}."
+         for a in range(30) for b in range(9)]
+
+
+def test_random_full_size_model_keeps_its_published_vocabulary_and_a_working_tokenizer(tmp_path):
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cotdistill.tiny import build_random_model
+
+    spec = tmp_path / "gpt2-like.json"
+    spec.write_text(json.dumps({"model_type": "gpt2", "vocab_size": 5000, "n_positions": 128, "n_embd": 32,
+                                "n_layer": 2, "n_head": 4}))
+    out = build_random_model(str(spec), tmp_path / "random", TEXTS, vocab_size=300)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == 5000 and len(tokenizer) <= 300
+    assert model.config.pad_token_id == tokenizer.pad_token_id and model.config.eos_token_id == tokenizer.eos_token_id
+    ids = tokenizer("what is 3 plus 4?", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss
+    assert abs(float(loss) - torch.log(torch.tensor(5000.0))) < 1.0  # near-uniform at the start
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2-like.json", "random"]
+    with pytest.raises(ConfigError, match="already exists"):
+        build_random_model(str(spec), out, TEXTS)
+
+
+def test_random_flan_t5_keeps_a_separate_lm_head_through_save_and_load(tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    from cotdistill.memory_plan import count_parameters, resolve_model_config
+    from cotdistill.tiny import build_random_model
+
+    out = build_random_model("flan-t5-small", tmp_path / "flan", TEXTS, vocab_size=300)
+    model = AutoModelForSeq2SeqLM.from_pretrained(out)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    published = count_parameters(resolve_model_config("flan-t5-small")).total_params
+    assert sum(p.numel() for p in model.parameters()) == published

@@ -1,5 +1,5 @@
-"""The ``cotdistill`` command (python-fire): build-data, eval, eval-checkpoints, make-tiny, export, show-config,
-plan-memory.
+"""The ``cotdistill`` command (python-fire): build-data, eval, eval-checkpoints, make-tiny, make-random, export,
+show-config, plan-memory.
 
 Training runs through ``deepspeed launchers/train.py`` so that the DeepSpeed launcher owns the ranks.
 """
@@ -31,6 +31,26 @@ def make_tiny(architecture: str, out_dir: str, config: str = "", *overrides: str
         path = build_tiny_model(architecture, out_dir, [e.source + e.target for e in examples], run.model.tiny,
                                 seed=run.train.seed)
         return str(path)
+
+    return run_or_exit(work)
+
+
+def make_random(model: str, out_dir: str, config: str = "", *overrides: str) -> str:
+    """Write a full-size architecture (gpt2-large, flan-t5-xl, a hub id or config .json) with random weights and
+    a tokenizer trained on a recipe's data: real sizes for speed and memory runs, no download.
+
+    Example: cotdistill make-random gpt2-large runs/random-gpt2-large --config recipes/demo-gpt2-synthetic.yaml
+    """
+
+    def work() -> str:
+        from cotdistill.formats import build_examples
+        from cotdistill.run_data import load_run_problems
+        from cotdistill.tiny import build_random_model
+
+        run = load_config(config or None, list(overrides))
+        problems, _ = load_run_problems(run.data)
+        examples = build_examples(problems, run.data.formats, k_shot=run.data.k_shot, seed=run.train.seed)
+        return str(build_random_model(model, out_dir, [e.source + e.target for e in examples], seed=run.train.seed))
 
     return run_or_exit(work)
 
@@ -116,7 +136,8 @@ def plan_memory(model: str = "", nodes: int = 1, gpus_per_node: int = 1, recipe:
 
 def main() -> None:
     fire.Fire({"build-data": build_data, "eval": evaluate, "eval-checkpoints": eval_checkpoints,
-               "make-tiny": make_tiny, "export": export, "show-config": show_config, "plan-memory": plan_memory})
+               "make-tiny": make_tiny, "make-random": make_random, "export": export, "show-config": show_config,
+               "plan-memory": plan_memory})
 
 
 if __name__ == "__main__":

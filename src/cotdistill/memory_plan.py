@@ -194,18 +194,6 @@ def resolve_model_config(model: str) -> Any:
     return config
 
 
-def _declares_untied_head(config: Any) -> bool:
-    """Whether the config asks for an LM head separate from the input embedding.
-
-    transformers 5 forces ``T5Config.tie_word_embeddings`` to True and keeps the saved value only as
-    ``scale_decoder_outputs``; ``from_pretrained`` unties the head again when the checkpoint holds
-    different weights (every T5 v1.1 / FlanT5 checkpoint does), so training has both matrices.
-    """
-    if getattr(config, "scale_decoder_outputs", True) is False:
-        return True
-    return getattr(config, "tie_word_embeddings", True) is False
-
-
 @dataclass(frozen=True)
 class ModelFacts:
     """What the memory formulas need from a model: sizes, shapes, and how transformers runs its layers."""
@@ -274,17 +262,15 @@ def _architecture(config: Any) -> dict[str, Any]:
 def count_parameters(config: Any) -> ModelFacts:
     """Build the model on the meta device (no memory, no weights) and measure what ZeRO will partition."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    from cotdistill.modeling import build_from_config
+
     try:
         with torch.device("meta"):
-            model = auto.from_config(config)
+            model = build_from_config(config, "seq2seq" if config.is_encoder_decoder else "causal")
     except ValueError as err:
         raise ConfigError(f"{config.model_type}: cannot build it as a language model: {err}") from None
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
-    if head is not None and head.weight is embedding.weight and _declares_untied_head(config):
-        head.weight = torch.nn.Parameter(torch.empty_like(head.weight, device="meta"))
     shape = _architecture(config)
     named = dict(model.named_parameters())  # one entry per distinct parameter (tied ones once)
     largest_param = max(((n, p.numel()) for n, p in named.items()), key=lambda item: item[1])

@@ -150,7 +150,10 @@ def build_from_config(config: PretrainedConfig, kind: ModelKind, dtype: torch.dt
     into it would overwrite the embedding with the head. The head's tie is left out while the model is built.
     """
     auto_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    model_class = auto_class._model_mapping[type(config)]
+    try:
+        model_class = auto_class._model_mapping[type(config)]
+    except KeyError:  # not a model of this kind: from_config says so
+        return auto_class.from_config(config, dtype=dtype)
     tied = getattr(model_class, "_tied_weights_keys", None)
     if getattr(config, "scale_decoder_outputs", True) is not False or not isinstance(tied, dict) \
             or "lm_head.weight" not in tied:

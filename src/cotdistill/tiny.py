@@ -29,3 +29,48 @@ def build_tiny_model(architecture: str, out_dir: str | Path, texts: Iterable[str
               n_positions=tiny.n_positions, dropout=tiny.dropout, seed=seed)
     os.replace(tmp, out)
     return out
+
+
+def build_random_model(model: str, out_dir: str | Path, texts: Iterable[str], vocab_size: int = 2000,
+                       seed: int = 0) -> Path:
+    """Save a full-size architecture (a shipped config such as ``gpt2-large``, a hub id or a config file) with
+    random weights and a tokenizer trained on ``texts``, atomically.
+
+    For measuring speed and memory of real model sizes without downloading weights. The model keeps its
+    published vocabulary size (embedding and LM head as large as the real model's); the tokenizer uses the
+    first ``len(tokenizer)`` ids. Built outside DeepSpeed, so its initialisation is transformers' own (a
+    random model built inside ``zero.Init`` started at a far too high loss here).
+    """
+    import torch
+
+    from cotdistill.memory_plan import resolve_model_config
+    from cotdistill.modeling import build_from_config
+    from cotdistill.tokenizers_train import train_gpt2_tokenizer, train_t5_tokenizer
+
+    config = resolve_model_config(model)
+    kind = "seq2seq" if config.is_encoder_decoder else "causal"
+    out = Path(out_dir)
+    if out.exists():
+        raise ConfigError(f"{out} already exists; choose another folder or delete it first")
+    positions = int(getattr(config, "n_positions", 0) or 512)
+    corpus = list(texts)
+    tokenizer = (train_t5_tokenizer(corpus, vocab_size, positions) if kind == "seq2seq"
+                 else train_gpt2_tokenizer(corpus, vocab_size, positions))
+    if len(tokenizer) > config.vocab_size:
+        raise ConfigError(f"the trained tokenizer has {len(tokenizer)} tokens, more than {model}'s vocabulary "
+                          f"of {config.vocab_size}; lower vocab_size")
+    config.pad_token_id, config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if kind == "seq2seq":
+        config.decoder_start_token_id = tokenizer.pad_token_id
+    else:
+        config.bos_token_id = tokenizer.eos_token_id
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        built = build_from_config(config, kind)
+    built.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    del built
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,450 @@
+"""Training throughput of cotdistill's trainer against the Hugging Face Trainer, with MFU.
+
+For each workload the model is prepared once (random init saved with save_pretrained, tokenizer trained on
+the workload's data: `cotdistill make-tiny`'s code with the workload's size), then the two trainers run one
+after the other, never at the same time, with the same recipe and overrides:
+
+    deepspeed --num_gpus 2 launchers/train.py --config <recipe> <overrides>           (ours; no eval, no export)
+    deepspeed --num_gpus 2 benchmarks/hf_trainer_baseline.py --config <recipe> <overrides>   (HF Trainer)
+
+Workloads: tiny-gpt2 and tiny-t5 (the demo recipes' tiny sizes, synthetic problems), t5-small (d_model 512,
+d_ff 2048, 6+6 layers, 8 heads, gated-GELU as FlanT5) and gpt2-small (768, 12 layers, 12 heads) on the
+GSM8K teacher traces (`data.dataset=traces`, LLaMA-3-70B's file in shared/data/teacher_traces).
+
+Measured from each trainer's per-step log (train_log.jsonl), in steady state: the first --skip optimizer
+steps are dropped, and rates are totals over the remaining steps divided by the wall time from the end of
+step `skip` to the end of the last step (so every per-step cost counts: data, logging, collectives):
+samples/s, non-padding tokens/s (cotdistill.batching.padding_stats: encoder + decoder positions for T5),
+padding fraction (1 - real / slots over the window), final loss (mean of the last --loss_window steps'
+logged losses: the token-weighted mean over both ranks in both trainers). Peak RSS: the sum of RSS
+(/proc/<pid>/statm) over the launcher's whole process tree, polled every 0.2 s the same way for both,
+up to the end of the last training step (our trainer writes a checkpoint after it, which is not training).
+MFU: useful training FLOPs (cotdistill.flops: 3 x forward over each example's real tokens) of the window's
+steps per second, over the machine's bf16 (or fp32) matmul peak measured by benchmarks/matmul_peak.py in
+the training layout (one single-thread process per rank). HFU counts what the padded batches computed
+instead (padding and a causal model's logits at prompt positions included). The HF baseline logs each
+step's examples and padded shapes; ours is replayed from cotdistill's deterministic batch order and checked
+against its logged token counts (if they ever disagree, the dataset's mean FLOPs per token is used, a warning
+is printed and the JSON says "flops_source": "dataset mean"). The learning rates both trainers applied are
+compared step by step (warmup is 0 so that they are identical).
+
+Usage:
+    python benchmarks/train_throughput.py [--workloads tiny-gpt2,tiny-t5,t5-small,gpt2-small]
+        [--steps 40 | --steps tiny-gpt2=60 t5-small=10] [--skip 4] [--loss_window 5] [--out result.json]
+Prints a Markdown table (and the matmul peaks); --out writes everything as JSON. Runs stay in
+runs/bench-train/<workload>/ (model/, ours/, hf/, and each launch's log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from procmem import RssPoller  # noqa: E402
+
+ROOT = REPO / "runs" / "bench-train"
+TRACES = "teacher_traces/gsm8k_llama_level2_ranked.json"
+# Off in both trainers' runs: no evaluation, no export, no periodic checkpoints (ours still writes one at
+# the end, after the last logged step, outside every measurement).
+QUIET = ("checkpoint.every=0", "checkpoint.export_final=false", "eval.at_end=false", "model.make_tiny=")
+
+
+@dataclass(frozen=True)
+class Workload:
+    arch: str  # t5 | gpt2, as `cotdistill make-tiny`
+    recipe: str
+    steps: int
+    size: tuple[str, ...] = ()  # model.tiny.* overrides ('': the recipe's tiny size)
+    traces: bool = False  # GSM8K teacher traces instead of the recipe's synthetic problems
+    overrides: tuple[str, ...] = ()  # training settings of this workload, for both trainers
+    notes: str = ""
+
+
+WORKLOADS = {
+    "tiny-gpt2": Workload("gpt2", "recipes/demo-gpt2-synthetic.yaml", 80, overrides=("train.lr=1e-3",)),
+    "tiny-t5": Workload("t5", "recipes/demo-t5-synthetic.yaml", 80, overrides=("train.lr=1e-3",)),
+    "t5-small": Workload(
+        "t5", "recipes/demo-t5-synthetic.yaml", 20, traces=True,
+        size=("model.tiny.vocab_size=32128", "model.tiny.d_model=512", "model.tiny.d_ff=2048",
+              "model.tiny.num_layers=6", "model.tiny.num_heads=8"),
+        overrides=("train.micro_batch_size=8", "train.lr=3e-4")),
+    "gpt2-small": Workload(
+        "gpt2", "recipes/demo-gpt2-synthetic.yaml", 20, traces=True,
+        size=("model.tiny.vocab_size=50257", "model.tiny.d_model=768", "model.tiny.d_ff=3072",
+              "model.tiny.num_layers=12", "model.tiny.num_heads=12", "model.tiny.n_positions=1024"),
+        overrides=("train.micro_batch_size=8", "train.lr=3e-4")),
+}
+TRAINERS = {"cotdistill": "launchers/train.py", "HF Trainer": "benchmarks/hf_trainer_baseline.py"}
+
+
+def log(message: str) -> None:
+    print(f"[bench-train] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# -- memory -------------------------------------------------------------------------------------------------
+
+# -- preparing and running ------------------------------------------------------------------------------------
+
+
+def run_overrides(workload: Workload, data_dir: Path, steps: int, extra: list[str]) -> list[str]:
+    data = [f"data.data_dir={data_dir}"]
+    if workload.traces:
+        data = ["data.dataset=traces", f"data.path={data_dir / TRACES}"]
+    # No warmup: then both trainers apply the very same learning rate at every step (the Trainer's warmup starts
+    # one step later than ours, so any warmup would differ by a step; the cosine decay is the same formula).
+    # Without warmup the workloads use lower peak rates than the demo recipes (3e-3 with 30 warmup steps spiked).
+    return [*data, *workload.overrides, f"train.max_steps={steps}", "train.warmup_steps=0", *QUIET, *extra]
+
+
+def prepare_model(name: str, workload: Workload, overrides: list[str], folder: Path, keep: bool) -> None:
+    """`cotdistill make-tiny` with the workload's size: tokenizer trained on its texts, random init saved."""
+    if keep and (folder / "config.json").is_file():
+        log(f"{name}: keeping the model in {folder}")
+        return
+    from cotdistill.config import load_config
+    from cotdistill.formats import build_examples
+    from cotdistill.run_data import load_run_problems
+    from cotdistill.tiny import build_tiny_model
+
+    shutil.rmtree(folder, ignore_errors=True)
+    started = time.monotonic()
+    run = load_config(REPO / workload.recipe, [*overrides, *workload.size])
+    problems, _ = load_run_problems(run.data)
+    examples = build_examples(problems, run.data.formats, k_shot=run.data.k_shot, seed=run.train.seed)
+    build_tiny_model(workload.arch, folder, [e.source + e.target for e in examples], run.model.tiny,
+                     seed=run.train.seed)
+    log(f"{name}: model and tokenizer prepared in {time.monotonic() - started:.0f} s ({folder})")
+
+
+@dataclass
+class Launch:
+    rows: list[dict[str, Any]]
+    wall_s: float
+    rss: RssPoller
+    log_file: Path
+
+
+def launch(trainer: str, workload: Workload, overrides: list[str], out: Path, ranks: int, log_file: Path) -> Launch:
+    """One 2-rank training run under the DeepSpeed launcher, with its process tree's RSS polled."""
+    shutil.rmtree(out, ignore_errors=True)  # never resume an earlier run's checkpoint
+    cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
+           str(free_port()), TRAINERS[trainer], "--config", workload.recipe, *overrides, f"output_dir={out}"]
+    log("+ " + " ".join(cmd))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    started = time.monotonic()
+    with open(log_file, "w", encoding="utf-8") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        poller = RssPoller(proc.pid)
+        poller.start()
+        code = proc.wait()
+        poller.stop()
+    wall = time.monotonic() - started
+    if code != 0:
+        tail = log_file.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise RuntimeError(f"{trainer} exited with {code}; see {log_file}\n{tail}")
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines() if line]
+    return Launch(sorted(rows, key=lambda r: r["step"]), wall, poller, log_file)
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------------------
+
+
+def tokenized_run(recipe: str, overrides: list[str]):
+    """(config, tokenized examples, causal) exactly as both trainers build them."""
+    from cotdistill.batching import tokenize_examples
+    from cotdistill.config import load_config
+    from cotdistill.formats import build_examples, validate_mixture
+    from cotdistill.modeling import detect_kind, load_tokenizer
+    from cotdistill.run_data import load_run_problems
+
+    config = load_config(REPO / recipe, overrides)
+    problems, _ = load_run_problems(config.data)
+    examples = build_examples(problems, validate_mixture(config.data.formats), k_shot=config.data.k_shot,
+                              seed=config.train.seed, demo_pool=problems, per_problem=config.data.per_problem)
+    causal = detect_kind(config.model.name_or_path) == "causal"
+    tokenizer = load_tokenizer(config.model.name_or_path)
+    tokenized, _ = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
+                                     config.data.max_target_tokens)
+    return config, tokenized, causal
+
+
+def example_lengths(example, causal: bool) -> tuple[int, int]:
+    """(source, target) tokens of a tokenized example; a causal example's source is its unlabelled prompt."""
+    if causal:
+        target = sum(1 for label in example.labels if label != -100)
+        return len(example.input_ids) - target, target
+    return len(example.input_ids), len(example.labels)
+
+
+def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) -> list[dict[str, Any]]:
+    """Our trainer's batches for steps 1..steps, from cotdistill's deterministic batch order (no resume)."""
+    from cotdistill.batching import LengthGroupedBatches
+
+    t = config.train
+    formats = [e.format for e in tokenized] if config.data.single_format_batches else None
+    order = LengthGroupedBatches([e.length for e in tokenized], t.micro_batch_size, ranks, t.seed,
+                                 group_by_length=t.group_by_length, formats=formats)
+    streams = [order.iterate(rank) for rank in range(ranks)]
+    replay = []
+    for _ in range(steps):
+        examples, shapes = [], []
+        for _ in range(t.gradient_accumulation):
+            for stream in streams:
+                batch = [tokenized[i] for i in next(stream)]
+                examples += [example_lengths(e, causal) for e in batch]
+                shapes.append([len(batch), max(len(e.input_ids) for e in batch),
+                               0 if causal else max(len(e.labels) for e in batch)])
+        replay.append({"examples": examples, "shapes": shapes, "real_tokens": sum(s + t for s, t in examples)})
+    return replay
+
+
+def step_flops(shape, step: dict[str, Any]) -> tuple[float, float]:
+    """(useful, hardware) training FLOPs of one optimizer step from its examples and padded shapes."""
+    from cotdistill.flops import forward_flops, padded_forward_flops, training_flops
+
+    useful = sum(training_flops(forward_flops(shape, s, t)) for s, t in step["examples"])
+    hardware = sum(training_flops(padded_forward_flops(shape, rows, width, labels))
+                   for rows, width, labels in step["shapes"])
+    return float(useful), float(hardware)
+
+
+# -- metrics --------------------------------------------------------------------------------------------------
+
+
+def normalise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Counts per step for both logs: ours logs rates and the step time, the baseline logs counts too."""
+    out = []
+    for row in rows:
+        row = dict(row)
+        if "real_tokens" not in row:
+            row["real_tokens"] = row["tokens_per_s"] * row["step_time_s"]
+            row["samples"] = row["samples_per_s"] * row["step_time_s"]
+            real_share = 1.0 - row["padding_fraction"]
+            row["token_slots"] = row["real_tokens"] / real_share if real_share > 0 else 0.0
+        out.append(row)
+    return out
+
+
+def summarise(run: Launch, skip: int, loss_window: int, per_step_flops, peak_flops: float,
+              mean_flops_per_token: float) -> dict[str, Any]:
+    """Steady-state figures of one run: the steps after `skip`, timed from the end of step `skip`."""
+    rows = normalise_rows(run.rows)
+    if len(rows) <= skip + 1:
+        raise RuntimeError(f"only {len(rows)} steps logged; need more than --skip {skip} + 1")
+    window = rows[skip:]  # skip >= 1: the window starts when step `skip` ended
+    seconds = window[-1]["time"] - rows[skip - 1]["time"]
+    real = sum(r["real_tokens"] for r in window)
+    slots = sum(r["token_slots"] for r in window)
+    samples = sum(r["samples"] for r in window)
+    if per_step_flops is not None:
+        useful = sum(per_step_flops[r["step"] - 1][0] for r in window)
+        hardware = sum(per_step_flops[r["step"] - 1][1] for r in window)
+        flops_source = "per step"
+    else:
+        useful, hardware, flops_source = real * mean_flops_per_token, float("nan"), "dataset mean"
+    losses = [r["loss"] for r in rows[-loss_window:]]
+    return {
+        "steps": len(rows), "measured_steps": len(window), "measured_seconds": seconds,
+        "samples_per_s": samples / seconds, "tokens_per_s": real / seconds,
+        "padding_fraction": 1.0 - real / slots if slots else 0.0,
+        "real_tokens_per_sample": real / samples,
+        "final_loss": sum(losses) / len(losses), "first_loss": rows[0]["loss"],
+        "mean_step_s": seconds / len(window),
+        "step_time_s": [round(r["step_time_s"], 4) for r in rows],
+        "peak_rss_gib": run.rss.peak(until=rows[-1]["time"]) / 2 ** 30,
+        "peak_rss_whole_run_gib": run.rss.peak() / 2 ** 30, "wall_s": run.wall_s,
+        "rss_timeline_gib": run.rss.timeline(), "training_ended_s": rows[-1]["time"] - run.rss.samples[0][0],
+        "model_tflops_per_s": useful / seconds / 1e12, "hardware_tflops_per_s": hardware / seconds / 1e12,
+        "mfu": useful / seconds / peak_flops, "hfu": hardware / seconds / peak_flops, "flops_source": flops_source,
+        "losses": [round(r["loss"], 5) for r in rows], "lrs": [r.get("lr") for r in rows],
+    }
+
+
+def measure_peak(args) -> dict[str, Any]:
+    out = ROOT / "matmul_peak.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "matmul_peak.py"), "--seconds", str(args.peak_seconds),
+           "--out", str(out)]
+    log("+ " + " ".join(cmd))
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=sys.stderr)
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def bench_workload(name: str, args, peaks: dict[str, Any]) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    from cotdistill.flops import forward_flops, model_shape, training_flops
+
+    workload = WORKLOADS[name]
+    folder = ROOT / name
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = args.steps.get(name, workload.steps)
+    base = run_overrides(workload, args.data_dir, steps, args.override)
+    prepare_model(name, workload, base, folder / "model", args.keep_models)
+    overrides = [*base, f"model.name_or_path={folder / 'model'}"]
+
+    config, tokenized, causal = tokenized_run(workload.recipe, overrides)
+    model_config = AutoConfig.from_pretrained(folder / "model")
+    shape = model_shape(model_config)
+    lengths = [example_lengths(e, causal) for e in tokenized]
+    mean_flops_per_token = (sum(training_flops(forward_flops(shape, s, t)) for s, t in lengths)
+                            / sum(s + t for s, t in lengths))
+    precision = config.train.precision if config.train.precision in ("bf16", "fp32") else "bf16"
+    layout = peaks["training_layout"]
+    peak_flops = peaks[precision][layout]["gflops"] * 1e9
+
+    results: dict[str, Any] = {}
+    for trainer in args.trainers:
+        tag = "ours" if trainer == "cotdistill" else "hf"
+        run = launch(trainer, workload, overrides, folder / tag, args.ranks, folder / f"{tag}.log")
+        if trainer == "cotdistill":
+            replay = replay_our_steps(config, tokenized, causal, args.ranks, len(run.rows))
+            logged = [r["real_tokens"] for r in normalise_rows(run.rows)]
+            matches = all(abs(a["real_tokens"] - b) < 0.5 for a, b in zip(replay, logged, strict=True))
+            if not matches:
+                log(f"{name}: our replayed batches disagree with the logged token counts; using mean FLOPs/token")
+            per_step = [step_flops(shape, step) for step in replay] if matches else None
+        else:
+            per_step = [step_flops(shape, row) for row in run.rows]
+        results[trainer] = summarise(run, args.skip, args.loss_window, per_step, peak_flops, mean_flops_per_token)
+        log(f"{name} {trainer}: {results[trainer]['tokens_per_s']:.0f} tokens/s, "
+            f"final loss {results[trainer]['final_loss']:.4f}, wall {run.wall_s:.0f} s")
+    params = saved_parameters(folder / "model" / "model.safetensors")
+    lr_gap = None
+    if len(results) == len(TRAINERS):
+        # Ours logs the lr an update used, the Trainer the lr after its scheduler stepped (the next update's).
+        ours_lr, hf_lr = results["cotdistill"]["lrs"][1:], results["HF Trainer"]["lrs"][:-1]
+        lr_gap = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(ours_lr, hf_lr, strict=False))
+        log(f"{name}: largest relative difference between the two trainers' learning rates: {lr_gap:.2e}")
+    t = config.train
+    return {"workload": name, "arch": workload.arch, "data": "GSM8K teacher traces" if workload.traces else "synthetic",
+            "examples": len(tokenized), "vocab": model_config.vocab_size, "parameters": params,
+            "micro_batch": t.micro_batch_size, "gradient_accumulation": t.gradient_accumulation, "ranks": args.ranks,
+            "steps": steps, "skip": args.skip, "loss_window": args.loss_window, "precision": t.precision,
+            "peak_gflops": peak_flops / 1e9, "peak_layout": f"{precision}, {layout}",
+            "train_flops_per_real_token": mean_flops_per_token,
+            "dataset_real_tokens_per_sample": sum(map(sum, lengths)) / len(lengths),
+            "lr_max_relative_difference": lr_gap, "overrides": overrides, "trainers": results}
+
+
+def saved_parameters(path: Path) -> int:
+    """Parameters stored in a safetensors file (tied weights once), read from the header only."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), "pt") as weights:
+        names = weights.keys()
+        for key in names:
+            count = 1
+            for dim in weights.get_slice(key).get_shape():
+                count *= int(dim)
+            total += count
+    return total
+
+
+def tables(results: list[dict[str, Any]]) -> str:
+    from cotdistill.report import markdown_table
+
+    rows, ratios = [], []
+    for result in results:
+        ours, hf = result["trainers"]["cotdistill"], result["trainers"]["HF Trainer"]
+        for trainer, m in result["trainers"].items():
+            rows.append([result["workload"], trainer, f"{m['measured_steps']} ({result['skip']} skipped)",
+                         f"{m['samples_per_s']:.1f}", f"{m['tokens_per_s']:.0f}", f"{m['real_tokens_per_sample']:.0f}",
+                         f"{100 * m['padding_fraction']:.1f}%",
+                         f"{m['peak_rss_gib']:.2f}", f"{m['final_loss']:.4f}", f"{100 * m['mfu']:.1f}%",
+                         f"{100 * m['hfu']:.1f}%" if m["hfu"] == m["hfu"] else "n/a", f"{m['wall_s']:.0f}"])
+        speed = ours["tokens_per_s"] / hf["tokens_per_s"]
+        met = speed >= 1.3 and ours["final_loss"] <= hf["final_loss"]
+        ratios.append([result["workload"], f"{speed:.2f}x", f"{ours['samples_per_s'] / hf['samples_per_s']:.2f}x",
+                       f"{ours['peak_rss_gib'] / hf['peak_rss_gib']:.2f}x",
+                       f"{ours['final_loss']:.4f} vs {hf['final_loss']:.4f}", "yes" if met else "no"])
+    main = markdown_table(["workload", "trainer", "steps measured", "samples/s", "non-pad tokens/s",
+                           "non-pad tokens/sample", "padding",
+                           "peak RSS GiB", "final loss", "MFU", "HFU", "wall s"], rows)
+    ratio = markdown_table(["workload", "tokens/s ours/HF", "samples/s ours/HF", "peak RSS ours/HF",
+                            "final loss ours vs HF", ">= 1.3x at equal or lower loss"], ratios)
+    return main + "\n\n" + ratio
+
+
+def parse_steps(items: list[str]) -> dict[str, int]:
+    """`--steps 40` (every workload) or `--steps tiny-gpt2=60 t5-small=20`."""
+    steps: dict[str, int] = {}
+    for item in items:
+        if "=" in item:
+            name, value = item.split("=", 1)
+            if name not in WORKLOADS:
+                raise SystemExit(f"unknown workload {name!r} in --steps; known: {', '.join(WORKLOADS)}")
+            steps[name] = int(value)
+        else:
+            steps.update(dict.fromkeys(WORKLOADS, int(item)))
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
+    parser.add_argument("--steps", nargs="*", default=[], help="optimizer steps: N for all, or workload=N")
+    parser.add_argument("--skip", type=int, default=4, help="first optimizer steps left out of the rates (>= 1)")
+    parser.add_argument("--loss_window", type=int, default=5, help="final loss = mean of the last N steps")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated, for development: "
+                        + ", ".join(TRAINERS) + " (the tables need both)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra key=value overrides for both trainers")
+    parser.add_argument("--data_dir", type=Path,
+                        default=Path(os.environ.get("COTDISTILL_DATA_DIR") or REPO.parent / "shared" / "data"))
+    parser.add_argument("--keep_models", action="store_true", help="reuse prepared models in runs/bench-train")
+    parser.add_argument("--peak_seconds", type=float, default=1.0, help="matmul peak: seconds per size and layout")
+    parser.add_argument("--out", help="write every figure as JSON to this file")
+    args = parser.parse_args()
+    args.steps = parse_steps(args.steps)
+    args.trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
+    if not args.trainers or any(t not in TRAINERS for t in args.trainers):
+        raise SystemExit(f"--trainers: choose from {', '.join(TRAINERS)}")
+    if args.skip < 1 or args.loss_window < 1:
+        raise SystemExit("--skip and --loss_window must be at least 1 (the window starts at a logged step's end)")
+    names = [n.strip() for n in args.workloads.split(",") if n.strip()]
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "cotdistill" / "torch_extensions"))
+    ROOT.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    peaks = measure_peak(args)
+    results = [bench_workload(name, args, peaks) for name in names]
+    minutes = (time.monotonic() - started) / 60
+    from cotdistill.report import markdown_table
+
+    layout = peaks["training_layout"]
+    print(markdown_table(["matmul peak (" + layout + ")", "GFLOP/s"],
+                         [[d, f"{peaks[d][layout]['gflops']:.0f}"] for d in ("fp32", "bf16")]))
+    print()
+    if len(args.trainers) == len(TRAINERS):
+        print(tables(results))
+    else:
+        print(json.dumps([{k: v for k, v in r.items() if k != "overrides"} for r in results], indent=1))
+    print(f"\n{minutes:.1f} minutes in all")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"peaks": peaks, "results": results, "minutes": minutes}, indent=1) + "\n",
+                                  encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

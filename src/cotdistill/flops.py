@@ -1,0 +1,139 @@
+"""Training FLOPs of GPT-2 and T5 students from the model config and token counts, for MFU.
+
+Model FLOPs utilization (MFU) is useful work divided by what the hardware could do in the same time:
+``model FLOPs per second / peak FLOP/s``. The useful work of a training example depends only on the
+model and the example's real tokens, never on how a trainer batched it, so MFU compares trainers fairly:
+padding slots are excluded, and a trainer that pads less gets the credit through its higher real-token rate.
+What a padded batch actually computes is counted separately (``padded_forward_flops``) for the hardware
+FLOP utilization, where padding counts as work done.
+
+What is counted: multiply-adds of the matrix products, 2 FLOPs each (Kaplan et al. 2020, PaLM's MFU):
+every linear projection, the attention products QK^T and PV, and the LM head. Layer norms, softmax,
+activations, residual adds, the embedding lookups and T5's relative position bias are left out: they are
+not matrix products and cost a small share of the FLOPs (memory traffic, not arithmetic, is their cost), and
+`torch.utils.flop_counter.FlopCounterMode` leaves them out too (tests/test_flops.py checks this module
+against it: equal to the FLOP for GPT-2 and T5).
+
+- Attention is counted over the full square (all L x L scores), as dense kernels compute it; the causal
+  mask of a decoder does not halve the work they do.
+- Backward = 2 x forward: each product needs one product for the gradient of its input and one for that of
+  its weight (the embeddings are trainable, so the first layer's input gradient is computed too). So a
+  training step costs 3 x forward (``training_flops``); activation checkpointing would add a forward that
+  is recomputation, not useful work, and is not counted.
+- Useful LM-head work is counted at target tokens only: a seq2seq decoder predicts every target token,
+  while a causal student's loss needs the logits only at the positions that predict a target token
+  (``target_tokens`` of them, the prompt's last position included and the final EOS excluded). Both trainers
+  do compute logits at the prompt positions too; that is counted as hardware work in ``padded_forward_flops``.
+
+Per layer and token, with d = d_model, i = heads x d_kv (d for GPT-2), f = d_ff, a sequence of L tokens:
+
+- GPT-2 block: QKV 6 d^2, output 2 d^2, MLP 4 d f, attention 4 L d; LM head 2 d V per logit position.
+- T5 encoder layer (over the S source tokens): QKV 6 d i, output 2 i d, FFN 4 d f (6 d f gated, as
+  FlanT5's gated-GELU with two input matrices), attention 4 S i.
+- T5 decoder layer (over the T target tokens): self-attention 8 d i + 4 T i, cross-attention queries and
+  output 4 d i plus scores/values 4 S i per target token, plus the keys and values of the encoder output,
+  4 d i per *source* token in every decoder layer (so the decoder grows with the source length as well), FFN
+  as in the encoder; LM head 2 d V per target token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+TRAINING_MULTIPLIER = 3  # forward + backward (2 x forward)
+
+
+@dataclass(frozen=True)
+class DecoderOnlyShape:
+    """What a GPT-2-like model's FLOPs depend on."""
+
+    d_model: int
+    layers: int
+    d_ff: int
+    vocab: int
+
+
+@dataclass(frozen=True)
+class EncoderDecoderShape:
+    """What a T5-like model's FLOPs depend on; `inner` is heads x d_kv (T5 allows it to differ from d_model)."""
+
+    d_model: int
+    inner: int
+    d_ff: int
+    gated: bool
+    encoder_layers: int
+    decoder_layers: int
+    vocab: int
+
+
+ModelShape = DecoderOnlyShape | EncoderDecoderShape
+
+
+def model_shape(config: Any) -> ModelShape:
+    """The FLOP-relevant sizes of a transformers GPT-2 or T5 config (``model.config`` or ``AutoConfig``)."""
+    kind = getattr(config, "model_type", "")
+    if kind == "gpt2":
+        return DecoderOnlyShape(d_model=config.n_embd, layers=config.n_layer,
+                                d_ff=config.n_inner or 4 * config.n_embd, vocab=config.vocab_size)
+    if kind in ("t5", "mt5", "umt5"):
+        gated = str(getattr(config, "feed_forward_proj", "relu")).startswith("gated-")
+        return EncoderDecoderShape(d_model=config.d_model, inner=config.num_heads * config.d_kv, d_ff=config.d_ff,
+                                   gated=gated, encoder_layers=config.num_layers,
+                                   decoder_layers=config.num_decoder_layers or config.num_layers,
+                                   vocab=config.vocab_size)
+    raise ValueError(f"no FLOP count for model_type {kind!r} (GPT-2 and T5 models are supported)")
+
+
+def _ffn(shape: ModelShape) -> int:
+    """FFN FLOPs per token: two matrices d x f and f x d, three when gated."""
+    gated = isinstance(shape, EncoderDecoderShape) and shape.gated
+    return (6 if gated else 4) * shape.d_model * shape.d_ff
+
+
+def _decoder_only(shape: DecoderOnlyShape, length: int, logit_positions: int) -> int:
+    d = shape.d_model
+    per_layer = length * (8 * d * d + _ffn(shape)) + 4 * length * length * d
+    return shape.layers * per_layer + 2 * d * shape.vocab * logit_positions
+
+
+def _encoder_decoder(shape: EncoderDecoderShape, source: int, target: int) -> int:
+    d, i = shape.d_model, shape.inner
+    ffn = _ffn(shape)
+    encoder = shape.encoder_layers * (source * (8 * d * i + ffn) + 4 * source * source * i)
+    self_attention = target * 8 * d * i + 4 * target * target * i
+    cross_attention = target * 4 * d * i + source * 4 * d * i + 4 * target * source * i
+    decoder = shape.decoder_layers * (self_attention + cross_attention + target * ffn)
+    return encoder + decoder + 2 * d * shape.vocab * target
+
+
+def forward_flops(shape: ModelShape, source_tokens: int, target_tokens: int) -> int:
+    """Useful forward FLOPs of one unpadded example.
+
+    Seq2seq: `source_tokens` through the encoder, `target_tokens` through the decoder and the LM head.
+    Causal: one sequence of ``source_tokens + target_tokens`` (prompt, then target) through the blocks,
+    and the LM head at `target_tokens` positions: those whose logits the loss uses, the prompt's last position
+    predicting the first target token (with an empty prompt that is one position too many).
+    """
+    if source_tokens < 0 or target_tokens < 0:
+        raise ValueError(f"token counts must be >= 0, got {source_tokens} and {target_tokens}")
+    if isinstance(shape, DecoderOnlyShape):
+        return _decoder_only(shape, source_tokens + target_tokens, target_tokens)
+    return _encoder_decoder(shape, source_tokens, target_tokens)
+
+
+def padded_forward_flops(shape: ModelShape, rows: int, input_width: int, label_width: int = 0) -> int:
+    """Forward FLOPs a padded micro-batch actually costs (hardware FLOPs): every slot computed, padding too.
+
+    Causal: `rows` sequences of `input_width`, logits at every position (as transformers computes them).
+    Seq2seq: the encoder over `input_width`, the decoder and LM head over `label_width`.
+    """
+    if isinstance(shape, DecoderOnlyShape):
+        return rows * _decoder_only(shape, input_width, input_width)
+    return rows * _encoder_decoder(shape, input_width, label_width)
+
+
+def training_flops(forward: int) -> int:
+    """Forward plus backward of the same work: ``3 x forward`` (see the module docstring)."""
+    return TRAINING_MULTIPLIER * forward
+

@@ -1,0 +1,117 @@
+"""cotdistill.flops against an independent count: torch's FlopCounterMode over a real forward + backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
+
+from cotdistill.flops import (
+    DecoderOnlyShape,
+    EncoderDecoderShape,
+    forward_flops,
+    model_shape,
+    padded_forward_flops,
+    training_flops,
+)
+
+VOCAB = 300
+
+
+def counted_training_flops(model: torch.nn.Module, **batch: torch.Tensor) -> int:
+    """Matmul FLOPs torch executes for one forward with the model's own loss and its backward."""
+    with FlopCounterMode(display=False) as counter:
+        model(**batch).loss.backward()
+    return counter.get_total_flops()
+
+
+def small_gpt2(attn: str = "sdpa") -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_inner=192, vocab_size=VOCAB, n_positions=128,
+                        bos_token_id=0, eos_token_id=0, attn_implementation=attn)
+    return GPT2LMHeadModel(config)
+
+
+def small_t5(feed_forward_proj: str = "gated-gelu") -> T5ForConditionalGeneration:
+    torch.manual_seed(0)
+    config = T5Config(d_model=64, d_kv=8, num_heads=4, d_ff=160, num_layers=2, num_decoder_layers=3,
+                      vocab_size=VOCAB, feed_forward_proj=feed_forward_proj, decoder_start_token_id=0,
+                      pad_token_id=0, eos_token_id=1)
+    return T5ForConditionalGeneration(config)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_gpt2_training_flops_match_flop_counter(attn):
+    model = small_gpt2(attn)
+    rows, prompt, target = 3, 17, 23
+    ids = torch.randint(1, VOCAB, (rows, prompt + target))
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    measured = counted_training_flops(model, input_ids=ids, labels=labels)
+    shape = model_shape(model.config)
+    assert shape == DecoderOnlyShape(d_model=64, layers=2, d_ff=192, vocab=VOCAB)
+    # transformers computes logits at every position: the hardware count is exact for an unpadded batch.
+    hardware = training_flops(padded_forward_flops(shape, rows, prompt + target))
+    assert measured == pytest.approx(hardware, rel=0.02)
+    # The useful count drops only the LM head at the prompt positions (their logits feed no loss).
+    useful = training_flops(rows * forward_flops(shape, prompt, target))
+    lm_head_at_prompt = training_flops(rows * 2 * 64 * VOCAB * prompt)
+    assert useful == pytest.approx(measured - lm_head_at_prompt, rel=0.02)
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["gated-gelu", "relu"])
+def test_t5_training_flops_match_flop_counter(feed_forward_proj):
+    model = small_t5(feed_forward_proj)
+    rows, source, target = 2, 31, 19
+    batch = {"input_ids": torch.randint(2, VOCAB, (rows, source)), "labels": torch.randint(2, VOCAB, (rows, target))}
+    measured = counted_training_flops(model, **batch)
+    shape = model_shape(model.config)
+    assert isinstance(shape, EncoderDecoderShape)
+    assert (shape.inner, shape.encoder_layers, shape.decoder_layers) == (32, 2, 3)
+    assert shape.gated == (feed_forward_proj == "gated-gelu")
+    expected = training_flops(rows * forward_flops(shape, source, target))
+    assert measured == pytest.approx(expected, rel=0.02)
+    # Unpadded, what the batch computes is the useful work.
+    assert padded_forward_flops(shape, rows, source, target) == rows * forward_flops(shape, source, target)
+
+
+def test_t5_flops_grow_with_source_length_through_the_encoder():
+    model = small_t5()
+    shape = model_shape(model.config)
+    target = 12
+    measured, predicted = [], []
+    for source in (10, 40, 80):
+        model.zero_grad()
+        batch = {"input_ids": torch.randint(2, VOCAB, (1, source)), "labels": torch.randint(2, VOCAB, (1, target))}
+        measured.append(counted_training_flops(model, **batch))
+        predicted.append(training_flops(forward_flops(shape, source, target)))
+    assert measured[0] < measured[1] < measured[2]
+    for got, want in zip(measured, predicted, strict=True):
+        assert got == pytest.approx(want, rel=0.02)
+    # The growth is the encoder's (and the cross-attention's keys/values), not the decoder's own work:
+    # a longer source with the target fixed adds exactly what the encoder shape predicts.
+    encoder_only = EncoderDecoderShape(shape.d_model, shape.inner, shape.d_ff, shape.gated, shape.encoder_layers, 0,
+                                       vocab=0)
+    growth = forward_flops(shape, 80, target) - forward_flops(shape, 10, target)
+    encoder_growth = forward_flops(encoder_only, 80, 0) - forward_flops(encoder_only, 10, 0)
+    cross_growth = shape.decoder_layers * (70 * 4 * shape.d_model * shape.inner + 4 * target * 70 * shape.inner)
+    assert growth == encoder_growth + cross_growth
+
+
+def test_padding_is_hardware_work_not_model_work():
+    shape = DecoderOnlyShape(d_model=768, layers=12, d_ff=3072, vocab=50257)
+    lengths = [(40, 60), (30, 20)]  # (prompt, target) of two causal examples, padded to 100
+    useful = sum(forward_flops(shape, p, t) for p, t in lengths)
+    padded = padded_forward_flops(shape, rows=2, input_width=100)
+    assert padded > useful
+    # A GPT-2-small token costs about 2 x 85M non-embedding parameters plus the LM head, as the 6N rule says.
+    per_token = forward_flops(shape, 0, 1)
+    assert per_token == pytest.approx(2 * (12 * 12 * 768 ** 2) + 4 * 768 * 12 + 2 * 768 * 50257, rel=1e-9)
+
+
+def test_unknown_model_type_is_refused():
+    with pytest.raises(ValueError, match="model_type"):
+        model_shape(type("Config", (), {"model_type": "llama"})())
+    with pytest.raises(ValueError):
+        forward_flops(DecoderOnlyShape(8, 1, 32, 10), -1, 3)
