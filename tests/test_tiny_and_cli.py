@@ -188,6 +188,9 @@ def test_random_full_size_model_keeps_its_published_vocabulary_and_a_working_tok
 
 
 def test_random_flan_t5_keeps_a_separate_lm_head_through_save_and_load(tmp_path):
+    import math
+
+    import torch
     from transformers import AutoModelForSeq2SeqLM
 
     from cotdistill.memory_plan import count_parameters, resolve_model_config
@@ -198,3 +201,7 @@ def test_random_flan_t5_keeps_a_separate_lm_head_through_save_and_load(tmp_path)
     assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
     published = count_parameters(resolve_model_config("flan-t5-small")).total_params
     assert sum(p.numel() for p in model.parameters()) == published
+    ids = torch.tensor([[5, 6, 7, 8, 1]])
+    with torch.no_grad():
+        loss = float(model(input_ids=ids, labels=ids).loss)
+    assert abs(loss - math.log(model.config.vocab_size)) < 1.5, loss  # near-uniform, not in the hundreds

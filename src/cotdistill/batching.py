@@ -91,6 +91,9 @@ def tokenize_examples(
     return out, stats
 
 
+TARGET_WINDOW = 4  # global batches re-sorted by target length inside a source-sorted chunk (seq2seq)
+
+
 class LengthGroupedBatches:
     """Deterministic order of micro-batches for every rank, resumable at any micro-step.
 
@@ -100,11 +103,17 @@ class LengthGroupedBatches:
     """
 
     def __init__(self, lengths: Sequence[int], micro_batch_size: int, world_size: int, seed: int,
-                 group_by_length: bool = True, mega: int = 32, formats: Sequence[str] | None = None) -> None:
+                 group_by_length: bool = True, mega: int = 32, formats: Sequence[str] | None = None,
+                 target_lengths: Sequence[int] | None = None) -> None:
         if not lengths:
             raise ValueError("no training examples to batch")
         if formats is not None and len(formats) != len(lengths):
             raise ValueError(f"{len(formats)} formats for {len(lengths)} examples")
+        if target_lengths is not None and len(target_lengths) != len(lengths):
+            raise ValueError(f"{len(target_lengths)} target lengths for {len(lengths)} examples")
+        # Seq2seq pads encoder and decoder separately: group by source length, then by target length
+        # within windows of TARGET_WINDOW global batches, so both sides of a batch have similar lengths.
+        self.target_lengths = None if target_lengths is None else list(target_lengths)
         # With formats, every global step draws from one format only (data.single_format_batches).
         self.formats = None if formats is None else list(formats)
         self.by_format = None if formats is None else {
@@ -147,6 +156,10 @@ class LengthGroupedBatches:
             grouped = []
             for start in range(0, len(order), chunk):
                 part = sorted(order[start:start + chunk], key=lambda i: -self.lengths[i])
+                if self.target_lengths is not None:
+                    window = self.global_batch * TARGET_WINDOW
+                    part = [i for w in range(0, len(part), window)
+                            for i in sorted(part[w:w + window], key=lambda i: -self.target_lengths[i])]
                 grouped.append(part)
             order = [i for part in grouped for i in part]
         steps = [order[s:s + self.global_batch] for s in range(0, need, self.global_batch)]
@@ -159,6 +172,11 @@ class LengthGroupedBatches:
         stream = self.stream(self.position(start_micro_step))
         while True:
             yield stream.next_step()[rank]
+
+    def relaid(self, world_size: int, micro_batch_size: int) -> LengthGroupedBatches:
+        """The same examples and settings batched for another number of ranks or micro-batch."""
+        return LengthGroupedBatches(self.lengths, micro_batch_size, world_size, self.seed, self.group, self.mega,
+                                    self.formats, self.target_lengths)
 
     def position(self, micro_step: int) -> DataState:
         """The data state after ``micro_step`` global micro-steps of this order (no resharding since)."""

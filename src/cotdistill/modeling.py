@@ -13,7 +13,8 @@ of ln(vocab size). Tiny test models are therefore created on CPU by ``make_tiny`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -115,7 +116,8 @@ def load_model(
         raise ConfigError(f"{str(name_or_path)!r} is a {found} model, but a {kind} model was requested")
     auto_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
     try:
-        model = auto_class.from_pretrained(str(name_or_path), dtype=dtype)
+        with _own_lm_head(auto_class, _read_config(name_or_path)):
+            model = auto_class.from_pretrained(str(name_or_path), dtype=dtype)
     except OSError as exc:
         raise ConfigError(f"cannot load model weights from {str(name_or_path)!r}: {exc}") from exc
     if kind == "causal" and model.config.pad_token_id is None:
@@ -144,23 +146,37 @@ def model_skeleton(config_path: PathLike, kind: ModelKind, dtype: torch.dtype | 
 def build_from_config(config: PretrainedConfig, kind: ModelKind, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """``from_config`` that keeps FlanT5's (T5 v1.1's) LM head separate from the shared embedding.
 
-    transformers 5 builds every T5 with ``lm_head`` tied to ``shared`` and remembers v1.1 only as
-    ``scale_decoder_outputs=False``; ``from_pretrained`` unties the two when a checkpoint holds both, but
-    ``from_config`` does not, so a FlanT5 skeleton would have one matrix too few and loading trained weights
-    into it would overwrite the embedding with the head. The head's tie is left out while the model is built.
+    Without it a FlanT5 skeleton would have one matrix too few, and loading trained weights into it would
+    overwrite the embedding with the head (see ``_own_lm_head``).
     """
     auto_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    with _own_lm_head(auto_class, config):
+        return auto_class.from_config(config, dtype=dtype)
+
+
+@contextmanager
+def _own_lm_head(auto_class, config: PretrainedConfig) -> Iterator[None]:
+    """While a T5 v1.1 (FlanT5) model is built or loaded, leave its LM head out of the tied weights.
+
+    transformers 5 builds every T5 with ``lm_head`` tied to ``shared`` and remembers v1.1 only as
+    ``scale_decoder_outputs=False``. ``from_pretrained`` unties the two when the checkpoint's values differ,
+    but under ZeRO-3 the parameters are empty partitions when it compares them, so the head stays tied to the
+    embedding and one of the two trained matrices is silently lost; ``from_config`` never unties. Both are
+    built here with the head as a parameter of its own.
+    """
     try:
         model_class = auto_class._model_mapping[type(config)]
-    except KeyError:  # not a model of this kind: from_config says so
-        return auto_class.from_config(config, dtype=dtype)
+    except KeyError:  # not a model of this kind: transformers says so
+        yield
+        return
     tied = getattr(model_class, "_tied_weights_keys", None)
     if getattr(config, "scale_decoder_outputs", True) is not False or not isinstance(tied, dict) \
             or "lm_head.weight" not in tied:
-        return auto_class.from_config(config, dtype=dtype)
+        yield
+        return
     model_class._tied_weights_keys = {k: v for k, v in tied.items() if k != "lm_head.weight"}
     try:
-        return auto_class.from_config(config, dtype=dtype)
+        yield
     finally:
         model_class._tied_weights_keys = tied
 

@@ -69,6 +69,12 @@ def build_random_model(model: str, out_dir: str | Path, texts: Iterable[str], vo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         built = build_from_config(config, kind)
+        head, embedding = built.get_output_embeddings(), built.get_input_embeddings()
+        if head is not None and head.weight is not embedding.weight:
+            # transformers draws a separate T5 head like the embedding (std 1): logits of std sqrt(d_model)
+            # and a first loss in the hundreds. Std d_model^-0.5 starts near ln V, as a trained run expects.
+            with torch.no_grad():
+                head.weight.normal_(0.0, head.weight.shape[1] ** -0.5)
     built.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     del built

@@ -192,9 +192,10 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
                                                              gradient_checkpointing=config.model.gradient_checkpointing))
     engine.initialize(model)
 
-    order = LengthGroupedBatches([e.length for e in tokenized], t.micro_batch_size, engine.world_size, t.seed,
-                                 group_by_length=t.group_by_length,
-                                 formats=[e.format for e in tokenized] if config.data.single_format_batches else None)
+    order = LengthGroupedBatches([e.length if causal else len(e.input_ids) for e in tokenized], t.micro_batch_size,
+                                 engine.world_size, t.seed, group_by_length=t.group_by_length,
+                                 formats=[e.format for e in tokenized] if config.data.single_format_batches else None,
+                                 target_lengths=None if causal else [len(e.labels) for e in tokenized])
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
 
     latest = ckpt.latest_checkpoint(out) if config.checkpoint.resume else None
@@ -309,8 +310,7 @@ def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthG
     if saved is not None:
         data = DataState.from_json(saved)
     else:  # written before data states were saved: replay the saving job's own batch order
-        before = LengthGroupedBatches(order.lengths, int(saved_ds.get("train_micro_batch_size_per_gpu", order.micro)),
-                                      saved_world, order.seed, order.group, order.mega, order.formats)
+        before = order.relaid(saved_world, int(saved_ds.get("train_micro_batch_size_per_gpu", order.micro)))
         data = before.position(int(state["micro_step"]))
     if resharded:
         saved_batch = int(saved_ds.get("train_batch_size", 0))
