@@ -503,3 +503,16 @@ def test_paper_recipes_load_validate_and_name_their_mixtures(recipe):
     assert not config.model.make_tiny and config.data.dataset == "teacher_data"
     assert validate_mixture(config.data.formats)
     assert (REPO / config.deepspeed_config).is_file()
+
+
+@pytest.mark.parametrize("text, expected", [("", None), ("7", (7, 7)), ("5-8", (5, 8)), (" 2 - 3 ", (2, 3))])
+def test_profile_steps_name_a_step_or_a_range(text, expected):
+    from cotdistill.profiling import parse_step_range
+
+    assert parse_step_range(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "8-5", "five", "1-2-3"])
+def test_a_bad_profile_range_is_a_config_error_naming_the_key(text):
+    with pytest.raises(ConfigError, match="train.profile_steps"):
+        load_config(REPO / "recipes" / "demo-t5-synthetic.yaml", [f"train.profile_steps={text}"])

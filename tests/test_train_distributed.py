@@ -172,10 +172,15 @@ def test_a_flan_t5_keeps_its_own_lm_head_through_zero3_loading_training_and_expo
     original = AutoModelForSeq2SeqLM.from_pretrained(model)
     out = tmp_path / "run"
     launch("launchers/train.py", train_args("t5", model, out, "train.max_steps=1", "train.lr=1e-9",
-                                            "eval.at_end=false"), ranks=1)
+                                            "eval.at_end=false", "train.profile_steps=1"), ranks=1)
     assert read_losses(out)[1] < math.log(600) + 1.5  # a tied head (std-1 embedding) starts near 40 here
     final = AutoModelForSeq2SeqLM.from_pretrained(out / "final")
     assert not torch.equal(final.lm_head.weight, final.shared.weight)
     for name in ("lm_head", "shared"):  # bf16 round trip of an (all but) untrained model
         torch.testing.assert_close(getattr(final, name).weight.float(), getattr(original, name).weight.float(),
                                    rtol=1e-2, atol=1e-2, msg=name)
+
+    # The step was profiled: a readable table of operators and a trace.
+    report = (out / "profile" / "rank0.txt").read_text()
+    assert report.startswith("steps 1-1, rank 0") and "by self CPU time" in report and "aten::" in report
+    assert json.loads((out / "profile" / "rank0.trace.json").read_text())["traceEvents"]

@@ -20,6 +20,7 @@ import yaml
 
 from cotdistill.errors import ConfigError
 from cotdistill.formats import FORMATS
+from cotdistill.profiling import parse_step_range
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -108,6 +109,8 @@ class TrainConfig:
     stop_after_steps: int = _help(
         "end this invocation after N more optimizer steps with a checkpoint, keeping the max_steps "
         "schedule (time-sliced jobs; 0: run to the end)", 0)
+    profile_steps: str = _help(
+        "profile these optimizer steps with torch.profiler, e.g. 5-8; writes output_dir/profile/ ('': off)", "")
     loss_weights: dict[str, float] = _help(
         "per-format loss weight, e.g. {decomposer: 1.0, solver: 2.0} (missing formats: 1)", factory=dict)
     kd_weight: float = _help(
@@ -505,6 +508,7 @@ def validate(config: RunConfig) -> None:
     _positive(t.grad_clip, "train.grad_clip", allow_zero=True)
     _positive(t.log_every, "train.log_every")
     _positive(t.stop_after_steps, "train.stop_after_steps", allow_zero=True)
+    parse_step_range(t.profile_steps)
     if t.max_steps == 0:
         _positive(t.epochs, "train.epochs")
     if not 0.0 <= t.min_lr_ratio <= 1.0:

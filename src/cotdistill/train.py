@@ -35,6 +35,7 @@ from cotdistill.formats import PROMPT_FORMATS, build_examples, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
+from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.run_data import load_run_problems
 from cotdistill.schedule import lr_at
 from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded
@@ -212,9 +213,11 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     losses: list[float] = []
     last_saved = step if latest is not None else -1
     progress = _progress_bar(engine, total_steps, step)
+    profiler = StepProfiler(parse_step_range(t.profile_steps), out / "profile", engine.rank)
     engine.train()
 
     while step < stop_at:
+        profiler.before_step(step + 1)
         lr = lr_at(step, total_steps, t)
         engine.set_lr(lr)
         started = time.perf_counter()
@@ -255,6 +258,10 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
             progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
             progress.update(1)
         stopping = engine.any_rank(stop.requested)
+        report = profiler.after_step(step, stopping=stopping or step == stop_at)
+        if report is not None:
+            log.info("profile of steps %s written to %s (and a trace to open in ui.perfetto.dev)", t.profile_steps,
+                     report)
         due = config.checkpoint.every and step % config.checkpoint.every == 0
         if due or stopping or step == stop_at:
             _save(engine, config, out, step, consumed, batches.state(), mean_loss, log, total_steps)
