@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cotdistill.config import RunConfig, TrainConfig
-from cotdistill.ds_config import check_precision, read_template, resolve_ds_config, zero_stage
+from cotdistill.ds_config import BUCKET_FLOOR, check_precision, read_template, resolve_ds_config, zero_stage
 from cotdistill.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,13 +60,14 @@ def test_shipped_template_resolves_with_run_values(path, world):
 
 
 @pytest.mark.parametrize("path", [p for p in TEMPLATES if p.name != "zero2.json"], ids=lambda p: p.name)
-def test_zero3_bucket_sizes_follow_hidden_size(path):
-    ds = resolve_ds_config(read_template(path), run_config(), 2, hidden_size=HIDDEN)
-    zero = ds["zero_optimization"]
-    assert zero_stage(ds) == 3
-    assert zero["reduce_bucket_size"] == HIDDEN * HIDDEN
-    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * HIDDEN * HIDDEN)
-    assert zero["stage3_param_persistence_threshold"] == 10 * HIDDEN
+def test_zero3_bucket_sizes_follow_hidden_size_above_a_floor(path):
+    for hidden, reduce, prefetch in [(HIDDEN, BUCKET_FLOOR, BUCKET_FLOOR), (10240, 10240**2, int(0.9 * 10240**2))]:
+        ds = resolve_ds_config(read_template(path), run_config(), 2, hidden_size=hidden)
+        zero = ds["zero_optimization"]
+        assert zero_stage(ds) == 3
+        assert zero["reduce_bucket_size"] == reduce
+        assert zero["stage3_prefetch_bucket_size"] == prefetch
+        assert zero["stage3_param_persistence_threshold"] == 10 * hidden
 
 
 @pytest.mark.parametrize("path", [p for p in TEMPLATES if p.name != "zero2.json"], ids=lambda p: p.name)

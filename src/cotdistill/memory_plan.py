@@ -18,8 +18,8 @@ deepspeed 0.19.8. With N parameters, G GPUs in all, g per node and n nodes, in b
 * ZeRO-3 also holds one gathered layer: its 16-bit weights and its full gradient before the
   reduce-scatter, 4 bytes per parameter of the largest layer as in DeepSpeed (a layer is one module's own
   parameters, which is what ZeRO-3 gathers at a time; for T5 and GPT-2 it is the embedding or LM head).
-  Added here, and not in DeepSpeed's estimator: the prefetch bucket (0.9 h^2 elements) and the
-  gradient reduce bucket (h^2), the values ``ds_config.resolve_ds_config`` fills in for "auto", and the
+  Added here, and not in DeepSpeed's estimator: the prefetch bucket and the gradient reduce bucket
+  (0.9 h^2 and h^2 elements, at least 5e7 each: ``ds_config.zero_auto_size``, what "auto" becomes), and the
   small parameters below the persistence threshold (10 h elements), which stay whole on every GPU.
   ``stage3_max_live_parameters`` (1e9 in ds_configs/) only caps prefetching, and parameters are kept
   gathered for reuse only within ``stage3_max_reuse_distance``; in practice that is the shared T5
@@ -78,6 +78,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cotdistill.ds_config import zero_auto_size
 from cotdistill.errors import ConfigError
 
 GIB = 2**30
@@ -479,7 +480,8 @@ def _model_states(facts: ModelFacts, workload: Workload, stage: int, offload: st
             return gpu, (fp32_grad if mixed else 0) * part, load, 0
         return w * n_params + buckets, 0, max(load, gpus_per_node * part * on_host), 0
     h = facts.hidden
-    working = (2 * w * facts.largest_layer[1] + w * (int(0.9 * h * h) + h * h)
+    working = (2 * w * facts.largest_layer[1]
+               + w * (zero_auto_size("stage3_prefetch_bucket_size", h) + zero_auto_size("reduce_bucket_size", h))
                + 2 * w * facts.persistent_params)
     load = gpus_per_node * 4 * facts.largest_layer[1]
     if offload == "none":
