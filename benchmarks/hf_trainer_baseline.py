@@ -58,6 +58,15 @@ so the next update's), `grad_norm`, `samples`,
 `padding_fraction`, `step_time_s` (from the previous step's log to this step's end), `time` (unix time at
 the step's end, taken in a TrainerCallback's on_step_end), `examples` ([source, target] tokens of every
 example of the step) and `shapes` ([rows, input width, label width] of every padded micro-batch).
+
+The final weights, with `checkpoint.export_final` (the default, as for our trainer), after `trainer.train()`
+returned (after the last step's log row, so outside the benchmark's measured window): `<output_dir>/final`, a
+Hugging Face folder (`from_pretrained`) written the way our trainer exports (`cotdistill.export.export_from_engine`):
+every ZeRO-3 partitioned parameter gathered in turn (`deepspeed.zero.GatheredParameters`, all ranks) onto rank 0's
+CPU, which writes them with `cotdistill.export.write_hf_folder` (`save_pretrained` with that state dict, plus the
+tokenizer). These are the weights the model held and trained with (bf16 under bf16 training), not a copy of
+the fp32 master weights. `trainer.save_model()` would not do: with `stage3_gather_16bit_weights_on_model_save:
+false` in the template it writes no consolidated weights.
 """
 
 from __future__ import annotations
@@ -179,6 +188,32 @@ def trainer_loss_scale(trainer: Any, model_type: str) -> float:
     return float(trainer.accelerator.num_processes) if scaled else 1.0
 
 
+def export_final(model: torch.nn.Module, tokenizer: Any, folder: Path, rank: int) -> None:
+    """Collective: gather the partitioned weights to rank 0, which writes a Hugging Face folder.
+
+    The same steps as cotdistill's `Engine.consolidated_state_dict` + `export_from_engine`: one parameter at a
+    time (the extra memory is one tensor), persistent buffers as they are, then `write_hf_folder`.
+    """
+    import deepspeed
+    import torch.distributed as dist
+
+    from cotdistill.export import write_hf_folder
+
+    state: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=None):  # no-op for unpartitioned ones
+            if rank == 0:
+                state[name] = param.detach().to("cpu", copy=True)
+    if rank == 0:
+        persistent = set(model.state_dict(keep_vars=True))
+        for name, buffer in model.named_buffers():
+            if name in persistent:
+                state[name] = buffer.detach().to("cpu", copy=True)
+        write_hf_folder(model, state, tokenizer, folder)
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML recipe (recipes/*.yaml), as for launchers/train.py")
@@ -260,9 +295,14 @@ def main() -> None:
     loss_scale = trainer_loss_scale(trainer, model.config.model_type)
     trainer.add_callback(step_logger(collator, out / "train_log.jsonl", rank, loss_scale))
     result = trainer.train()
+    final = None
+    if config.checkpoint.export_final:
+        final = out / "final"
+        export_final(getattr(trainer.model_wrapped, "module", trainer.model), tokenizer, final, rank)
     if rank == 0:
         engine = trainer.model_wrapped
         print(json.dumps({"steps": result.global_step, "train_loss": result.training_loss,
+                          "final": str(final) if final else None,
                           "world_size": training_args.world_size, "threads": torch.get_num_threads(),
                           "logged_loss_scale": loss_scale,
                           "engine": type(engine).__name__,

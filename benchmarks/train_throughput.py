@@ -4,8 +4,11 @@ For each workload the model is prepared once (random init saved with save_pretra
 the workload's data: `cotdistill make-tiny`'s code with the workload's size), then the two trainers run one
 after the other, never at the same time, with the same recipe and overrides:
 
-    deepspeed --num_gpus 2 launchers/train.py --config <recipe> <overrides>           (ours; no eval, no export)
+    deepspeed --num_gpus 2 launchers/train.py --config <recipe> <overrides>           (ours; no eval)
     deepspeed --num_gpus 2 benchmarks/hf_trainer_baseline.py --config <recipe> <overrides>   (HF Trainer)
+
+and then both trainers' final weights and the initial model are scored on the same held-out examples
+(benchmarks/heldout_loss.py, see "Held-out loss" below).
 
 Workloads: tiny-gpt2 and tiny-t5 (the demo recipes' tiny sizes, synthetic problems), t5-small (d_model 512,
 d_ff 2048, 6+6 layers, 8 heads, gated-GELU as FlanT5) and gpt2-small (768, 12 layers, 12 heads) on the
@@ -15,10 +18,11 @@ Measured from each trainer's per-step log (train_log.jsonl), in steady state: th
 steps are dropped, and rates are totals over the remaining steps divided by the wall time from the end of
 step `skip` to the end of the last step (so every per-step cost counts: data, logging, collectives):
 samples/s, non-padding tokens/s (cotdistill.batching.padding_stats: encoder + decoder positions for T5),
-padding fraction (1 - real / slots over the window), final loss (mean of the last --loss_window steps'
-logged losses: the token-weighted mean over both ranks in both trainers). Peak RSS: the sum of RSS
-(/proc/<pid>/statm) over the launcher's whole process tree, polled every 0.2 s the same way for both,
-up to the end of the last training step (our trainer writes a checkpoint after it, which is not training).
+padding fraction (1 - real / slots over the window), train loss (the mean of the last --loss_window steps'
+logged losses: each the token-weighted mean over both ranks of that step's batch, in both trainers; JSON
+"final_loss"). Peak RSS: the sum of RSS (/proc/<pid>/statm) over the launcher's whole process tree, polled
+every 0.2 s the same way for both, up to the end of the last training step (after it both export their final
+weights and our trainer writes a checkpoint, which is not training; "wall s" includes them).
 MFU: useful training FLOPs (cotdistill.flops: 3 x forward over each example's real tokens) of the window's
 steps per second, over the machine's bf16 (or fp32) matmul peak measured by benchmarks/matmul_peak.py in
 the training layout (one single-thread process per rank). HFU counts what the padded batches computed
@@ -28,11 +32,41 @@ against its logged token counts (if they ever disagree, the dataset's mean FLOPs
 is printed and the JSON says "flops_source": "dataset mean"). The learning rates both trainers applied are
 compared step by step (warmup is 0 so that they are identical).
 
+Held-out loss. The train loss above does not compare the two trainers: ours groups batches by length (a
+step's examples have similar lengths), the Trainer samples at random, so their last steps see different
+examples, and a per-step token mean over short examples differs from one over a mixed batch even for the same
+weights. So both trainers export their final weights after the last step (outside the measured window): ours
+with checkpoint.export_final=true, the baseline the same way (its ZeRO-3 partitions gathered parameter by
+parameter to rank 0, written with save_pretrained; see benchmarks/hf_trainer_baseline.py), both to
+<run>/final; these are the bf16 weights each model trained with (equal, bit for bit, to its fp32 master weights
+rounded to bf16). Then one plain CPU process (benchmarks/heldout_loss.py, no DeepSpeed) scores the initial
+model and both final models on the same --heldout_size (256) held-out problems that no training run saw,
+built and tokenized exactly like the training examples (build_examples, tokenize_examples, the run's tokenizer
+and truncation):
+- synthetic workloads: the generator's held-out problems (load_run_problems: a disjoint seed, no question
+  equal to a training question), with data.synthetic.eval_size=256 and data.synthetic.eval_steps=0 (the
+  training range of 1-3 steps rather than the recipe's 3-step evaluation set); neither changes the training
+  problems. Both trainers get the two overrides.
+- traces workloads: training uses the first N - 256 problems of the traces file (data.limit; N = 7442 problems
+  read from LLaMA's GSM8K file, so 7186 train), the last 256 are held out (the file has no duplicate questions;
+  its order shows no trend in length).
+Held-out loss = sum over the held-out batches of cotdistill.objectives.mean_token_nll x its target tokens,
+over all target tokens: the mean NLL per target token, as our trainer's loss is defined (a causal model's
+prompt positions excluded), in eval mode (no dropout), with the weights in the training precision (bf16; the
+initial model rounded as both trainers load it) upcast to fp32, the forward pass in fp32. Its table column shows
+initial -> final; a warning is printed if a final model equals the initial one or does not beat it.
+The ">= 1.3x at equal or lower loss" verdict compares the held-out losses: ours must be at most HF's +
+--loss_tolerance (0.02 nats). Run-to-run noise: tiny-t5, 80 steps, the same initial model trained with
+train.seed 42 and 43 (different batch orders): held-out loss 2.5990 / 2.5935 (ours) and 2.5230 / 2.5064 (HF),
+so one trainer's seed-to-seed spread was up to 0.017 nats (0.65%), while the train loss (last 5 steps) moved by
+0.04. The tolerance covers that spread; it is an absolute one, measured on a tiny workload only.
+
 Usage:
     python benchmarks/train_throughput.py [--workloads tiny-gpt2,tiny-t5,t5-small,gpt2-small]
-        [--steps 40 | --steps tiny-gpt2=60 t5-small=10] [--skip 4] [--loss_window 5] [--out result.json]
+        [--steps 40 | --steps tiny-gpt2=60 t5-small=10] [--skip 4] [--loss_window 5] [--heldout_size 256]
+        [--loss_tolerance 0.02] [--out result.json]
 Prints a Markdown table (and the matmul peaks); --out writes everything as JSON. Runs stay in
-runs/bench-train/<workload>/ (model/, ours/, hf/, and each launch's log).
+runs/bench-train/<workload>/ (model/, ours/, hf/, heldout.json, and each launch's log).
 """
 
 from __future__ import annotations
@@ -56,9 +90,10 @@ from procmem import RssPoller  # noqa: E402
 
 ROOT = REPO / "runs" / "bench-train"
 TRACES = "teacher_traces/gsm8k_llama_level2_ranked.json"
-# Off in both trainers' runs: no evaluation, no export, no periodic checkpoints (ours still writes one at
-# the end, after the last logged step, outside every measurement).
-QUIET = ("checkpoint.every=0", "checkpoint.export_final=false", "eval.at_end=false", "model.make_tiny=")
+# Off in both trainers' runs: no evaluation, no periodic checkpoints (ours still writes one at the end, after the
+# last logged step, outside every measurement). Both export their final weights to <output_dir>/final after the
+# last step (outside the measured window too) for the held-out loss.
+QUIET = ("checkpoint.every=0", "checkpoint.export_final=true", "eval.at_end=false", "model.make_tiny=")
 
 
 @dataclass(frozen=True)
@@ -87,6 +122,8 @@ WORKLOADS = {
         overrides=("train.micro_batch_size=8", "train.lr=3e-4")),
 }
 TRAINERS = {"cotdistill": "launchers/train.py", "HF Trainer": "benchmarks/hf_trainer_baseline.py"}
+TAGS = {"cotdistill": "ours", "HF Trainer": "hf"}  # run folders under runs/bench-train/<workload>/
+LOSS_TOLERANCE = 0.02  # nats: held-out losses closer than this count as equal (see the module docstring)
 
 
 def log(message: str) -> None:
@@ -104,14 +141,25 @@ def free_port() -> int:
 # -- preparing and running ------------------------------------------------------------------------------------
 
 
-def run_overrides(workload: Workload, data_dir: Path, steps: int, extra: list[str]) -> list[str]:
-    data = [f"data.data_dir={data_dir}"]
+def run_overrides(workload: Workload, data_dir: Path, steps: int, extra: list[str], heldout: int) -> list[str]:
+    # Held-out problems (benchmarks/heldout_loss.py): synthetic data keeps its training problems and draws
+    # `heldout` held-out ones from the generator's disjoint seed with the training range of steps; the traces
+    # file is cut: training gets all but its last `heldout` problems (data.limit), which are held out.
+    data = [f"data.data_dir={data_dir}", f"data.synthetic.eval_size={heldout}", "data.synthetic.eval_steps=0"]
     if workload.traces:
-        data = ["data.dataset=traces", f"data.path={data_dir / TRACES}"]
+        data = ["data.dataset=traces", f"data.path={data_dir / TRACES}",
+                f"data.limit={trace_problems(data_dir / TRACES) - heldout}"]
     # No warmup: then both trainers apply the very same learning rate at every step (the Trainer's warmup starts
     # one step later than ours, so any warmup would differ by a step; the cosine decay is the same formula).
     # Without warmup the workloads use lower peak rates than the demo recipes (3e-3 with 30 warmup steps spiked).
     return [*data, *workload.overrides, f"train.max_steps={steps}", "train.warmup_steps=0", *QUIET, *extra]
+
+
+def trace_problems(path: Path) -> int:
+    """Problems cotdistill reads from a traces file (records without an extractable answer are dropped)."""
+    from cotdistill.problems.loaders import load_problems
+
+    return len(load_problems("traces", path=path))
 
 
 def prepare_model(name: str, workload: Workload, overrides: list[str], folder: Path, keep: bool) -> None:
@@ -200,8 +248,10 @@ def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) ->
 
     t = config.train
     formats = [e.format for e in tokenized] if config.data.single_format_batches else None
-    order = LengthGroupedBatches([e.length for e in tokenized], t.micro_batch_size, ranks, t.seed,
-                                 group_by_length=t.group_by_length, formats=formats)
+    # As launchers/train.py builds it: seq2seq groups by source length, then by target length.
+    order = LengthGroupedBatches([e.length if causal else len(e.input_ids) for e in tokenized], t.micro_batch_size,
+                                 ranks, t.seed, group_by_length=t.group_by_length, formats=formats,
+                                 target_lengths=None if causal else [len(e.labels) for e in tokenized])
     streams = [order.iterate(rank) for rank in range(ranks)]
     replay = []
     for _ in range(steps):
@@ -243,6 +293,14 @@ def normalise_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def rss_timeline(poller: RssPoller, every: int = 5) -> list[tuple[float, float]]:
+    """(seconds since the first sample, GiB) of every `every`-th RSS sample (1 s apart at the 0.2 s poll)."""
+    if not poller.samples:
+        return []
+    start = poller.samples[0][0]
+    return [(round(t - start, 2), round(rss / 2 ** 30, 3)) for t, rss in poller.samples[::every]]
+
+
 def summarise(run: Launch, skip: int, loss_window: int, per_step_flops, peak_flops: float,
               mean_flops_per_token: float) -> dict[str, Any]:
     """Steady-state figures of one run: the steps after `skip`, timed from the end of step `skip`."""
@@ -271,7 +329,7 @@ def summarise(run: Launch, skip: int, loss_window: int, per_step_flops, peak_flo
         "step_time_s": [round(r["step_time_s"], 4) for r in rows],
         "peak_rss_gib": run.rss.peak(until=rows[-1]["time"]) / 2 ** 30,
         "peak_rss_whole_run_gib": run.rss.peak() / 2 ** 30, "wall_s": run.wall_s,
-        "rss_timeline_gib": run.rss.timeline(), "training_ended_s": rows[-1]["time"] - run.rss.samples[0][0],
+        "rss_timeline_gib": rss_timeline(run.rss), "training_ended_s": rows[-1]["time"] - run.rss.samples[0][0],
         "model_tflops_per_s": useful / seconds / 1e12, "hardware_tflops_per_s": hardware / seconds / 1e12,
         "mfu": useful / seconds / peak_flops, "hfu": hardware / seconds / peak_flops, "flops_source": flops_source,
         "losses": [round(r["loss"], 5) for r in rows], "lrs": [r.get("lr") for r in rows],
@@ -296,7 +354,7 @@ def bench_workload(name: str, args, peaks: dict[str, Any]) -> dict[str, Any]:
     folder = ROOT / name
     folder.mkdir(parents=True, exist_ok=True)
     steps = args.steps.get(name, workload.steps)
-    base = run_overrides(workload, args.data_dir, steps, args.override)
+    base = run_overrides(workload, args.data_dir, steps, args.override, args.heldout_size)
     prepare_model(name, workload, base, folder / "model", args.keep_models)
     overrides = [*base, f"model.name_or_path={folder / 'model'}"]
 
@@ -312,7 +370,7 @@ def bench_workload(name: str, args, peaks: dict[str, Any]) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     for trainer in args.trainers:
-        tag = "ours" if trainer == "cotdistill" else "hf"
+        tag = TAGS[trainer]
         run = launch(trainer, workload, overrides, folder / tag, args.ranks, folder / f"{tag}.log")
         if trainer == "cotdistill":
             replay = replay_our_steps(config, tokenized, causal, args.ranks, len(run.rows))
@@ -325,7 +383,11 @@ def bench_workload(name: str, args, peaks: dict[str, Any]) -> dict[str, Any]:
             per_step = [step_flops(shape, row) for row in run.rows]
         results[trainer] = summarise(run, args.skip, args.loss_window, per_step, peak_flops, mean_flops_per_token)
         log(f"{name} {trainer}: {results[trainer]['tokens_per_s']:.0f} tokens/s, "
-            f"final loss {results[trainer]['final_loss']:.4f}, wall {run.wall_s:.0f} s")
+            f"train loss (last {args.loss_window} steps) {results[trainer]['final_loss']:.4f}, wall {run.wall_s:.0f} s")
+    heldout = heldout_losses(name, workload, overrides, folder, args.trainers, args.heldout_size)
+    for trainer in args.trainers:
+        results[trainer]["heldout_initial"] = heldout["models"]["initial"]["loss"]
+        results[trainer]["heldout_loss"] = heldout["models"][TAGS[trainer]]["loss"]
     params = saved_parameters(folder / "model" / "model.safetensors")
     lr_gap = None
     if len(results) == len(TRAINERS):
@@ -341,7 +403,34 @@ def bench_workload(name: str, args, peaks: dict[str, Any]) -> dict[str, Any]:
             "peak_gflops": peak_flops / 1e9, "peak_layout": f"{precision}, {layout}",
             "train_flops_per_real_token": mean_flops_per_token,
             "dataset_real_tokens_per_sample": sum(map(sum, lengths)) / len(lengths),
-            "lr_max_relative_difference": lr_gap, "overrides": overrides, "trainers": results}
+            "lr_max_relative_difference": lr_gap, "heldout": heldout, "overrides": overrides, "trainers": results}
+
+
+def heldout_losses(name: str, workload: Workload, overrides: list[str], folder: Path, trainers: list[str],
+                   size: int) -> dict[str, Any]:
+    """benchmarks/heldout_loss.py in its own CPU process: the initial model and each trainer's final export."""
+    out = folder / "heldout.json"
+    out.unlink(missing_ok=True)
+    models = [f"--model=initial={folder / 'model'}"]
+    models += [f"--model={TAGS[t]}={folder / TAGS[t] / 'final'}" for t in trainers]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "heldout_loss.py"), "--config", workload.recipe,
+           "--size", str(size), "--out", str(out), *models, *overrides]
+    log("+ " + " ".join(cmd))
+    started = time.monotonic()
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=sys.stderr)
+    result = json.loads(out.read_text(encoding="utf-8"))
+    initial = result["models"]["initial"]["loss"]
+    for trainer in trainers:
+        entry = result["models"][TAGS[trainer]]
+        if not entry["tensors_changed"]:
+            log(f"WARNING {name} {trainer}: the exported weights equal the initial model's")
+        if entry["loss"] >= initial:
+            log(f"WARNING {name} {trainer}: held-out loss {entry['loss']:.4f} is not below the initial {initial:.4f}")
+        log(f"{name} {trainer}: held-out loss {initial:.4f} -> {entry['loss']:.4f} "
+            f"({entry['tensors_changed']}/{entry['tensors_compared']} weight tensors changed)")
+    log(f"{name}: held-out loss over {result['examples']} examples, {result['target_tokens']} target tokens, "
+        f"in {time.monotonic() - started:.0f} s")
+    return result
 
 
 def saved_parameters(path: Path) -> int:
@@ -359,28 +448,33 @@ def saved_parameters(path: Path) -> int:
     return total
 
 
-def tables(results: list[dict[str, Any]]) -> str:
+def tables(results: list[dict[str, Any]], tolerance: float) -> str:
+    """The per-trainer table and the ours/HF table; "equal or lower loss" is judged on the held-out loss."""
     from cotdistill.report import markdown_table
 
     rows, ratios = [], []
+    window = results[0]["loss_window"] if results else 0
     for result in results:
         ours, hf = result["trainers"]["cotdistill"], result["trainers"]["HF Trainer"]
         for trainer, m in result["trainers"].items():
             rows.append([result["workload"], trainer, f"{m['measured_steps']} ({result['skip']} skipped)",
                          f"{m['samples_per_s']:.1f}", f"{m['tokens_per_s']:.0f}", f"{m['real_tokens_per_sample']:.0f}",
                          f"{100 * m['padding_fraction']:.1f}%",
-                         f"{m['peak_rss_gib']:.2f}", f"{m['final_loss']:.4f}", f"{100 * m['mfu']:.1f}%",
+                         f"{m['peak_rss_gib']:.2f}", f"{m['final_loss']:.4f}",
+                         f"{m['heldout_initial']:.4f} -> {m['heldout_loss']:.4f}", f"{100 * m['mfu']:.1f}%",
                          f"{100 * m['hfu']:.1f}%" if m["hfu"] == m["hfu"] else "n/a", f"{m['wall_s']:.0f}"])
         speed = ours["tokens_per_s"] / hf["tokens_per_s"]
-        met = speed >= 1.3 and ours["final_loss"] <= hf["final_loss"]
+        met = speed >= 1.3 and ours["heldout_loss"] <= hf["heldout_loss"] + tolerance
         ratios.append([result["workload"], f"{speed:.2f}x", f"{ours['samples_per_s'] / hf['samples_per_s']:.2f}x",
                        f"{ours['peak_rss_gib'] / hf['peak_rss_gib']:.2f}x",
+                       f"{ours['heldout_loss']:.4f} vs {hf['heldout_loss']:.4f}",
                        f"{ours['final_loss']:.4f} vs {hf['final_loss']:.4f}", "yes" if met else "no"])
     main = markdown_table(["workload", "trainer", "steps measured", "samples/s", "non-pad tokens/s",
-                           "non-pad tokens/sample", "padding",
-                           "peak RSS GiB", "final loss", "MFU", "HFU", "wall s"], rows)
+                           "non-pad tokens/sample", "padding", "peak RSS GiB", f"train loss (last {window} steps)",
+                           "held-out loss (initial -> final)", "MFU", "HFU", "wall s"], rows)
     ratio = markdown_table(["workload", "tokens/s ours/HF", "samples/s ours/HF", "peak RSS ours/HF",
-                            "final loss ours vs HF", ">= 1.3x at equal or lower loss"], ratios)
+                            "held-out loss ours vs HF", f"train loss (last {window} steps) ours vs HF",
+                            f">= 1.3x at equal or lower held-out loss (+{tolerance:g} nats)"], ratios)
     return main + "\n\n" + ratio
 
 
@@ -403,7 +497,11 @@ def main() -> None:
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
     parser.add_argument("--steps", nargs="*", default=[], help="optimizer steps: N for all, or workload=N")
     parser.add_argument("--skip", type=int, default=4, help="first optimizer steps left out of the rates (>= 1)")
-    parser.add_argument("--loss_window", type=int, default=5, help="final loss = mean of the last N steps")
+    parser.add_argument("--loss_window", type=int, default=5,
+                        help="train loss column: mean of the last N steps' logged losses")
+    parser.add_argument("--heldout_size", type=int, default=256, help="held-out problems for the held-out loss")
+    parser.add_argument("--loss_tolerance", type=float, default=LOSS_TOLERANCE,
+                        help="held-out losses within this many nats count as equal in the verdict")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--trainers", default=",".join(TRAINERS), help="comma-separated, for development: "
                         + ", ".join(TRAINERS) + " (the tables need both)")
@@ -418,8 +516,9 @@ def main() -> None:
     args.trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
     if not args.trainers or any(t not in TRAINERS for t in args.trainers):
         raise SystemExit(f"--trainers: choose from {', '.join(TRAINERS)}")
-    if args.skip < 1 or args.loss_window < 1:
-        raise SystemExit("--skip and --loss_window must be at least 1 (the window starts at a logged step's end)")
+    if args.skip < 1 or args.loss_window < 1 or args.heldout_size < 1:
+        raise SystemExit("--skip, --loss_window and --heldout_size must be at least 1 (the window starts at a "
+                         "logged step's end)")
     names = [n.strip() for n in args.workloads.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
@@ -437,7 +536,7 @@ def main() -> None:
                          [[d, f"{peaks[d][layout]['gflops']:.0f}"] for d in ("fp32", "bf16")]))
     print()
     if len(args.trainers) == len(TRAINERS):
-        print(tables(results))
+        print(tables(results, args.loss_tolerance))
     else:
         print(json.dumps([{k: v for k, v in r.items() if k != "overrides"} for r in results], indent=1))
     print(f"\n{minutes:.1f} minutes in all")

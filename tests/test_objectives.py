@@ -144,3 +144,27 @@ def test_mean_nll_backpropagates_only_through_unmasked_positions():
     assert torch.count_nonzero(grad[2]) == 0
     assert torch.count_nonzero(grad[1]) > 0
     assert torch.count_nonzero(grad[3]) > 0
+
+
+def test_causal_loss_from_only_the_predicting_positions_equals_the_full_loss_and_gradient():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from cotdistill.objectives import predicting_positions
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=16, n_layer=1, n_head=2)).eval()
+    ids = torch.randint(0, 50, (3, 12))
+    labels = ids.clone()
+    labels[0, :7], labels[1, :5], labels[2, :9] = IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX  # prompts
+    labels[1, 10:] = IGNORE_INDEX  # padding
+    full, n_full = mean_token_nll(model(input_ids=ids).logits, labels, causal=True)
+    full_grad = torch.autograd.grad(full, model.lm_head.weight)[0]
+    start = predicting_positions(labels)
+    assert start == 4
+    kept = model(input_ids=ids, logits_to_keep=ids.size(1) - start).logits
+    assert kept.size(1) == ids.size(1) - start
+    part, n_part = mean_token_nll(kept, labels[:, start:], causal=True)
+    torch.testing.assert_close(part, full)
+    assert n_part == n_full
+    torch.testing.assert_close(torch.autograd.grad(part, model.lm_head.weight)[0], full_grad)
+    assert predicting_positions(torch.full((2, 4), IGNORE_INDEX)) == 0

@@ -91,7 +91,9 @@ def tokenize_examples(
     return out, stats
 
 
-TARGET_WINDOW = 4  # global batches re-sorted by target length inside a source-sorted chunk (seq2seq)
+# Seq2seq: a source-sorted chunk of mega global batches is re-sorted by target length in windows of
+# mega // 8 global batches (at least one), which spreads the targets across the ranks' micro-batches.
+TARGET_WINDOW_DIVISOR = 8
 
 
 class LengthGroupedBatches:
@@ -103,7 +105,7 @@ class LengthGroupedBatches:
     """
 
     def __init__(self, lengths: Sequence[int], micro_batch_size: int, world_size: int, seed: int,
-                 group_by_length: bool = True, mega: int = 32, formats: Sequence[str] | None = None,
+                 group_by_length: bool = True, mega: int = 4, formats: Sequence[str] | None = None,
                  target_lengths: Sequence[int] | None = None) -> None:
         if not lengths:
             raise ValueError("no training examples to batch")
@@ -112,7 +114,7 @@ class LengthGroupedBatches:
         if target_lengths is not None and len(target_lengths) != len(lengths):
             raise ValueError(f"{len(target_lengths)} target lengths for {len(lengths)} examples")
         # Seq2seq pads encoder and decoder separately: group by source length, then by target length
-        # within windows of TARGET_WINDOW global batches, so both sides of a batch have similar lengths.
+        # within windows of global batches, so both sides of a micro-batch have similar lengths.
         self.target_lengths = None if target_lengths is None else list(target_lengths)
         # With formats, every global step draws from one format only (data.single_format_batches).
         self.formats = None if formats is None else list(formats)
@@ -157,7 +159,7 @@ class LengthGroupedBatches:
             for start in range(0, len(order), chunk):
                 part = sorted(order[start:start + chunk], key=lambda i: -self.lengths[i])
                 if self.target_lengths is not None:
-                    window = self.global_batch * TARGET_WINDOW
+                    window = self.global_batch * max(1, self.mega // TARGET_WINDOW_DIVISOR)
                     part = [i for w in range(0, len(part), window)
                             for i in sorted(part[w:w + window], key=lambda i: -self.target_lengths[i])]
                 grouped.append(part)

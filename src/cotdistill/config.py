@@ -104,6 +104,9 @@ class TrainConfig:
     precision: str = _help("bf16 | fp16 | fp32", "bf16")
     allow_fp16_t5: bool = _help("permit fp16 for T5 anyway (T5 overflows in fp16)", False)
     group_by_length: bool = _help("batch examples of similar length to cut padding", True)
+    length_group_batches: int = _help(
+        "global batches sorted by length together: more cuts more padding but makes each batch less varied "
+        "(32 cost 0.08 nats of held-out loss on tiny-t5 at 80 steps; 4 matched unsorted batches)", 4)
     seed: int = _help("seed for sampling, dropout and data mixing", 42)
     log_every: int = _help("log scalars every N optimizer steps", 1)
     stop_after_steps: int = _help(
@@ -508,6 +511,7 @@ def validate(config: RunConfig) -> None:
     _positive(t.grad_clip, "train.grad_clip", allow_zero=True)
     _positive(t.log_every, "train.log_every")
     _positive(t.stop_after_steps, "train.stop_after_steps", allow_zero=True)
+    _positive(t.length_group_batches, "train.length_group_batches")
     parse_step_range(t.profile_steps)
     if t.max_steps == 0:
         _positive(t.epochs, "train.epochs")

@@ -13,6 +13,17 @@ def shift_for_causal(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
     return logits[:, :-1, :], labels[:, 1:]
 
 
+def predicting_positions(labels: torch.Tensor) -> int:
+    """Where a causal LM's useful logits start: one before the batch's earliest labelled token.
+
+    Logits at prompt positions before it predict nothing the loss uses; passing ``logits_to_keep =
+    seq_len - start`` to the model skips their LM-head matmul and log-softmax (over the whole vocabulary,
+    the largest single cost per position for GPT-2), and ``labels[:, start:]`` stays aligned with them.
+    """
+    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    return max(int(labelled[0]) - 1, 0) if len(labelled) else 0
+
+
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed negative log-likelihood over labelled tokens, and how many there were.
 

@@ -34,7 +34,7 @@ from cotdistill.export import export_from_engine, save_run_meta
 from cotdistill.formats import PROMPT_FORMATS, build_examples, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
-from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
+from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets, predicting_positions
 from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.run_data import load_run_problems
 from cotdistill.schedule import lr_at
@@ -195,6 +195,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
 
     order = LengthGroupedBatches([e.length if causal else len(e.input_ids) for e in tokenized], t.micro_batch_size,
                                  engine.world_size, t.seed, group_by_length=t.group_by_length,
+                                 mega=t.length_group_batches,
                                  formats=[e.format for e in tokenized] if config.data.single_format_batches else None,
                                  target_lengths=None if causal else [len(e.labels) for e in tokenized])
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
@@ -230,6 +231,10 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
             real, slots = real + r, slots + s
             labels = batch.pop("labels")
             targets = {k: batch.pop(k).to(engine.device) for k in ("token_weights", "kd_ids", "kd_probs") if k in batch}
+            if causal:  # no LM head over the prompt positions that predict nothing
+                start = predicting_positions(labels)
+                batch["logits_to_keep"] = labels.size(1) - start
+                labels, targets = labels[:, start:], {k: v[:, start:] for k, v in targets.items()}
             if not causal:
                 batch["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=labels)
             outputs = engine.forward(**batch, use_cache=False)  # no KV cache to keep in training
