@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo experiment test lint bench bench-eval bench-teacher bench-train clean
+.PHONY: install demo experiment test lint bench bench-eval bench-teacher bench-train bench-large clean
 
 install: $(VENV)/.installed
 
@@ -45,9 +45,14 @@ bench-teacher: install
 	$(PY) benchmarks/teacher_throughput.py --requests 3200 --runs 8:0.1 32:0.1 64:0.1 64:0.25 256:1.0
 
 # cotdistill's trainer vs the Hugging Face Trainer (tokens/s, padding, peak RSS, loss, MFU) on tiny-gpt2, tiny-t5,
-# t5-small and gpt2-small, one 2-rank run after the other: about 11 minutes on 2 CPU cores (docs/BENCHMARKS.md).
+# t5-small and gpt2-small, one 2-rank run after the other, held-out loss of both: about 14 minutes on 2 CPU cores.
 bench-train: install
 	$(PY) benchmarks/train_throughput.py --out runs/bench-train/result.json
+
+# GPT-2 large and FlanT5-large (random init) under ZeRO-3 + CPU offload against the memory planner: needs about
+# 21 GiB of RAM, so it is not part of `bench`; about 4 minutes here.
+bench-large: install
+	$(PY) benchmarks/large_model_offload.py --models flan-t5-large gpt2-large --ranks 1 --steps 4 --out runs/bench-large/large-r1.json
 
 lint: install
 	$(VENV)/bin/ruff check src tests launchers benchmarks
