@@ -71,11 +71,10 @@ def heldout_problems(config, size: int) -> tuple[list, list]:
 def heldout_examples(config, size: int, tokenizer, causal: bool) -> list:
     """The held-out problems as tokenized examples, built exactly like the training examples."""
     from cotdistill.batching import tokenize_examples
-    from cotdistill.formats import build_examples, validate_mixture
+    from cotdistill.run_data import run_examples
 
     train, held_out = heldout_problems(config, size)
-    examples = build_examples(held_out, validate_mixture(config.data.formats), k_shot=config.data.k_shot,
-                              seed=config.train.seed, demo_pool=train, per_problem=config.data.per_problem)
+    examples = run_examples(config, held_out, demo_pool=train)
     tokenized, _ = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
                                      config.data.max_target_tokens)
     return tokenized

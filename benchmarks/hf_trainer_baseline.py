@@ -6,7 +6,7 @@ Launch it like our trainer, with the same recipe and overrides:
         model.name_or_path=runs/tiny-t5 output_dir=runs/hf-baseline train.max_steps=40
 
 What is identical to `launchers/train.py`: the config (`cotdistill.config.load_config`), the problems
-(`load_run_problems`), the formatted examples (`build_examples` with the same seed, demo pool and
+(`load_run_problems`), the formatted examples (`run_examples`: the same seed, demo pool and
 mixture), the tokenized examples (`tokenize_examples`: same sources, targets, truncation, -100 over a
 causal prompt), the tokenizer and the saved random-init model folder (`from_pretrained` in the training
 precision under the live ZeRO-3 config, so it is partitioned at load), the DeepSpeed JSON template (the
@@ -238,9 +238,8 @@ def main() -> None:
     from cotdistill.batching import tokenize_examples
     from cotdistill.config import load_config
     from cotdistill.errors import ConfigError
-    from cotdistill.formats import build_examples, validate_mixture
     from cotdistill.modeling import detect_kind, load_tokenizer
-    from cotdistill.run_data import load_run_problems
+    from cotdistill.run_data import load_run_problems, run_examples
 
     if not torch.cuda.is_available():
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
@@ -258,8 +257,7 @@ def main() -> None:
         raise ConfigError(f"{model_path} does not exist: save the model first (the baseline never builds one)")
 
     problems, _ = load_run_problems(config.data)
-    examples = build_examples(problems, validate_mixture(config.data.formats), k_shot=config.data.k_shot,
-                              seed=t.seed, demo_pool=problems, per_problem=config.data.per_problem)
+    examples = run_examples(config, problems)
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
     causal = kind == "causal"
     tokenizer = load_tokenizer(model_path)

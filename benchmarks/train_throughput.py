@@ -168,17 +168,15 @@ def prepare_model(name: str, workload: Workload, overrides: list[str], folder: P
         log(f"{name}: keeping the model in {folder}")
         return
     from cotdistill.config import load_config
-    from cotdistill.formats import build_examples
-    from cotdistill.run_data import load_run_problems
+    from cotdistill.run_data import load_run_problems, run_examples
     from cotdistill.tiny import build_tiny_model
 
     shutil.rmtree(folder, ignore_errors=True)
     started = time.monotonic()
     run = load_config(REPO / workload.recipe, [*overrides, *workload.size])
     problems, _ = load_run_problems(run.data)
-    examples = build_examples(problems, run.data.formats, k_shot=run.data.k_shot, seed=run.train.seed)
-    build_tiny_model(workload.arch, folder, [e.source + e.target for e in examples], run.model.tiny,
-                     seed=run.train.seed)
+    build_tiny_model(workload.arch, folder, [e.source + e.target for e in run_examples(run, problems)],
+                     run.model.tiny, seed=run.train.seed)
     log(f"{name}: model and tokenizer prepared in {time.monotonic() - started:.0f} s ({folder})")
 
 
@@ -219,14 +217,12 @@ def tokenized_run(recipe: str, overrides: list[str]):
     """(config, tokenized examples, causal) exactly as both trainers build them."""
     from cotdistill.batching import tokenize_examples
     from cotdistill.config import load_config
-    from cotdistill.formats import build_examples, validate_mixture
     from cotdistill.modeling import detect_kind, load_tokenizer
-    from cotdistill.run_data import load_run_problems
+    from cotdistill.run_data import load_run_problems, run_examples
 
     config = load_config(REPO / recipe, overrides)
     problems, _ = load_run_problems(config.data)
-    examples = build_examples(problems, validate_mixture(config.data.formats), k_shot=config.data.k_shot,
-                              seed=config.train.seed, demo_pool=problems, per_problem=config.data.per_problem)
+    examples = run_examples(config, problems)
     causal = detect_kind(config.model.name_or_path) == "causal"
     tokenizer = load_tokenizer(config.model.name_or_path)
     tokenized, _ = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
@@ -244,14 +240,10 @@ def example_lengths(example, causal: bool) -> tuple[int, int]:
 
 def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) -> list[dict[str, Any]]:
     """Our trainer's batches for steps 1..steps, from cotdistill's deterministic batch order (no resume)."""
-    from cotdistill.batching import LengthGroupedBatches
+    from cotdistill.batching import run_batch_order
 
     t = config.train
-    formats = [e.format for e in tokenized] if config.data.single_format_batches else None
-    # As launchers/train.py builds it: seq2seq groups by source length, then by target length.
-    order = LengthGroupedBatches([e.length if causal else len(e.input_ids) for e in tokenized], t.micro_batch_size,
-                                 ranks, t.seed, group_by_length=t.group_by_length, formats=formats,
-                                 target_lengths=None if causal else [len(e.labels) for e in tokenized])
+    order = run_batch_order(tokenized, causal, ranks, t, config.data.single_format_batches)
     streams = [order.iterate(rank) for rank in range(ranks)]
     replay = []
     for _ in range(steps):

@@ -9,11 +9,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from cotdistill.formats import Example
 from cotdistill.objectives import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from cotdistill.config import TrainConfig
 
 # Per target token: (student token ids, probabilities) of the teacher's distribution, or None for one-hot.
 SparseTargets = tuple[tuple[tuple[int, ...], tuple[float, ...]] | None, ...]
@@ -209,6 +213,16 @@ class LengthGroupedBatches:
             steps += [run[s:s + self.global_batch] for s in range(0, need, self.global_batch)]
         return [[step[r * self.micro:(r + 1) * self.micro] for r in range(self.world)] for step in steps]
 
+
+def run_batch_order(tokenized: Sequence[TokenizedExample], causal: bool, world_size: int, train: TrainConfig,
+                    single_format_batches: bool) -> LengthGroupedBatches:
+    """The batch order of a run: a causal sequence is grouped by its length, a seq2seq example by its source
+    and then its target length (encoder and decoder are padded separately)."""
+    return LengthGroupedBatches(
+        [e.length if causal else len(e.input_ids) for e in tokenized], train.micro_batch_size, world_size,
+        train.seed, group_by_length=train.group_by_length, mega=train.length_group_batches,
+        formats=[e.format for e in tokenized] if single_format_batches else None,
+        target_lengths=None if causal else [len(e.labels) for e in tokenized])
 
 
 @dataclass(frozen=True)

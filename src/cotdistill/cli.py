@@ -14,6 +14,15 @@ from cotdistill.config import load_config, to_yaml
 from cotdistill.entrypoints import run_or_exit
 
 
+def _recipe_texts(config: str, overrides: tuple[str, ...]):
+    """A recipe's run config and the texts its run trains on (to train a model's tokenizer on)."""
+    from cotdistill.run_data import load_run_problems, run_examples
+
+    run = load_config(config or None, list(overrides))
+    problems, _ = load_run_problems(run.data)
+    return run, [e.source + e.target for e in run_examples(run, problems)]
+
+
 def make_tiny(architecture: str, out_dir: str, config: str = "", *overrides: str) -> str:
     """Write a tiny random T5 or GPT-2 (architecture: t5 | gpt2) with a tokenizer trained on a recipe's data.
 
@@ -21,16 +30,10 @@ def make_tiny(architecture: str, out_dir: str, config: str = "", *overrides: str
     """
 
     def work() -> str:
-        from cotdistill.formats import build_examples
-        from cotdistill.run_data import load_run_problems
         from cotdistill.tiny import build_tiny_model
 
-        run = load_config(config or None, list(overrides))
-        problems, _ = load_run_problems(run.data)
-        examples = build_examples(problems, run.data.formats, k_shot=run.data.k_shot, seed=run.train.seed)
-        path = build_tiny_model(architecture, out_dir, [e.source + e.target for e in examples], run.model.tiny,
-                                seed=run.train.seed)
-        return str(path)
+        run, texts = _recipe_texts(config, overrides)
+        return str(build_tiny_model(architecture, out_dir, texts, run.model.tiny, seed=run.train.seed))
 
     return run_or_exit(work)
 
@@ -43,14 +46,10 @@ def make_random(model: str, out_dir: str, config: str = "", *overrides: str) -> 
     """
 
     def work() -> str:
-        from cotdistill.formats import build_examples
-        from cotdistill.run_data import load_run_problems
         from cotdistill.tiny import build_random_model
 
-        run = load_config(config or None, list(overrides))
-        problems, _ = load_run_problems(run.data)
-        examples = build_examples(problems, run.data.formats, k_shot=run.data.k_shot, seed=run.train.seed)
-        return str(build_random_model(model, out_dir, [e.source + e.target for e in examples], seed=run.train.seed))
+        run, texts = _recipe_texts(config, overrides)
+        return str(build_random_model(model, out_dir, texts, seed=run.train.seed))
 
     return run_or_exit(work)
 

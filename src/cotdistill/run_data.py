@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cotdistill.config import DataConfig, SyntheticDataConfig
+from cotdistill.config import DataConfig, RunConfig, SyntheticDataConfig
 from cotdistill.errors import DataError
+from cotdistill.formats import Example, build_examples
 from cotdistill.problems.loaders import DATASET_NAMES, load_problems
 from cotdistill.problems.record import Problem
 from cotdistill.problems.synthetic import SyntheticSpec, generate_problems
@@ -61,3 +62,15 @@ def load_run_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
     if not train:
         raise DataError(f"data.dataset={data.dataset!r} split {data.split!r} holds no problems")
     return train, held_out
+
+
+def run_examples(config: RunConfig, problems: list[Problem], demo_pool: list[Problem] | None = None) -> list[Example]:
+    """The examples a run makes of ``problems``: its format mixture, per-problem mixing, k-shot demonstrations
+    from ``demo_pool`` (default: the problems themselves, the training split) and its seed.
+
+    The one recipe for a run's texts: training, the tokenizers of tiny and random models, and the benchmarks'
+    baselines all call it, so they see the same examples.
+    """
+    return build_examples(problems, config.data.formats, k_shot=config.data.k_shot, seed=config.train.seed,
+                          demo_pool=problems if demo_pool is None else demo_pool,
+                          per_problem=config.data.per_problem)

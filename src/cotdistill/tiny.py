@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cotdistill.config import TinyModelConfig
@@ -19,16 +20,27 @@ def build_tiny_model(architecture: str, out_dir: str | Path, texts: Iterable[str
     """Train a tokenizer on ``texts`` and save a random T5 or GPT-2 of size ``tiny`` at ``out_dir``."""
     if architecture not in ARCHITECTURES:
         raise ConfigError(f"tiny architecture {architecture!r} is not one of: {', '.join(ARCHITECTURES)}")
+    with _new_folder(out_dir) as tmp:
+        make_tiny(ARCHITECTURES[architecture], tmp, texts, vocab_size=tiny.vocab_size, d_model=tiny.d_model,
+                  num_layers=tiny.num_layers, num_heads=tiny.num_heads, d_ff=tiny.d_ff,
+                  n_positions=tiny.n_positions, dropout=tiny.dropout, seed=seed)
+    return Path(out_dir)
+
+
+@contextmanager
+def _new_folder(out_dir: str | Path) -> Iterator[Path]:
+    """A temporary sibling to write into, renamed to ``out_dir`` only when the block finishes."""
     out = Path(out_dir)
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another folder or delete it first")
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    make_tiny(ARCHITECTURES[architecture], tmp, texts, vocab_size=tiny.vocab_size, d_model=tiny.d_model,
-              num_layers=tiny.num_layers, num_heads=tiny.num_heads, d_ff=tiny.d_ff,
-              n_positions=tiny.n_positions, dropout=tiny.dropout, seed=seed)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.replace(tmp, out)
-    return out
 
 
 def build_random_model(model: str, out_dir: str | Path, texts: Iterable[str], vocab_size: int = 2000,
@@ -49,9 +61,8 @@ def build_random_model(model: str, out_dir: str | Path, texts: Iterable[str], vo
 
     config = resolve_model_config(model)
     kind = "seq2seq" if config.is_encoder_decoder else "causal"
-    out = Path(out_dir)
-    if out.exists():
-        raise ConfigError(f"{out} already exists; choose another folder or delete it first")
+    if Path(out_dir).exists():  # before the tokenizer is trained
+        raise ConfigError(f"{out_dir} already exists; choose another folder or delete it first")
     positions = int(getattr(config, "n_positions", 0) or 512)
     corpus = list(texts)
     tokenizer = (train_t5_tokenizer(corpus, vocab_size, positions) if kind == "seq2seq"
@@ -64,8 +75,6 @@ def build_random_model(model: str, out_dir: str | Path, texts: Iterable[str], vo
         config.decoder_start_token_id = tokenizer.pad_token_id
     else:
         config.bos_token_id = tokenizer.eos_token_id
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         built = build_from_config(config, kind)
@@ -75,8 +84,7 @@ def build_random_model(model: str, out_dir: str | Path, texts: Iterable[str], vo
             # and a first loss in the hundreds. Std d_model^-0.5 starts near ln V, as a trained run expects.
             with torch.no_grad():
                 head.weight.normal_(0.0, head.weight.shape[1] ** -0.5)
-    built.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    del built
-    os.replace(tmp, out)
-    return out
+    with _new_folder(out_dir) as tmp:
+        built.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)

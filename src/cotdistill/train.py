@@ -23,7 +23,14 @@ import numpy as np
 import torch
 
 from cotdistill import checkpoints as ckpt
-from cotdistill.batching import DataState, LengthGroupedBatches, collate, padding_stats, tokenize_examples
+from cotdistill.batching import (
+    DataState,
+    LengthGroupedBatches,
+    collate,
+    padding_stats,
+    run_batch_order,
+    tokenize_examples,
+)
 from cotdistill.config import EvalRunConfig, RunConfig, to_yaml
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
@@ -31,12 +38,12 @@ from cotdistill.errors import ConfigError
 from cotdistill.eval_sets import EvalSet, folder_name, resolve_eval_sets
 from cotdistill.evaluate import EvalReport, evaluate_problems
 from cotdistill.export import export_from_engine, save_run_meta
-from cotdistill.formats import PROMPT_FORMATS, build_examples, validate_mixture
+from cotdistill.formats import PROMPT_FORMATS, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets, predicting_positions
 from cotdistill.profiling import StepProfiler, parse_step_range
-from cotdistill.run_data import load_run_problems
+from cotdistill.run_data import load_run_problems, run_examples
 from cotdistill.schedule import lr_at
 from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded
 from cotdistill.student import Student
@@ -160,8 +167,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
 
     train_problems, held_out = load_run_problems(config.data)
     mixture = validate_mixture(config.data.formats)
-    examples = build_examples(train_problems, mixture, k_shot=config.data.k_shot, seed=t.seed,
-                              demo_pool=train_problems, per_problem=config.data.per_problem)
+    examples = run_examples(config, train_problems)
     log.info("data: %d training problems -> %d examples (%s); %d held-out problems", len(train_problems),
              len(examples), ", ".join(f"{k} {v:.0%}" for k, v in mixture.items()), len(held_out))
 
@@ -193,11 +199,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
                                                              gradient_checkpointing=config.model.gradient_checkpointing))
     engine.initialize(model)
 
-    order = LengthGroupedBatches([e.length if causal else len(e.input_ids) for e in tokenized], t.micro_batch_size,
-                                 engine.world_size, t.seed, group_by_length=t.group_by_length,
-                                 mega=t.length_group_batches,
-                                 formats=[e.format for e in tokenized] if config.data.single_format_batches else None,
-                                 target_lengths=None if causal else [len(e.labels) for e in tokenized])
+    order = run_batch_order(tokenized, causal, engine.world_size, t, config.data.single_format_batches)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
 
     latest = ckpt.latest_checkpoint(out) if config.checkpoint.resume else None
