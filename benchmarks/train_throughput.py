@@ -240,7 +240,7 @@ def example_lengths(example, causal: bool) -> tuple[int, int]:
 
 def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) -> list[dict[str, Any]]:
     """Our trainer's batches for steps 1..steps, from cotdistill's deterministic batch order (no resume)."""
-    from cotdistill.batching import run_batch_order
+    from cotdistill.batching import pack_rows, run_batch_order
 
     t = config.train
     order = run_batch_order(tokenized, causal, ranks, t, config.data.single_format_batches)
@@ -252,8 +252,9 @@ def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) ->
             for stream in streams:
                 batch = [tokenized[i] for i in next(stream)]
                 examples += [example_lengths(e, causal) for e in batch]
-                shapes.append([len(batch), max(len(e.input_ids) for e in batch),
-                               0 if causal else max(len(e.labels) for e in batch)])
+                widths = [len(e.input_ids) for e in batch]
+                rows = len(pack_rows(widths, max(widths))) if t.pack_sequences else len(batch)
+                shapes.append([rows, max(widths), 0 if causal else max(len(e.labels) for e in batch)])
         replay.append({"examples": examples, "shapes": shapes, "real_tokens": sum(s + t for s, t in examples)})
     return replay
 

@@ -278,12 +278,13 @@ def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch
 
 
 def collate(batch: Sequence[TokenizedExample], pad_id: int, loss_weights: Mapping[str, float] | None = None,
-            teacher: bool = False) -> dict[str, torch.Tensor]:
-    """Pad to the longest example of the micro-batch (dynamic padding).
+            teacher: bool = False, pack: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest example of the micro-batch (dynamic padding), or pack causal examples into rows.
 
     `loss_weights` (format -> weight) adds "token_weights" [B, T]; `teacher` adds "kd_ids"/"kd_probs"
     [B, T, K]: the teacher's distribution per target token where the example has one, else one-hot on the
     label, so a distillation loss over them reduces to NLL wherever no teacher distribution exists.
+    `pack` lays causal examples end to end (see `pack_causal`).
     """
     input_ids = _pad([e.input_ids for e in batch], pad_id)
     attention_mask = _pad([[1] * len(e.input_ids) for e in batch], 0)
@@ -294,6 +295,71 @@ def collate(batch: Sequence[TokenizedExample], pad_id: int, loss_weights: Mappin
         out["token_weights"] = weights[:, None].expand_as(labels).clone()
     if teacher:
         out["kd_ids"], out["kd_probs"] = _teacher_tensors(batch, labels)
+    if pack:
+        if not all(e.causal for e in batch):
+            raise ValueError("only causal examples can be packed into shared rows")
+        out = pack_causal(out, [len(e.input_ids) for e in batch], pad_id)
+    return out
+
+
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Group example indices into rows of at most `capacity` tokens (first fit, longest first).
+
+    Deterministic for the same lengths. With `capacity` = the longest example, the packed micro-batch is as
+    wide as the padded one but has fewer rows, so padding falls without sorting the data by length.
+    """
+    if any(n > capacity for n in lengths):
+        raise ValueError(f"an example of {max(lengths)} tokens does not fit rows of {capacity}")
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(capacity - lengths[i])
+    return rows
+
+
+# Fill values of a packed micro-batch's slots that hold no example.
+_PACK_FILL = {"attention_mask": 0, "labels": IGNORE_INDEX, "token_weights": 0.0, "kd_ids": 0, "kd_probs": 0.0}
+
+
+def pack_causal(batch: Mapping[str, torch.Tensor], lengths: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Lay a padded causal micro-batch's examples end to end in rows (`pack_rows`), with restarting positions.
+
+    Every per-token tensor ([B, T] or [B, T, K]) is moved along; "position_ids" restart at 0 for each
+    example and for a row's trailing padding. Transformers reads restarting positions with no attention
+    mask as packed sequences and keeps attention inside each example, so every example is computed as it
+    would be alone. Each example's first label is ignored, as a causal shift ignores it unpacked; otherwise
+    the last token of the example before it would be trained to predict it. "attention_mask" marks real
+    tokens for the padding count; the trainer drops it before the forward, since a mask would switch the
+    packed-sequence detection off.
+    """
+    width = max(lengths)
+    rows = pack_rows(lengths, width)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in batch.items():
+        fill = pad_id if key == "input_ids" else _PACK_FILL[key]
+        packed = torch.full((len(rows), width, *value.shape[2:]), fill, dtype=value.dtype)
+        for r, members in enumerate(rows):
+            at = 0
+            for i in members:
+                packed[r, at:at + lengths[i]] = value[i, :lengths[i]]
+                at += lengths[i]
+        out[key] = packed
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            positions[r, at:at + lengths[i]] = torch.arange(lengths[i])
+            out["labels"][r, at] = IGNORE_INDEX
+            at += lengths[i]
+        positions[r, at:] = torch.arange(width - at)
+    out["position_ids"] = positions
     return out
 
 

@@ -107,6 +107,10 @@ class TrainConfig:
     length_group_batches: int = _help(
         "global batches sorted by length together: more cuts more padding but makes each batch less varied "
         "(32 cost 0.08 nats of held-out loss on tiny-t5 at 80 steps; 4 matched unsorted batches)", 4)
+    pack_sequences: bool = _help(
+        "causal students: lay each micro-batch's examples end to end in rows as wide as its longest example, "
+        "attention kept inside each example; cuts padding without sorting batches by length (use with "
+        "group_by_length=false)", False)
     seed: int = _help("seed for sampling, dropout and data mixing", 42)
     log_every: int = _help("log scalars every N optimizer steps", 1)
     stop_after_steps: int = _help(

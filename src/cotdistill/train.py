@@ -180,6 +180,9 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
     causal = kind == "causal"
+    if t.pack_sequences and not causal:
+        raise ConfigError(f"train.pack_sequences packs causal (GPT-2) students' examples; {model_path} is a "
+                          "seq2seq model (set train.pack_sequences=false)")
     tokenizer = load_tokenizer(model_path)
     if engine.is_main:
         save_run_meta(model_path, tokenizer, out)
@@ -227,10 +230,12 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
         loss_sum = tokens = real = slots = 0.0
         for _ in range(t.gradient_accumulation):
             batch = collate([tokenized[i] for i in batches.next_step()[engine.rank]], pad_id,
-                            loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0)
+                            loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0, pack=t.pack_sequences)
             consumed += order.global_batch
             r, s = padding_stats(batch, causal)
             real, slots = real + r, slots + s
+            if t.pack_sequences:  # restarting position_ids without a mask: attention stays inside each example
+                del batch["attention_mask"]
             labels = batch.pop("labels")
             targets = {k: batch.pop(k).to(engine.device) for k in ("token_weights", "kd_ids", "kd_probs") if k in batch}
             if causal:  # no LM head over the prompt positions that predict nothing
