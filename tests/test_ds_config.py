@@ -59,7 +59,8 @@ def test_shipped_template_resolves_with_run_values(path, world):
     assert "scheduler" not in ds
 
 
-@pytest.mark.parametrize("path", [p for p in TEMPLATES if p.name != "zero2.json"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in TEMPLATES if p.name not in ("zero2.json", "zero3_nvme.json")],
+                         ids=lambda p: p.name)
 def test_zero3_bucket_sizes_follow_hidden_size_above_a_floor(path):
     for hidden, reduce, prefetch in [(HIDDEN, BUCKET_FLOOR, BUCKET_FLOOR), (10240, 10240**2, int(0.9 * 10240**2))]:
         ds = resolve_ds_config(read_template(path), run_config(), 2, hidden_size=hidden)
@@ -68,6 +69,16 @@ def test_zero3_bucket_sizes_follow_hidden_size_above_a_floor(path):
         assert zero["reduce_bucket_size"] == reduce
         assert zero["stage3_prefetch_bucket_size"] == prefetch
         assert zero["stage3_param_persistence_threshold"] == 10 * hidden
+
+
+def test_nvme_parameter_offload_prefetches_without_the_floor_so_swap_buffers_last():
+    ds = resolve_ds_config(read_template(REPO / "ds_configs" / "zero3_nvme.json"), run_config(), 1, hidden_size=2048)
+    zero = ds["zero_optimization"]
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 2048**2) < BUCKET_FLOOR
+    assert zero["reduce_bucket_size"] == BUCKET_FLOOR  # gradients do not go through the swap buffers
+    # released after use: FlanT5-XL kept 8 parameters live across the forward/backward turn with reuse
+    assert zero["stage3_max_reuse_distance"] == 0
+    assert zero["offload_param"]["buffer_count"] >= 8
 
 
 @pytest.mark.parametrize("path", [p for p in TEMPLATES if p.name != "zero2.json"], ids=lambda p: p.name)

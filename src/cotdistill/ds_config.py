@@ -63,13 +63,19 @@ BUCKET_FLOOR = 50_000_000
 ZERO_SIZE_AUTOS = ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold")
 
 
-def zero_auto_size(key: str, hidden_size: int) -> int:
-    """What "auto" becomes for a ZeRO size setting, from the model's hidden size."""
+def zero_auto_size(key: str, hidden_size: int, nvme_params: bool = False) -> int:
+    """What "auto" becomes for a ZeRO size setting, from the model's hidden size.
+
+    With parameters offloaded to NVMe the prefetch bucket stays at 0.9 h^2, without the floor: every
+    parameter read back from NVMe holds one of ``offload_param.buffer_count`` pinned buffers until it is
+    released, and a 5e7-element prefetch of FlanT5-XL's 4-10M-element matrices ran out of them in the second
+    step ("Not enough buffers 0 for swapping 1", DeepSpeed issue #3062).
+    """
     h = hidden_size
     if key == "reduce_bucket_size":
         return max(h * h, BUCKET_FLOOR)
     if key == "stage3_prefetch_bucket_size":
-        return max(int(0.9 * h * h), BUCKET_FLOOR)
+        return int(0.9 * h * h) if nvme_params else max(int(0.9 * h * h), BUCKET_FLOOR)
     if key == "stage3_param_persistence_threshold":
         return 10 * h
     raise KeyError(key)
@@ -112,11 +118,16 @@ def resolve_ds_config(
             if hidden_size is None:
                 raise ConfigError(f"{source}: zero_optimization.{key} is 'auto' but the model's hidden size "
                                   "is unknown; set a number")
-            zero[key] = zero_auto_size(key, hidden_size)
+            zero[key] = zero_auto_size(key, hidden_size, nvme_params=offload_device(zero, "offload_param") == "nvme")
     leftovers = sorted(_auto_paths(ds))
     if leftovers:
         raise ConfigError(f"{source}: no rule fills 'auto' at {', '.join(leftovers)}; set numbers there")
     return ds
+
+
+def offload_device(zero: dict[str, Any], block: str) -> str:
+    """Where a ZeRO config offloads to ("cpu", "nvme" or "none"); block is offload_param or offload_optimizer."""
+    return str((zero.get(block) or {}).get("device", "none"))
 
 
 def _auto_paths(node: Any, prefix: str = "") -> list[str]:

@@ -114,7 +114,7 @@ CPU_BUFFER_FACTOR = 1.5
 ZERO2_REDUCE_BUCKET = 200_000_000
 ZERO3_SUB_GROUP = 1_000_000_000  # DeepSpeed's default (zero3*.json)
 NVME_SUB_GROUP = 100_000_000  # zero3_nvme.json
-NVME_PARAM_BUFFERS = 5 * 100_000_000
+NVME_PARAM_BUFFERS = 8 * 100_000_000  # zero3_nvme.json: buffer_count x buffer_size
 NVME_OPTIMIZER_BUFFERS = 4
 
 SETTINGS: tuple[tuple[int, str], ...] = ((2, "none"), (2, "cpu"), (2, "nvme"), (3, "none"), (3, "cpu"), (3, "nvme"))
@@ -480,8 +480,9 @@ def _model_states(facts: ModelFacts, workload: Workload, stage: int, offload: st
             return gpu, (fp32_grad if mixed else 0) * part, load, 0
         return w * n_params + buckets, 0, max(load, gpus_per_node * part * on_host), 0
     h = facts.hidden
+    prefetch = zero_auto_size("stage3_prefetch_bucket_size", h, nvme_params=offload == "nvme")
     working = (2 * w * facts.largest_layer[1]
-               + w * (zero_auto_size("stage3_prefetch_bucket_size", h) + zero_auto_size("reduce_bucket_size", h))
+               + w * (prefetch + zero_auto_size("reduce_bucket_size", h))
                + 2 * w * facts.persistent_params)
     load = gpus_per_node * 4 * facts.largest_layer[1]
     if offload == "none":
@@ -552,7 +553,7 @@ def _tiny_recipe_config(model_config: Any) -> Any:
 
 def zero_setting(ds_config_path: str | Path, recipe_path: str | Path | None = None) -> tuple[int, str] | None:
     """(stage, offload) of a DeepSpeed JSON template, looked up from the working folder or the recipe's."""
-    from cotdistill.ds_config import read_template
+    from cotdistill.ds_config import offload_device, read_template
 
     candidates = [Path(ds_config_path)]
     if recipe_path is not None and not Path(ds_config_path).is_absolute():
@@ -562,7 +563,7 @@ def zero_setting(ds_config_path: str | Path, recipe_path: str | Path | None = No
         return None
     zero = read_template(found).get("zero_optimization", {})
     stage = int(zero.get("stage", 0))
-    devices = {str(zero.get(k, {}).get("device", "none")) for k in ("offload_param", "offload_optimizer")}
+    devices = {offload_device(zero, k) for k in ("offload_param", "offload_optimizer")}
     offload = "nvme" if "nvme" in devices else "cpu" if "cpu" in devices else "none"
     return (stage, offload) if (stage, offload) in SETTINGS else None
 
