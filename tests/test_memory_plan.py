@@ -90,6 +90,16 @@ def test_mixed_precision_model_states_are_16_bytes_per_parameter():
     assert host == int(18 * n_params * mp.CPU_BUFFER_FACTOR)
 
 
+def test_nvme_offload_keeps_swap_buffers_and_the_fp32_gradient_partition_in_host_memory():
+    result = mp.plan("flan-t5-xl")  # one process: every parameter is in its partition
+    n_params = PUBLISHED_SIZES["flan-t5-xl"]
+    nvme = result.row(3, "nvme")
+    assert nvme.nvme_bytes_per_node == 18 * n_params
+    buffers = mp.NVME_PARAM_BUFFERS * 2 + mp.NVME_OPTIMIZER_BUFFERS * 4 * mp.NVME_SUB_GROUP
+    host = nvme.cpu_bytes_per_node - mp.HOST_PROCESS_OVERHEAD
+    assert host == int((buffers + 4 * n_params) * mp.CPU_BUFFER_FACTOR)
+
+
 def test_cpu_offload_moves_model_states_from_gpu_to_cpu():
     result = mp.plan("flan-t5-large", 1, 4)
     for stage in (2, 3):

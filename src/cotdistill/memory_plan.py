@@ -33,9 +33,12 @@ deepspeed 0.19.8. With N parameters, G GPUs in all, g per node and n nodes, in b
   dividing by the number of nodes.
 * NVMe offload (ZeRO-3 only; ZeRO-2 cannot offload to NVMe) puts those 18N/n bytes on the node's NVMe
   and keeps pinned swap buffers in host memory: ``buffer_count`` x ``buffer_size`` 16-bit elements for
-  parameters (5 x 1e8 in ds_configs/zero3_nvme.json) and ``buffer_count`` (4) fp32 buffers of the
+  parameters (8 x 1e8 in ds_configs/zero3_nvme.json) and ``buffer_count`` (4) fp32 buffers of the
   largest optimizer sub-group per process: up to ``sub_group_size`` elements (1e8 in
-  ds_configs/zero3_nvme.json, 1.6 GB per process; DeepSpeed's default of 1e9 would pin 16 GB).
+  ds_configs/zero3_nvme.json, 1.6 GB per process; DeepSpeed's default of 1e9 would pin 16 GB). The fp32
+  gradient partition stays in host memory as well (DeepSpeed's ``grad_partitions_flat_buffer``, 4 bytes per
+  partitioned parameter), besides its swapped copy: FlanT5-XL on one process measured 18.4 GiB of host
+  memory and 48.0 GiB of NVMe against 18.8 and 47.8 GiB planned (docs/BENCHMARKS.md).
 * Host memory while loading: without ZeRO-3, every process materialises the whole model through
   ``from_pretrained`` in the training dtype (g x 2N per node, where DeepSpeed assumes 4 bytes per
   parameter and counts all GPUs, not those of a node); with ZeRO-3 (``zero.Init``) a process holds about
@@ -491,7 +494,7 @@ def _model_states(facts: ModelFacts, workload: Workload, stage: int, offload: st
     if offload == "cpu":
         return working, 0, max(load, gpus_per_node * part * on_host), 0
     swap = NVME_PARAM_BUFFERS * w + NVME_OPTIMIZER_BUFFERS * 4 * min(part, NVME_SUB_GROUP)
-    return working, 0, max(load, gpus_per_node * swap), gpus_per_node * part * on_host
+    return working, 0, max(load, gpus_per_node * (swap + fp32_grad * part)), gpus_per_node * part * on_host
 
 
 def setting_rows(facts: ModelFacts, workload: Workload, activations: Activations, nodes: int,
