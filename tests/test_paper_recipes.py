@@ -23,7 +23,8 @@ PAPER = REPO / "recipes" / "paper"
 SPECIALIZE = sorted(PAPER.glob("specialize-flan-t5-*.yaml"))
 SOCRATIC = sorted(PAPER.glob("socratic-gpt2-*.yaml"))
 STEPS = 3
-# What no test machine has: the NVMe path of ds_configs/zero3_nvme.json. Those recipes run with CPU offload.
+# The NVMe recipe's nvme_path is a cluster's folder: here it runs with CPU offload (tests/test_nvme_offload.py
+# trains with the NVMe template itself).
 NVME_STAND_IN = "ds_configs/zero3_offload.json"
 
 

@@ -238,6 +238,11 @@ class Engine:
         """The learning rate the optimizer actually holds (read back, so logs show what was applied)."""
         return float(self.ds.optimizer.param_groups[0]["lr"])
 
+    @property
+    def optimizer_on_nvme(self) -> bool:
+        """Whether ZeRO swaps the optimizer states to NVMe (offload_optimizer.device = nvme)."""
+        return bool(self.ds.zero_optimization() and self.ds.zero_nvme_offload_optimizer())
+
     def grad_norm(self) -> float:
         norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")

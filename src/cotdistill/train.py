@@ -324,6 +324,11 @@ def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthG
                  "s" * (engine.world_size > 1))
     state = engine.load_checkpoint(latest.path, ckpt.TAG, saved_world_size=saved_world)
     step = int(state["step"])
+    if engine.optimizer_on_nvme and engine.is_main:
+        log.warning("resumed with the optimizer on NVMe: DeepSpeed (0.19.8 measured) restarts Adam's moments at "
+                    "zero after such a resume (its purge_state marks the swapped states absent), so steps after "
+                    "%d differ from an uninterrupted run (docs/BENCHMARKS.md); weights, step and schedule carry "
+                    "over", step)
     saved_ds = state.get("ds_config") or {}
     saved = ckpt.load_data_state(latest.path)
     if saved is not None:
