@@ -52,6 +52,13 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {arch: build_tiny_model(arch, root / arch, synthetic_texts(arch), size, seed=0) for arch in ("t5", "gpt2")}
 
 
+def apt_install(*packages: str) -> None:
+    """Install Debian packages a test needs (CI here runs as root with the package registry reachable)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], env=env, capture_output=True, timeout=1200)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

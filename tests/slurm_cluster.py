@@ -55,10 +55,9 @@ def require_slurm(namespaces: bool = False) -> None:
         if shutil.which("apt-get"):
             print(f"slurm tests: installing slurm-wlm and munge with apt-get ({', '.join(_missing(SLURM_TOOLS))} "
                   "missing)", flush=True)
-            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            subprocess.run(["apt-get", "install", "-y", "-q", "slurm-wlm", "munge"], env=env, capture_output=True,
-                           timeout=1200)
+            from conftest import apt_install  # here, not at the top: this file also runs as a helper script
+
+            apt_install("slurm-wlm", "munge")
         if _missing(SLURM_TOOLS):
             reason = f"Slurm/munge not installed ({', '.join(_missing(SLURM_TOOLS))}); apt-get install slurm-wlm munge"
     if reason is None and namespaces:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_RUN, launch, read_losses, synthetic_texts
+from conftest import REPO, TINY_RUN, apt_install, launch, read_losses, synthetic_texts
 
 pytestmark = pytest.mark.distributed
 
@@ -24,12 +23,7 @@ LIBAIO_HEADER = Path("/usr/include/libaio.h")
 def require_libaio() -> None:
     if not LIBAIO_HEADER.is_file() and os.geteuid() == 0 and shutil.which("apt-get"):
         print("nvme test: installing libaio-dev with apt-get", flush=True)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", "libaio-dev"], env=env, capture_output=True, timeout=600)
-        if not LIBAIO_HEADER.is_file():
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            subprocess.run(["apt-get", "install", "-y", "-q", "libaio-dev"], env=env, capture_output=True,
-                           timeout=600)
+        apt_install("libaio-dev")
     if not LIBAIO_HEADER.is_file():
         reason = "DeepSpeed's async I/O op needs libaio's headers: apt-get install libaio-dev"
         print(f"SKIP nvme test: {reason}", flush=True)
