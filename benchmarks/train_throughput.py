@@ -239,33 +239,42 @@ def example_lengths(example, causal: bool) -> tuple[int, int]:
 
 
 def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) -> list[dict[str, Any]]:
-    """Our trainer's batches for steps 1..steps, from cotdistill's deterministic batch order (no resume)."""
-    from cotdistill.batching import pack_rows, run_batch_order
+    """Our trainer's batches for steps 1..steps, from cotdistill's deterministic batch order (no resume).
+
+    Padded micro-batches are listed in `shapes` ([rows, input width, label width]); packed ones in `packed`
+    ([example lengths, logit positions]: what `cotdistill.flops.packed_forward_flops` needs).
+    """
+    from cotdistill.batching import run_batch_order
 
     t = config.train
     order = run_batch_order(tokenized, causal, ranks, t, config.data.single_format_batches)
     streams = [order.iterate(rank) for rank in range(ranks)]
     replay = []
     for _ in range(steps):
-        examples, shapes = [], []
+        examples, shapes, packed = [], [], []
         for _ in range(t.gradient_accumulation):
             for stream in streams:
                 batch = [tokenized[i] for i in next(stream)]
                 examples += [example_lengths(e, causal) for e in batch]
                 widths = [len(e.input_ids) for e in batch]
-                rows = len(pack_rows(widths, max(widths))) if t.pack_sequences else len(batch)
-                shapes.append([rows, max(widths), 0 if causal else max(len(e.labels) for e in batch)])
-        replay.append({"examples": examples, "shapes": shapes, "real_tokens": sum(s + t for s, t in examples)})
+                if causal and t.pack_sequences:
+                    packed.append([widths, sum(example_lengths(e, causal)[1] for e in batch)])
+                else:
+                    shapes.append([len(batch), max(widths), 0 if causal else max(len(e.labels) for e in batch)])
+        replay.append({"examples": examples, "shapes": shapes, "packed": packed,
+                       "real_tokens": sum(s + t for s, t in examples)})
     return replay
 
 
 def step_flops(shape, step: dict[str, Any]) -> tuple[float, float]:
-    """(useful, hardware) training FLOPs of one optimizer step from its examples and padded shapes."""
-    from cotdistill.flops import forward_flops, padded_forward_flops, training_flops
+    """(useful, hardware) training FLOPs of one optimizer step from its examples and batch shapes."""
+    from cotdistill.flops import forward_flops, packed_forward_flops, padded_forward_flops, training_flops
 
     useful = sum(training_flops(forward_flops(shape, s, t)) for s, t in step["examples"])
     hardware = sum(training_flops(padded_forward_flops(shape, rows, width, labels))
                    for rows, width, labels in step["shapes"])
+    hardware += sum(training_flops(packed_forward_flops(shape, lengths, logits))
+                    for lengths, logits in step.get("packed", []))
     return float(useful), float(hardware)
 
 

@@ -96,9 +96,3 @@ def test_existing_output_is_kept_when_a_run_fails(tmp_path):
     assert proc.returncode == 2
     assert (run / "notes.txt").read_text() == "mine"
     assert Path(run).is_dir()
-
-
-def test_packing_a_seq2seq_student_is_refused_naming_the_key(tiny_models, tmp_path):
-    proc = train_cli("model.make_tiny=", f"model.name_or_path={tiny_models['t5']}", "train.pack_sequences=true",
-                     f"output_dir={tmp_path / 'run'}", "train.max_steps=1")
-    assert_clean_error(proc, "train.pack_sequences", "seq2seq")

@@ -12,6 +12,7 @@ from cotdistill.flops import (
     EncoderDecoderShape,
     forward_flops,
     model_shape,
+    packed_forward_flops,
     padded_forward_flops,
     training_flops,
 )
@@ -58,6 +59,23 @@ def test_gpt2_training_flops_match_flop_counter(attn):
     useful = training_flops(rows * forward_flops(shape, prompt, target))
     lm_head_at_prompt = training_flops(rows * 2 * 64 * VOCAB * prompt)
     assert useful == pytest.approx(measured - lm_head_at_prompt, rel=0.02)
+
+
+def test_packed_gpt2_flops_match_flop_counter():
+    """A packed row: linear layers over the real tokens, attention per example re-padded to the longest."""
+    from cotdistill.batching import TokenizedExample, collate, forward_batch
+    from cotdistill.packed_attention import packed_forward, use_packed_attention
+
+    model = small_gpt2()
+    use_packed_attention(model)
+    examples = [TokenizedExample(tuple(range(1, n + 1)), (-100,) * p + tuple(range(p + 1, n + 1)), True)
+                for n, p in ((40, 10), (25, 5), (31, 12))]
+    fb = forward_batch(collate(examples, pad_id=0, pack=True), causal=True)
+    with FlopCounterMode(display=False) as counter, packed_forward():
+        logits = model(**fb.inputs).logits
+        torch.nn.functional.cross_entropy(logits[0].float(), fb.labels[0]).backward()
+    expected = training_flops(packed_forward_flops(model_shape(model.config), [40, 25, 31], fb.labels.numel()))
+    assert counter.get_total_flops() == pytest.approx(expected, rel=0.02)
 
 
 @pytest.mark.parametrize("feed_forward_proj", ["gated-gelu", "relu"])

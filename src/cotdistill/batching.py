@@ -1,4 +1,4 @@
-"""Tokenization, a resumable length-grouped distributed batch order, and padding collators.
+"""Tokenization, a resumable length-grouped distributed batch order, padding and packing collators.
 
 Seq2seq examples become (source ids, target ids); causal examples become one sequence whose labels are
 -100 over the prompt, so the loss falls on the target only. Truncation is explicit and counted.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cotdistill.formats import Example
-from cotdistill.objectives import IGNORE_INDEX
+from cotdistill.objectives import IGNORE_INDEX, predicting_positions
+from cotdistill.packed_attention import packed_kwargs
 
 if TYPE_CHECKING:
     from cotdistill.config import TrainConfig
@@ -216,11 +217,13 @@ class LengthGroupedBatches:
 
 def run_batch_order(tokenized: Sequence[TokenizedExample], causal: bool, world_size: int, train: TrainConfig,
                     single_format_batches: bool) -> LengthGroupedBatches:
-    """The batch order of a run: a causal sequence is grouped by its length, a seq2seq example by its source
-    and then its target length (encoder and decoder are padded separately)."""
+    """The batch order of a run: a padded causal sequence is grouped by its length, a seq2seq example by its
+    source and then its target length (encoder and decoder are padded separately). Packed causal micro-batches
+    have no padding to cut, so their examples stay in random order."""
+    packed = causal and train.pack_sequences
     return LengthGroupedBatches(
         [e.length if causal else len(e.input_ids) for e in tokenized], train.micro_batch_size, world_size,
-        train.seed, group_by_length=train.group_by_length, mega=train.length_group_batches,
+        train.seed, group_by_length=train.group_by_length and not packed, mega=train.length_group_batches,
         formats=[e.format for e in tokenized] if single_format_batches else None,
         target_lengths=None if causal else [len(e.labels) for e in tokenized])
 
@@ -279,7 +282,7 @@ def _pad(rows: Sequence[Sequence[int]], value: int, left: bool = False) -> torch
 
 def collate(batch: Sequence[TokenizedExample], pad_id: int, loss_weights: Mapping[str, float] | None = None,
             teacher: bool = False, pack: bool = False) -> dict[str, torch.Tensor]:
-    """Pad to the longest example of the micro-batch (dynamic padding), or pack causal examples into rows.
+    """Pad to the longest example of the micro-batch (dynamic padding), or pack causal examples into one row.
 
     `loss_weights` (format -> weight) adds "token_weights" [B, T]; `teacher` adds "kd_ids"/"kd_probs"
     [B, T, K]: the teacher's distribution per target token where the example has one, else one-hot on the
@@ -297,70 +300,69 @@ def collate(batch: Sequence[TokenizedExample], pad_id: int, loss_weights: Mappin
         out["kd_ids"], out["kd_probs"] = _teacher_tensors(batch, labels)
     if pack:
         if not all(e.causal for e in batch):
-            raise ValueError("only causal examples can be packed into shared rows")
-        out = pack_causal(out, [len(e.input_ids) for e in batch], pad_id)
+            raise ValueError("only causal examples can be packed into one row")
+        out = pack_causal(out, [len(e.input_ids) for e in batch])
     return out
 
 
-def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
-    """Group example indices into rows of at most `capacity` tokens (first fit, longest first).
+def pack_causal(batch: Mapping[str, torch.Tensor], lengths: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Lay a padded causal micro-batch's examples end to end in one row, with no padding left.
 
-    Deterministic for the same lengths. With `capacity` = the longest example, the packed micro-batch is as
-    wide as the padded one but has fewer rows, so padding falls without sorting the data by length.
+    Every per-token tensor ([B, T] or [B, T, K]) becomes [1, sum(lengths), ...]; "position_ids" restart at 0
+    for each example and "cu_seq_lens" (int32, [B + 1]) marks where each starts, for
+    `cotdistill.packed_attention`, which keeps attention inside each example. Each example's first label is
+    ignored, as a causal shift ignores it unpacked; otherwise the last token of the example before it would be
+    trained to predict it. "attention_mask" (all ones) only feeds the padding count: the trainer drops it.
     """
-    if any(n > capacity for n in lengths):
-        raise ValueError(f"an example of {max(lengths)} tokens does not fit rows of {capacity}")
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        for r, free in enumerate(room):
-            if lengths[i] <= free:
-                rows[r].append(i)
-                room[r] -= lengths[i]
-                break
-        else:
-            rows.append([i])
-            room.append(capacity - lengths[i])
-    return rows
-
-
-# Fill values of a packed micro-batch's slots that hold no example.
-_PACK_FILL = {"attention_mask": 0, "labels": IGNORE_INDEX, "token_weights": 0.0, "kd_ids": 0, "kd_probs": 0.0}
-
-
-def pack_causal(batch: Mapping[str, torch.Tensor], lengths: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
-    """Lay a padded causal micro-batch's examples end to end in rows (`pack_rows`), with restarting positions.
-
-    Every per-token tensor ([B, T] or [B, T, K]) is moved along; "position_ids" restart at 0 for each
-    example and for a row's trailing padding. Transformers reads restarting positions with no attention
-    mask as packed sequences and keeps attention inside each example, so every example is computed as it
-    would be alone. Each example's first label is ignored, as a causal shift ignores it unpacked; otherwise
-    the last token of the example before it would be trained to predict it. "attention_mask" marks real
-    tokens for the padding count; the trainer drops it before the forward, since a mask would switch the
-    packed-sequence detection off.
-    """
-    width = max(lengths)
-    rows = pack_rows(lengths, width)
     out: dict[str, torch.Tensor] = {}
     for key, value in batch.items():
-        fill = pad_id if key == "input_ids" else _PACK_FILL[key]
-        packed = torch.full((len(rows), width, *value.shape[2:]), fill, dtype=value.dtype)
-        for r, members in enumerate(rows):
-            at = 0
-            for i in members:
-                packed[r, at:at + lengths[i]] = value[i, :lengths[i]]
-                at += lengths[i]
-        out[key] = packed
-    positions = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, members in enumerate(rows):
-        at = 0
-        for i in members:
-            positions[r, at:at + lengths[i]] = torch.arange(lengths[i])
-            out["labels"][r, at] = IGNORE_INDEX
-            at += lengths[i]
-        positions[r, at:] = torch.arange(width - at)
-    out["position_ids"] = positions
+        out[key] = torch.cat([value[i, :n] for i, n in enumerate(lengths)]).unsqueeze(0)
+    out["position_ids"] = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    starts = torch.tensor([0, *lengths]).cumsum(0)
+    out["labels"][0, starts[:-1]] = IGNORE_INDEX
+    out["cu_seq_lens"] = starts.to(torch.int32)
     return out
+
+
+@dataclass
+class ForwardBatch:
+    """A collated micro-batch split into the model's kwargs and what the loss compares its logits with.
+
+    `aligned`: `labels` and `targets` already line up with the logits position by position (seq2seq, and
+    packed rows, whose logits are kept only where the next token is a label); otherwise the loss applies the
+    causal shift.
+    """
+
+    inputs: dict[str, Any]
+    labels: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    aligned: bool
+    packed: bool
+
+
+def forward_batch(batch: Mapping[str, torch.Tensor], causal: bool) -> ForwardBatch:
+    """The model inputs and loss targets of a collated micro-batch; the LM head runs only where the loss looks.
+
+    Causal padded batches keep logits from one before the earliest labelled token (`predicting_positions`);
+    packed rows keep exactly the positions followed by a label, passed as an index tensor to
+    ``logits_to_keep``, and carry their `packed_kwargs` (run them inside `packed_forward()`).
+    """
+    inputs: dict[str, Any] = dict(batch)
+    labels = inputs.pop("labels")
+    targets = {k: inputs.pop(k) for k in ("token_weights", "kd_ids", "kd_probs") if k in inputs}
+    cu_seq_lens = inputs.pop("cu_seq_lens", None)
+    if cu_seq_lens is not None:
+        del inputs["attention_mask"]  # attention stays inside each example through cu_seq_lens
+        keep = (labels[0, 1:] != IGNORE_INDEX).nonzero()[:, 0]
+        inputs.update(packed_kwargs(cu_seq_lens), logits_to_keep=keep)
+        return ForwardBatch(inputs, labels[:, keep + 1], {k: v[:, keep + 1] for k, v in targets.items()},
+                            aligned=True, packed=True)
+    if not causal:
+        return ForwardBatch(inputs, labels, targets, aligned=True, packed=False)
+    start = predicting_positions(labels)
+    inputs["logits_to_keep"] = labels.size(1) - start
+    return ForwardBatch(inputs, labels[:, start:], {k: v[:, start:] for k, v in targets.items()}, aligned=False,
+                        packed=False)
 
 
 def _teacher_tensors(batch: Sequence[TokenizedExample], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -133,6 +133,19 @@ def padded_forward_flops(shape: ModelShape, rows: int, input_width: int, label_w
     return rows * _encoder_decoder(shape, input_width, label_width)
 
 
+def packed_forward_flops(shape: DecoderOnlyShape, lengths: list[int], logit_positions: int) -> int:
+    """Forward FLOPs of a packed causal micro-batch (`cotdistill.packed_attention`): hardware FLOPs.
+
+    The linear layers run over the real tokens only, the LM head over `logit_positions`, and attention over
+    every example re-padded to the longest one (``len(lengths)`` squares of ``max(lengths)``).
+    """
+    if not lengths:
+        return 2 * shape.d_model * shape.vocab * logit_positions
+    d, width = shape.d_model, max(lengths)
+    per_layer = sum(lengths) * (8 * d * d + _ffn(shape)) + len(lengths) * 4 * width * width * d
+    return shape.layers * per_layer + 2 * d * shape.vocab * logit_positions
+
+
 def training_flops(forward: int) -> int:
     """Forward plus backward of the same work: ``3 x forward`` (see the module docstring)."""
     return TRAINING_MULTIPLIER * forward

@@ -38,6 +38,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from cotdistill.errors import ConfigError
+from cotdistill.packed_attention import use_packed_attention
 from cotdistill.tokenizers_train import train_gpt2_tokenizer, train_t5_tokenizer
 
 ModelKind = Literal["seq2seq", "causal"]
@@ -104,6 +105,7 @@ def load_model(
     kind: ModelKind,
     dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
+    packed: bool = False,
 ) -> PreTrainedModel:
     """Load a student with ``from_pretrained`` so an active ``HfDeepSpeedConfig`` partitions it at load.
 
@@ -127,6 +129,8 @@ def load_model(
     if gradient_checkpointing:
         _enable_checkpointing(model)
         model.config.use_cache = False
+    if packed:  # packed training rows (train.pack_sequences); other forwards stay plain SDPA
+        use_packed_attention(model)
     return model
 
 

@@ -27,6 +27,7 @@ from cotdistill.batching import (
     DataState,
     LengthGroupedBatches,
     collate,
+    forward_batch,
     padding_stats,
     run_batch_order,
     tokenize_examples,
@@ -41,7 +42,8 @@ from cotdistill.export import export_from_engine, save_run_meta
 from cotdistill.formats import PROMPT_FORMATS, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
-from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets, predicting_positions
+from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
+from cotdistill.packed_attention import packed_forward
 from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.run_data import load_run_problems, run_examples
 from cotdistill.schedule import lr_at
@@ -180,9 +182,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
     causal = kind == "causal"
-    if t.pack_sequences and not causal:
-        raise ConfigError(f"train.pack_sequences packs causal (GPT-2) students' examples; {model_path} is a "
-                          "seq2seq model (set train.pack_sequences=false)")
+    packed = causal and t.pack_sequences
     tokenizer = load_tokenizer(model_path)
     if engine.is_main:
         save_run_meta(model_path, tokenizer, out)
@@ -199,7 +199,8 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     ds_config = resolve_ds_config(template, config, engine.world_size, hidden, source=config.deepspeed_config)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
     model = engine.load_model(ds_config, lambda: load_model(model_path, kind, dtype=dtype,
-                                                             gradient_checkpointing=config.model.gradient_checkpointing))
+                                                             gradient_checkpointing=config.model.gradient_checkpointing,
+                                                             packed=packed))
     engine.initialize(model)
 
     order = run_batch_order(tokenized, causal, engine.world_size, t, config.data.single_format_batches)
@@ -230,22 +231,18 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
         loss_sum = tokens = real = slots = 0.0
         for _ in range(t.gradient_accumulation):
             batch = collate([tokenized[i] for i in batches.next_step()[engine.rank]], pad_id,
-                            loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0, pack=t.pack_sequences)
+                            loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0, pack=packed)
             consumed += order.global_batch
             r, s = padding_stats(batch, causal)
             real, slots = real + r, slots + s
-            if t.pack_sequences:  # restarting position_ids without a mask: attention stays inside each example
-                del batch["attention_mask"]
-            labels = batch.pop("labels")
-            targets = {k: batch.pop(k).to(engine.device) for k in ("token_weights", "kd_ids", "kd_probs") if k in batch}
-            if causal:  # no LM head over the prompt positions that predict nothing
-                start = predicting_positions(labels)
-                batch["logits_to_keep"] = labels.size(1) - start
-                labels, targets = labels[:, start:], {k: v[:, start:] for k, v in targets.items()}
+            fb = forward_batch(batch, causal)
             if not causal:
-                batch["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=labels)
-            outputs = engine.forward(**batch, use_cache=False)  # no KV cache to keep in training
-            loss, n = _micro_batch_loss(outputs.logits, labels.to(engine.device), targets, t.kd_weight, causal)
+                fb.inputs["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=fb.labels)
+            with packed_forward() if fb.packed else contextlib.nullcontext():
+                outputs = engine.forward(**fb.inputs, use_cache=False)  # no KV cache to keep in training
+            targets = {k: v.to(engine.device) for k, v in fb.targets.items()}
+            loss, n = _micro_batch_loss(outputs.logits, fb.labels.to(engine.device), targets, t.kd_weight,
+                                        shift=not fb.aligned)
             engine.backward(loss)
             engine.step()
             loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
@@ -377,15 +374,18 @@ def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable | None
 
 
 def _micro_batch_loss(logits: torch.Tensor, labels: torch.Tensor, targets: dict[str, torch.Tensor],
-                      kd_weight: float, causal: bool) -> tuple[torch.Tensor, int]:
-    """Plain mean NLL, or the weighted NLL/KL mix when loss weights or distribution matching are on."""
+                      kd_weight: float, shift: bool) -> tuple[torch.Tensor, int]:
+    """Plain mean NLL, or the weighted NLL/KL mix when loss weights or distribution matching are on.
+
+    `shift`: apply the causal shift (logits at t predict labels at t + 1), unless `forward_batch` aligned them.
+    """
     if not targets:
-        return mean_token_nll(logits, labels, causal)
+        return mean_token_nll(logits, labels, shift)
     if "kd_ids" in targets:
         ids, probs = targets["kd_ids"], targets["kd_probs"]
     else:
         ids, probs = (t.to(labels.device) for t in one_hot_targets(labels))
-    return distill_loss(logits, labels, ids, probs, targets.get("token_weights"), kd_weight, causal)
+    return distill_loss(logits, labels, ids, probs, targets.get("token_weights"), kd_weight, shift)
 
 
 def _dev_sets(config: RunConfig, train_problems: list, held_out: list) -> list[EvalSet]:
