@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 
 import pytest
@@ -74,7 +73,7 @@ def _tiny_gpt2(packed: bool):
 def _loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """The trainer's loss of one micro-batch (the same calls as train.py)."""
     fb = forward_batch(batch, causal=True)
-    with packed_forward() if fb.packed else contextlib.nullcontext():
+    with fb.forward_context():
         logits = model(**fb.inputs, use_cache=False).logits
     return distill_loss(logits, fb.labels, None, None, None, 0.0, causal=not fb.aligned)
 

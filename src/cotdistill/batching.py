@@ -6,6 +6,7 @@ Seq2seq examples become (source ids, target ids); causal examples become one seq
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 
 from cotdistill.formats import Example
 from cotdistill.objectives import IGNORE_INDEX, predicting_positions
-from cotdistill.packed_attention import packed_kwargs
+from cotdistill.packed_attention import packed_forward, packed_kwargs
 
 if TYPE_CHECKING:
     from cotdistill.config import TrainConfig
@@ -330,7 +331,7 @@ class ForwardBatch:
 
     `aligned`: `labels` and `targets` already line up with the logits position by position (seq2seq, and
     packed rows, whose logits are kept only where the next token is a label); otherwise the loss applies the
-    causal shift.
+    causal shift. Run the forward inside `forward_context()`.
     """
 
     inputs: dict[str, Any]
@@ -339,13 +340,17 @@ class ForwardBatch:
     aligned: bool
     packed: bool
 
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """Wrap the model's forward in this: a packed row needs `packed_forward()`, other batches nothing."""
+        return packed_forward() if self.packed else contextlib.nullcontext()
+
 
 def forward_batch(batch: Mapping[str, torch.Tensor], causal: bool) -> ForwardBatch:
     """The model inputs and loss targets of a collated micro-batch; the LM head runs only where the loss looks.
 
     Causal padded batches keep logits from one before the earliest labelled token (`predicting_positions`);
     packed rows keep exactly the positions followed by a label, passed as an index tensor to
-    ``logits_to_keep``, and carry their `packed_kwargs` (run them inside `packed_forward()`).
+    ``logits_to_keep``, and carry their `packed_kwargs`.
     """
     inputs: dict[str, Any] = dict(batch)
     labels = inputs.pop("labels")

@@ -7,8 +7,9 @@ positions builds a block-diagonal mask over the whole row, so SDPA computes (row
 them masked. This attention implementation instead re-pads queries, keys and values to [examples, longest
 example] inside the attention call and runs causal SDPA there: attention costs what a padded batch's would,
 everything else costs what the real tokens cost. On CPU that SDPA runs in fp32 even for bf16 models:
-PyTorch's CPU flash-attention kernel took 1.5x longer forward and backward in bf16 than in fp32 here
-(docs/BENCHMARKS.md), and fp32 is the more precise of the two.
+PyTorch's CPU flash-attention kernel took 1.61x longer forward and backward in bf16 than in fp32 at
+tiny-gpt2's shape, 1.12x at gpt2-small's (`benchmarks/attention_kernels.py`, docs/BENCHMARKS.md), and fp32
+is the more precise of the two.
 
 `packed_forward()` marks a forward as packed. The model's causal-mask step then returns the `PACKED` marker
 instead of a mask, and the attention uses the ``cu_seq_lens_q`` the forward was given. Every other forward

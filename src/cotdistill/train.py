@@ -43,7 +43,6 @@ from cotdistill.formats import PROMPT_FORMATS, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
-from cotdistill.packed_attention import packed_forward
 from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.run_data import load_run_problems, run_examples
 from cotdistill.schedule import lr_at
@@ -238,7 +237,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
             fb = forward_batch(batch, causal)
             if not causal:
                 fb.inputs["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=fb.labels)
-            with packed_forward() if fb.packed else contextlib.nullcontext():
+            with fb.forward_context():
                 outputs = engine.forward(**fb.inputs, use_cache=False)  # no KV cache to keep in training
             targets = {k: v.to(engine.device) for k, v in fb.targets.items()}
             loss, n = _micro_batch_loss(outputs.logits, fb.labels.to(engine.device), targets, t.kd_weight,
