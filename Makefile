@@ -55,7 +55,7 @@ bench-large: install
 	$(PY) benchmarks/large_model_offload.py --models flan-t5-large gpt2-large --ranks 1 --steps 4 --out runs/bench-large/large-r1.json
 
 lint: install
-	$(VENV)/bin/ruff check src tests launchers benchmarks
+	$(VENV)/bin/ruff check setup.py src tests launchers benchmarks
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,12 +1,14 @@
 """Packaging for cotdistill. Install torch first on CPU-only machines (see README)."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="cotdistill",
     version="0.1.0",
     description="Distill multi-step reasoning from large teachers into small T5/GPT-2 students with DeepSpeed",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     package_dir={"": "src"},
     packages=find_packages("src"),

@@ -242,12 +242,16 @@ def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) ->
     """Our trainer's batches for steps 1..steps, from cotdistill's deterministic batch order (no resume).
 
     Padded micro-batches are listed in `shapes` ([rows, input width, label width]); packed ones in `packed`
-    ([example lengths, logit positions]: what `cotdistill.flops.packed_forward_flops` needs).
+    ([example lengths, logit positions, target lengths]: what `cotdistill.flops.packed_forward_flops` needs).
     """
+    from transformers import AutoConfig
+
     from cotdistill.batching import run_batch_order
+    from cotdistill.packed_attention import can_pack
 
     t = config.train
-    order = run_batch_order(tokenized, causal, ranks, t, config.data.single_format_batches)
+    pack = t.pack_sequences and can_pack(AutoConfig.from_pretrained(config.model.name_or_path))
+    order = run_batch_order(tokenized, causal, ranks, t, config.data.single_format_batches, pack)
     streams = [order.iterate(rank) for rank in range(ranks)]
     replay = []
     for _ in range(steps):
@@ -257,8 +261,10 @@ def replay_our_steps(config, tokenized, causal: bool, ranks: int, steps: int) ->
                 batch = [tokenized[i] for i in next(stream)]
                 examples += [example_lengths(e, causal) for e in batch]
                 widths = [len(e.input_ids) for e in batch]
-                if causal and t.pack_sequences:
-                    packed.append([widths, sum(example_lengths(e, causal)[1] for e in batch)])
+                if pack and causal:
+                    packed.append([widths, sum(example_lengths(e, causal)[1] for e in batch), []])
+                elif pack:
+                    packed.append([widths, 0, [len(e.labels) for e in batch]])
                 else:
                     shapes.append([len(batch), max(widths), 0 if causal else max(len(e.labels) for e in batch)])
         replay.append({"examples": examples, "shapes": shapes, "packed": packed,
@@ -273,8 +279,8 @@ def step_flops(shape, step: dict[str, Any]) -> tuple[float, float]:
     useful = sum(training_flops(forward_flops(shape, s, t)) for s, t in step["examples"])
     hardware = sum(training_flops(padded_forward_flops(shape, rows, width, labels))
                    for rows, width, labels in step["shapes"])
-    hardware += sum(training_flops(packed_forward_flops(shape, lengths, logits))
-                    for lengths, logits in step.get("packed", []))
+    hardware += sum(training_flops(packed_forward_flops(shape, lengths, logits, targets or None))
+                    for lengths, logits, targets in step.get("packed", []))
     return float(useful), float(hardware)
 
 

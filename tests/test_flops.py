@@ -78,6 +78,31 @@ def test_packed_gpt2_flops_match_flop_counter():
     assert counter.get_total_flops() == pytest.approx(expected, rel=0.02)
 
 
+def test_packed_t5_flops_match_flop_counter():
+    """Packed encoder and decoder rows: linear layers over the real tokens, attention per example re-padded."""
+    from cotdistill.batching import TokenizedExample, collate, forward_batch
+    from cotdistill.packed_attention import use_packed_attention
+
+    model = small_t5()
+    use_packed_attention(model)
+    sources, targets = [40, 25, 31], [12, 30, 7]
+    examples = [TokenizedExample(tuple(range(2, s + 2)), tuple(range(2, t + 2)), False)
+                for s, t in zip(sources, targets, strict=True)]
+    fb = forward_batch(collate(examples, pad_id=0, pack=True), causal=False)
+    fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
+        lambda labels: model.prepare_decoder_input_ids_from_labels(labels=labels))
+    with FlopCounterMode(display=False) as counter, fb.forward_context():
+        logits = model(**fb.inputs).logits
+        torch.nn.functional.cross_entropy(logits[0].float(), fb.labels[0]).backward()
+    shape = model_shape(model.config)
+    expected = training_flops(packed_forward_flops(shape, sources, 0, targets))
+    assert counter.get_total_flops() == pytest.approx(expected, rel=0.02)
+    # Less than the same examples padded to the longest source and target: padding is not computed.
+    assert expected < training_flops(padded_forward_flops(shape, 3, max(sources), max(targets)))
+    with pytest.raises(ValueError, match="one target length per source"):
+        packed_forward_flops(shape, sources, 0, targets[:2])
+
+
 @pytest.mark.parametrize("feed_forward_proj", ["gated-gelu", "relu"])
 def test_t5_training_flops_match_flop_counter(feed_forward_proj):
     model = small_t5(feed_forward_proj)

@@ -1,4 +1,5 @@
-"""Packed causal micro-batches: one row, no padding, and exactly the loss and gradients of the padded batch."""
+"""Packed micro-batches (GPT-2 rows; T5 encoder and decoder rows): no padding, and exactly the padded batch's loss
+and gradients."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from cotdistill.batching import TokenizedExample, collate, forward_batch, padding_stats
+from cotdistill.modeling import _enable_checkpointing
 from cotdistill.objectives import IGNORE_INDEX, distill_loss
 from cotdistill.packed_attention import packed_forward, use_packed_attention
 
@@ -43,9 +45,34 @@ def test_packing_moves_loss_weights_and_teacher_targets_with_their_tokens():
     assert out["kd_probs"][0, 3].tolist() == [0.0, 0.0]
 
 
-def test_seq2seq_examples_cannot_be_packed():
-    with pytest.raises(ValueError, match="causal"):
-        collate([TokenizedExample((1, 2), (3,), False)], pad_id=0, pack=True)
+def test_a_micro_batch_mixing_causal_and_seq2seq_examples_is_not_packed():
+    with pytest.raises(ValueError, match="all causal or all seq2seq"):
+        collate([TokenizedExample((1, 2), (3,), False), causal_example([1], [2])], pad_id=0, pack=True)
+
+
+def test_a_packed_seq2seq_batch_is_one_encoder_row_and_one_decoder_row():
+    batch = [TokenizedExample((1, 2, 3), (4, 5), False, "solver"), TokenizedExample((6,), (7, 8, 9), False, "other")]
+    out = collate(batch, pad_id=0, loss_weights={"solver": 2.0}, teacher=True, pack=True)
+    assert out["input_ids"].tolist() == [[1, 2, 3, 6]]
+    assert out["labels"].tolist() == [[4, 5, 7, 8, 9]]
+    assert out["token_weights"].tolist() == [[2.0, 2.0, 1.0, 1.0, 1.0]]
+    assert out["kd_ids"][0, :, 0].tolist() == [4, 5, 7, 8, 9]
+    assert out["cu_seq_lens"].tolist() == [0, 2, 5] and out["cu_seq_lens_source"].tolist() == [0, 3, 4]
+    assert padding_stats(out, causal=False) == (9, 9)
+    fb = forward_batch(out, causal=False)
+    assert fb.packed and fb.aligned and fb.labels.tolist() == [[4, 5, 7, 8, 9]]
+    assert fb.inputs["cu_seq_lens_q"].tolist() == [0, 2, 5] and fb.inputs["max_length_q"] == 3
+    assert fb.inputs["cu_seq_lens_k"].tolist() == [0, 3, 4] and fb.inputs["max_length_k"] == 3
+    assert "attention_mask" not in fb.inputs
+
+
+def test_each_packed_target_restarts_with_the_decoder_start_token():
+    batch = collate([TokenizedExample((1,), (4, 5), False), TokenizedExample((2,), (7, 8, 9), False)], pad_id=0,
+                    pack=True)
+    model = _tiny_t5(packed=True)
+    shifted = forward_batch(batch, causal=False).decoder_input_ids(
+        lambda labels: model.prepare_decoder_input_ids_from_labels(labels=labels))
+    assert shifted.tolist() == [[0, 4, 0, 7, 8]]
 
 
 def test_a_packed_forward_keeps_logits_only_where_the_next_token_is_a_label():
@@ -136,3 +163,96 @@ def test_a_packed_forward_without_sequence_boundaries_is_refused():
     model = _tiny_gpt2(packed=True)
     with packed_forward(), pytest.raises(ValueError, match="cu_seq_lens_q"):
         model(input_ids=packed["input_ids"], position_ids=packed["position_ids"])
+
+
+def seq2seq_examples(rng: random.Random, n: int, vocab: int = 50) -> list[TokenizedExample]:
+    return [TokenizedExample(tuple(rng.randrange(2, vocab) for _ in range(rng.randint(1, 30))),
+                             tuple(rng.randrange(2, vocab) for _ in range(rng.randint(1, 25))), False)
+            for _ in range(n)]
+
+
+def _tiny_t5(packed: bool, checkpointing: bool = False):
+    """Relative positions beyond max_distance (16) occur in these examples, so every bias bucket is used."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=50, d_model=32, d_ff=48, num_layers=2, num_heads=4, d_kv=8, dropout_rate=0.0,
+                      feed_forward_proj="gated-gelu", decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                      attn_implementation="sdpa")
+    model = T5ForConditionalGeneration(config)
+    if checkpointing:
+        _enable_checkpointing(model)  # the trainer's own switch
+        model.config.use_cache = False
+    if packed:
+        use_packed_attention(model)
+    return model
+
+
+def _t5_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """The trainer's loss of one seq2seq micro-batch (the same calls as train.py)."""
+    fb = forward_batch(batch, causal=False)
+    fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
+        lambda labels: model.prepare_decoder_input_ids_from_labels(labels=labels))
+    with fb.forward_context():
+        logits = model(**fb.inputs, use_cache=False).logits
+    return distill_loss(logits, fb.labels, None, None, None, 0.0, causal=False)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_a_packed_micro_batch_has_the_padded_batchs_loss_and_gradients_on_t5(checkpointing):
+    padded_model = _tiny_t5(packed=False, checkpointing=checkpointing)
+    packed_model = _tiny_t5(packed=True, checkpointing=checkpointing)
+    rng = random.Random(5)
+    for _ in range(3):
+        examples = seq2seq_examples(rng, 6)
+        padded, packed = collate(examples, pad_id=0), collate(examples, pad_id=0, pack=True)
+        assert packed["labels"].numel() < padded["labels"].numel()
+        for model in (padded_model, packed_model):
+            model.train()
+            model.zero_grad()
+        loss_padded, n_padded = _t5_loss(padded_model, padded)
+        loss_packed, n_packed = _t5_loss(packed_model, packed)
+        loss_padded.backward()
+        loss_packed.backward()
+        assert n_packed == n_padded
+        assert loss_packed.item() == pytest.approx(loss_padded.item(), abs=1e-5)
+        torch.testing.assert_close(_grads(packed_model), _grads(padded_model), atol=1e-6, rtol=1e-4)
+    bias = packed_model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
+    assert bias.grad is not None and bias.grad.abs().sum() > 0
+
+
+def test_packed_t5_examples_would_see_each_other_without_their_boundaries():
+    """The check above can fail: the same rows attended as one example each change the loss."""
+    examples = seq2seq_examples(random.Random(6), 6)
+    packed = collate(examples, pad_id=0, pack=True)
+    leaky = dict(packed)
+    leaky["cu_seq_lens"] = torch.tensor([0, packed["labels"].size(1)], dtype=torch.int32)
+    leaky["cu_seq_lens_source"] = torch.tensor([0, packed["input_ids"].size(1)], dtype=torch.int32)
+    model = _tiny_t5(packed=True)
+    with torch.no_grad():
+        assert abs(_t5_loss(model, leaky)[0].item() - _t5_loss(model, packed)[0].item()) > 1e-3
+
+
+def test_a_t5_switched_to_packed_attention_computes_padded_batches_and_generation_as_before():
+    padded = collate(seq2seq_examples(random.Random(7), 5), pad_id=0)
+    before, after = _tiny_t5(packed=False).eval(), _tiny_t5(packed=True).eval()
+    with torch.no_grad():
+        logits = [_t5_loss(model, padded)[0] for model in (before, after)]
+    assert logits[0].item() == pytest.approx(logits[1].item(), abs=1e-6)
+    prompt = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
+    generated = [model.generate(**prompt, max_new_tokens=5, do_sample=False) for model in (before, after)]
+    assert torch.equal(generated[0], generated[1])
+
+
+def test_packing_is_refused_for_seq2seq_models_other_than_t5():
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    from cotdistill.packed_attention import can_pack
+
+    model = BartForConditionalGeneration(BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1,
+                                                    encoder_attention_heads=2, decoder_attention_heads=2,
+                                                    encoder_ffn_dim=16, decoder_ffn_dim=16))
+    assert not can_pack(model.config) and can_pack(_tiny_t5(packed=False).config)
+    with pytest.raises(ValueError, match="model_type 'bart'"):
+        use_packed_attention(model)

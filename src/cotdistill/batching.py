@@ -217,14 +217,14 @@ class LengthGroupedBatches:
 
 
 def run_batch_order(tokenized: Sequence[TokenizedExample], causal: bool, world_size: int, train: TrainConfig,
-                    single_format_batches: bool) -> LengthGroupedBatches:
+                    single_format_batches: bool, packed: bool) -> LengthGroupedBatches:
     """The batch order of a run: a padded causal sequence is grouped by its length, a seq2seq example by its
-    source and then its target length (encoder and decoder are padded separately). Packed causal micro-batches
-    have no padding to cut, so their examples stay in random order."""
-    packed = causal and train.pack_sequences
+    source and then its target length (encoder and decoder are padded separately). Packed micro-batches have
+    no padding to cut, so their examples stay in random order."""
     return LengthGroupedBatches(
         [e.length if causal else len(e.input_ids) for e in tokenized], train.micro_batch_size, world_size,
-        train.seed, group_by_length=train.group_by_length and not packed, mega=train.length_group_batches,
+        train.seed, group_by_length=train.group_by_length and not packed,
+        mega=train.length_group_batches,
         formats=[e.format for e in tokenized] if single_format_batches else None,
         target_lengths=None if causal else [len(e.labels) for e in tokenized])
 
@@ -288,7 +288,7 @@ def collate(batch: Sequence[TokenizedExample], pad_id: int, loss_weights: Mappin
     `loss_weights` (format -> weight) adds "token_weights" [B, T]; `teacher` adds "kd_ids"/"kd_probs"
     [B, T, K]: the teacher's distribution per target token where the example has one, else one-hot on the
     label, so a distillation loss over them reduces to NLL wherever no teacher distribution exists.
-    `pack` lays causal examples end to end (see `pack_causal`).
+    `pack` lays the examples end to end in one row (`pack_causal`, `pack_seq2seq`).
     """
     input_ids = _pad([e.input_ids for e in batch], pad_id)
     attention_mask = _pad([[1] * len(e.input_ids) for e in batch], 0)
@@ -300,9 +300,12 @@ def collate(batch: Sequence[TokenizedExample], pad_id: int, loss_weights: Mappin
     if teacher:
         out["kd_ids"], out["kd_probs"] = _teacher_tensors(batch, labels)
     if pack:
-        if not all(e.causal for e in batch):
-            raise ValueError("only causal examples can be packed into one row")
-        out = pack_causal(out, [len(e.input_ids) for e in batch])
+        if all(e.causal for e in batch):
+            out = pack_causal(out, [len(e.input_ids) for e in batch])
+        elif not any(e.causal for e in batch):
+            out = pack_seq2seq(out, [len(e.input_ids) for e in batch], [len(e.labels) for e in batch])
+        else:
+            raise ValueError("a packed micro-batch needs all causal or all seq2seq examples, not a mix")
     return out
 
 
@@ -315,13 +318,39 @@ def pack_causal(batch: Mapping[str, torch.Tensor], lengths: Sequence[int]) -> di
     ignored, as a causal shift ignores it unpacked; otherwise the last token of the example before it would be
     trained to predict it. "attention_mask" (all ones) only feeds the padding count: the trainer drops it.
     """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in batch.items():
-        out[key] = torch.cat([value[i, :n] for i, n in enumerate(lengths)]).unsqueeze(0)
+    out = {key: _rows_end_to_end(value, lengths) for key, value in batch.items()}
     out["position_ids"] = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
-    starts = torch.tensor([0, *lengths]).cumsum(0)
-    out["labels"][0, starts[:-1]] = IGNORE_INDEX
-    out["cu_seq_lens"] = starts.to(torch.int32)
+    starts = _starts(lengths)
+    out["labels"][0, starts[:-1].long()] = IGNORE_INDEX
+    out["cu_seq_lens"] = starts
+    return out
+
+
+_SOURCE_KEYS = ("input_ids", "attention_mask")  # per source token in a seq2seq batch; the rest are per target token
+
+
+def _rows_end_to_end(value: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+    return torch.cat([value[i, :n] for i, n in enumerate(lengths)]).unsqueeze(0)
+
+
+def _starts(lengths: Sequence[int]) -> torch.Tensor:
+    return torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+
+
+def pack_seq2seq(batch: Mapping[str, torch.Tensor], source_lengths: Sequence[int],
+                 target_lengths: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Lay a padded seq2seq micro-batch's sources end to end in one encoder row, its targets in one decoder row.
+
+    "input_ids" and "attention_mask" become [1, sum(source_lengths)]; every per-target-token tensor ("labels",
+    loss weights, teacher targets) [1, sum(target_lengths), ...]. "cu_seq_lens" (int32) marks where each
+    target starts in the decoder row and "cu_seq_lens_source" where each source starts in the encoder row, for
+    `cotdistill.packed_attention`: each example's decoder attends to its own target (causally) and its own
+    source, and its encoder to its own source. T5's relative positions restart with each example there too.
+    """
+    out = {key: _rows_end_to_end(value, source_lengths if key in _SOURCE_KEYS else target_lengths)
+           for key, value in batch.items()}
+    out["cu_seq_lens"] = _starts(target_lengths)
+    out["cu_seq_lens_source"] = _starts(source_lengths)
     return out
 
 
@@ -344,20 +373,38 @@ class ForwardBatch:
         """Wrap the model's forward in this: a packed row needs `packed_forward()`, other batches nothing."""
         return packed_forward() if self.packed else contextlib.nullcontext()
 
+    def decoder_input_ids(self, shift_right: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """A seq2seq model's decoder inputs: its own `shift_right` of the labels (teacher forcing).
+
+        In a packed decoder row every target restarts with the decoder's start token, where the row-wide shift
+        put the previous example's last label.
+        """
+        shifted = shift_right(self.labels)
+        if self.packed:
+            starts = self.inputs["cu_seq_lens_q"][1:-1].long()
+            shifted[:, starts] = shifted[:, :1].clone()
+        return shifted
+
 
 def forward_batch(batch: Mapping[str, torch.Tensor], causal: bool) -> ForwardBatch:
     """The model inputs and loss targets of a collated micro-batch; the LM head runs only where the loss looks.
 
     Causal padded batches keep logits from one before the earliest labelled token (`predicting_positions`);
-    packed rows keep exactly the positions followed by a label, passed as an index tensor to
-    ``logits_to_keep``, and carry their `packed_kwargs`.
+    packed causal rows keep exactly the positions followed by a label, passed as an index tensor to
+    ``logits_to_keep``. Packed rows carry their `packed_kwargs` (seq2seq: the decoder row as the queries'
+    boundaries, the encoder row as the keys'); their decoder inputs come from `ForwardBatch.decoder_input_ids`.
     """
     inputs: dict[str, Any] = dict(batch)
     labels = inputs.pop("labels")
     targets = {k: inputs.pop(k) for k in ("token_weights", "kd_ids", "kd_probs") if k in inputs}
     cu_seq_lens = inputs.pop("cu_seq_lens", None)
+    cu_seq_lens_source = inputs.pop("cu_seq_lens_source", None)
     if cu_seq_lens is not None:
         del inputs["attention_mask"]  # attention stays inside each example through cu_seq_lens
+    if cu_seq_lens_source is not None:  # packed seq2seq: every decoder position is a target position
+        inputs.update(packed_kwargs(cu_seq_lens, cu_seq_lens_source))
+        return ForwardBatch(inputs, labels, targets, aligned=True, packed=True)
+    if cu_seq_lens is not None:
         keep = (labels[0, 1:] != IGNORE_INDEX).nonzero()[:, 0]
         inputs.update(packed_kwargs(cu_seq_lens), logits_to_keep=keep)
         return ForwardBatch(inputs, labels[:, keep + 1], {k: v[:, keep + 1] for k, v in targets.items()},

@@ -104,15 +104,15 @@ class TrainConfig:
     precision: str = _help("bf16 | fp16 | fp32", "bf16")
     allow_fp16_t5: bool = _help("permit fp16 for T5 anyway (T5 overflows in fp16)", False)
     group_by_length: bool = _help(
-        "padded micro-batches (seq2seq students; causal ones with pack_sequences=false) take examples of similar "
-        "length to cut padding; packed micro-batches keep their examples as drawn", True)
+        "padded micro-batches (pack_sequences=false, or a seq2seq architecture other than T5) take examples of "
+        "similar length to cut padding; packed micro-batches keep their examples as drawn", True)
     length_group_batches: int = _help(
         "global batches sorted by length together: more cuts more padding but makes each batch less varied "
         "(32 cost 0.08 nats of held-out loss on tiny-t5 at 80 steps; 4 matched unsorted batches)", 4)
     pack_sequences: bool = _help(
-        "causal (GPT-2) students: lay each micro-batch's examples end to end in one row with no padding, "
-        "attention kept inside each example (cotdistill.packed_attention); same loss as padding, no sorting by "
-        "length. Seq2seq students are always padded", True)
+        "lay each micro-batch's examples end to end with no padding (GPT-2: one row; T5/mT5: one encoder row "
+        "and one decoder row), attention kept inside each example (cotdistill.packed_attention); same loss as "
+        "padding, no sorting by length. Other seq2seq architectures are padded", True)
     seed: int = _help("seed for sampling, dropout and data mixing", 42)
     log_every: int = _help("log scalars every N optimizer steps", 1)
     stop_after_steps: int = _help(

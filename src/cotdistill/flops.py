@@ -97,14 +97,23 @@ def _decoder_only(shape: DecoderOnlyShape, length: int, logit_positions: int) ->
     return shape.layers * per_layer + 2 * d * shape.vocab * logit_positions
 
 
-def _encoder_decoder(shape: EncoderDecoderShape, source: int, target: int) -> int:
+def _encoder_decoder_linear(shape: EncoderDecoderShape, source: int, target: int) -> int:
+    """Projections, FFNs and the LM head: linear in the source and target tokens."""
     d, i = shape.d_model, shape.inner
     ffn = _ffn(shape)
-    encoder = shape.encoder_layers * (source * (8 * d * i + ffn) + 4 * source * source * i)
-    self_attention = target * 8 * d * i + 4 * target * target * i
-    cross_attention = target * 4 * d * i + source * 4 * d * i + 4 * target * source * i
-    decoder = shape.decoder_layers * (self_attention + cross_attention + target * ffn)
+    encoder = shape.encoder_layers * source * (8 * d * i + ffn)
+    decoder = shape.decoder_layers * (target * (12 * d * i + ffn) + source * 4 * d * i)
     return encoder + decoder + 2 * d * shape.vocab * target
+
+
+def _encoder_decoder_attention(shape: EncoderDecoderShape, source: int, target: int) -> int:
+    """Attention scores and values of one example: encoder S x S, decoder T x T and T x S."""
+    return 4 * shape.inner * (shape.encoder_layers * source * source
+                              + shape.decoder_layers * (target * target + target * source))
+
+
+def _encoder_decoder(shape: EncoderDecoderShape, source: int, target: int) -> int:
+    return _encoder_decoder_linear(shape, source, target) + _encoder_decoder_attention(shape, source, target)
 
 
 def forward_flops(shape: ModelShape, source_tokens: int, target_tokens: int) -> int:
@@ -133,12 +142,24 @@ def padded_forward_flops(shape: ModelShape, rows: int, input_width: int, label_w
     return rows * _encoder_decoder(shape, input_width, label_width)
 
 
-def packed_forward_flops(shape: DecoderOnlyShape, lengths: list[int], logit_positions: int) -> int:
-    """Forward FLOPs of a packed causal micro-batch (`cotdistill.packed_attention`): hardware FLOPs.
+def packed_forward_flops(shape: ModelShape, lengths: list[int], logit_positions: int,
+                         target_lengths: list[int] | None = None) -> int:
+    """Forward FLOPs of a packed micro-batch (`cotdistill.packed_attention`): hardware FLOPs.
 
-    The linear layers run over the real tokens only, the LM head over `logit_positions`, and attention over
-    every example re-padded to the longest one (``len(lengths)`` squares of ``max(lengths)``).
+    The linear layers run over the real tokens only, and attention over every example re-padded to the
+    longest one. Causal: `lengths` are the examples' sequences and the LM head runs at `logit_positions`.
+    Seq2seq: `lengths` are the sources and `target_lengths` the targets (the LM head runs at every target
+    token; `logit_positions` is not used).
     """
+    if isinstance(shape, EncoderDecoderShape):
+        targets = target_lengths or []
+        if len(targets) != len(lengths):
+            raise ValueError(f"a packed seq2seq batch needs one target length per source: got {len(lengths)} "
+                             f"sources and {len(targets)} targets")
+        if not lengths:
+            return 0
+        return (_encoder_decoder_linear(shape, sum(lengths), sum(targets))
+                + len(lengths) * _encoder_decoder_attention(shape, max(lengths), max(targets)))
     if not lengths:
         return 2 * shape.d_model * shape.vocab * logit_positions
     d, width = shape.d_model, max(lengths)

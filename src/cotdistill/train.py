@@ -43,6 +43,7 @@ from cotdistill.formats import PROMPT_FORMATS, validate_mixture
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
+from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, can_pack
 from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.run_data import load_run_problems, run_examples
 from cotdistill.schedule import lr_at
@@ -181,7 +182,6 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
     causal = kind == "causal"
-    packed = causal and t.pack_sequences
     tokenizer = load_tokenizer(model_path)
     if engine.is_main:
         save_run_meta(model_path, tokenizer, out)
@@ -194,6 +194,10 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
 
     model_config = AutoConfig.from_pretrained(model_path)
     check_precision(model_config.model_type, config)
+    packed = t.pack_sequences and can_pack(model_config)
+    if t.pack_sequences and not packed:
+        log.info("packing: %s students are padded (packed micro-batches support causal LMs and %s)",
+                 model_config.model_type, "/".join(PACKABLE_SEQ2SEQ))
     hidden = getattr(model_config, "d_model", None) or getattr(model_config, "hidden_size", None)
     ds_config = resolve_ds_config(template, config, engine.world_size, hidden, source=config.deepspeed_config)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
@@ -202,7 +206,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
                                                              packed=packed))
     engine.initialize(model)
 
-    order = run_batch_order(tokenized, causal, engine.world_size, t, config.data.single_format_batches)
+    order = run_batch_order(tokenized, causal, engine.world_size, t, config.data.single_format_batches, packed)
     total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
 
     latest = ckpt.latest_checkpoint(out) if config.checkpoint.resume else None
@@ -236,7 +240,8 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
             real, slots = real + r, slots + s
             fb = forward_batch(batch, causal)
             if not causal:
-                fb.inputs["decoder_input_ids"] = engine.module.prepare_decoder_input_ids_from_labels(labels=fb.labels)
+                fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
+                    lambda labels: engine.module.prepare_decoder_input_ids_from_labels(labels=labels))
             with fb.forward_context():
                 outputs = engine.forward(**fb.inputs, use_cache=False)  # no KV cache to keep in training
             targets = {k: v.to(engine.device) for k, v in fb.targets.items()}
