@@ -31,6 +31,9 @@ since the Trainer's linear decay ends at 0). One difference is left: the Trainer
 update lr 0 and reaches the peak at step `warmup_steps`, ours gives the first update peak/warmup and reaches
 the peak one step earlier.
 
+On a CUDA machine the Trainer runs on the GPUs with NCCL, as DeepSpeed and our Engine do there; everything
+below is for CPU-only machines.
+
 DeepSpeed on CPU with transformers 5.23 (and accelerate 1.15), what is needed and why:
 - `use_cpu=True`. Without it `TrainingArguments(bf16=True)` stops at once: "Your setup doesn't support
   bf16/gpu. You need to assign use_cpu if you want to train the model on CPU."
@@ -268,8 +271,10 @@ def main() -> None:
                                  "labels": [list(e.labels) for e in tokenized]})
 
     out = Path(config.output_dir)
+    on_cpu = not torch.cuda.is_available()
+    backend = "gloo" if on_cpu else "nccl"
     training_args = Seq2SeqTrainingArguments(
-        output_dir=str(out), deepspeed=config.deepspeed_config, use_cpu=True, ddp_backend="gloo",
+        output_dir=str(out), deepspeed=config.deepspeed_config, use_cpu=on_cpu, ddp_backend=backend,
         bf16=t.precision == "bf16", fp16=t.precision == "fp16",
         per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
         max_steps=t.max_steps, learning_rate=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.grad_clip,
@@ -279,7 +284,7 @@ def main() -> None:
     rank = training_args.process_index
     # accelerate's multi-CPU state has started torch.distributed (gloo); DeepSpeed's own comm layer must adopt
     # that group before ZeRO-3 builds the model, or zero.Init sees a world of 1 and rejects the batch sizes.
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend=backend)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_log.jsonl").unlink(missing_ok=True)

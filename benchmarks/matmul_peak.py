@@ -5,7 +5,9 @@ size counts. Two layouts over all usable cores: `processes x 1 thread` (how trai
 per core, each with one thread, see cotdistill.engine.share_cpu_threads), and `1 process x cores threads`.
 In the multi-process layout every process starts at a barrier and runs for the same time, so the reported
 rate is the sum of rates measured concurrently. On CPUs with AMX (this machine's Xeon), torch's bf16 matmul
-goes through oneDNN's AMX kernels and is several times the fp32 rate. Usage:
+goes through oneDNN's AMX kernels and is several times the fp32 rate. Where CUDA is available, the peak is
+that of one GPU (layout "1 GPU: <name>"; fp32 with TF32 off, as PyTorch's default), which is then the
+training layout. Usage:
     python benchmarks/matmul_peak.py [--sizes 1024 2048 4096] [--seconds 1.5] [--out peak.json]
 Prints a Markdown table; --out writes JSON (GFLOP/s per dtype and layout).
 """
@@ -49,6 +51,26 @@ def _rate(dtype_name: str, size: int, seconds: float, threads: int, barrier=None
     return 2.0 * size ** 3 * count / elapsed
 
 
+def gpu_rate(dtype_name: str, size: int, seconds: float) -> float:
+    """FLOP/s of repeated n x n matmuls on the current CUDA device, timed between synchronizations."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(size, size, device="cuda").to(dtype)
+    b = torch.randn(size, size, device="cuda").to(dtype)
+    out = torch.empty(size, size, dtype=dtype, device="cuda")
+    for _ in range(3):  # warm-up: cuBLAS picks its kernel on the first calls
+        torch.matmul(a, b, out=out)
+    torch.cuda.synchronize()
+    count, start, batch = 0, time.perf_counter(), 10
+    while time.perf_counter() - start < seconds:
+        for _ in range(batch):
+            torch.matmul(a, b, out=out)
+        torch.cuda.synchronize()
+        count += batch
+    return 2.0 * size ** 3 * count / (time.perf_counter() - start)
+
+
 def _worker(dtype_name: str, size: int, seconds: float, barrier, results) -> None:
     results.put(_rate(dtype_name, size, seconds, 1, barrier))
 
@@ -68,10 +90,14 @@ def multi_process_rate(dtype_name: str, size: int, seconds: float, processes: in
 
 
 def measure_peaks(sizes: list[int], seconds: float, cores: int | None = None) -> dict:
-    """{"fp32"|"bf16": {layout: {"gflops": best, "by_size": {n: gflops}}}} over both layouts."""
+    """{"fp32"|"bf16": {layout: {"gflops": best, "by_size": {n: gflops}}}} over both CPU layouts, or one GPU."""
+    import torch
+
     cores = cores or usable_cpus()
     layouts = {f"{cores} processes x 1 thread": lambda d, n: multi_process_rate(d, n, seconds, cores),
                f"1 process x {cores} threads": lambda d, n: _rate(d, n, seconds, cores)}
+    if torch.cuda.is_available():  # training runs on the GPUs: their peak is the denominator
+        layouts = {f"1 GPU: {torch.cuda.get_device_name(0)}": lambda d, n: gpu_rate(d, n, seconds)}
     peaks: dict = {"cores": cores, "sizes": sizes, "seconds": seconds, "training_layout": next(iter(layouts))}
     for dtype_name in DTYPES:
         peaks[dtype_name] = {}

@@ -67,6 +67,8 @@ Usage:
         [--loss_tolerance 0.02] [--out result.json]
 Prints a Markdown table (and the matmul peaks); --out writes everything as JSON. Runs stay in
 runs/bench-train/<workload>/ (model/, ours/, hf/, heldout.json, and each launch's log).
+On a CUDA machine both trainers train on the GPUs (the baseline with NCCL, not `use_cpu`) and MFU is over one
+GPU's measured matmul peak: `--ranks 1` for the one-GPU comparison of issue 7. Not yet run on a GPU.
 """
 
 from __future__ import annotations
