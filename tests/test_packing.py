@@ -97,9 +97,12 @@ def _tiny_gpt2(packed: bool):
     return model
 
 
-def _loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def _loss(model, batch: dict[str, torch.Tensor], causal: bool = True) -> tuple[torch.Tensor, int]:
     """The trainer's loss of one micro-batch (the same calls as train.py)."""
-    fb = forward_batch(batch, causal=True)
+    fb = forward_batch(batch, causal)
+    if not causal:
+        fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
+            lambda labels: model.prepare_decoder_input_ids_from_labels(labels=labels))
     with fb.forward_context():
         logits = model(**fb.inputs, use_cache=False).logits
     return distill_loss(logits, fb.labels, None, None, None, 0.0, causal=not fb.aligned)
@@ -109,22 +112,28 @@ def _grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+def assert_packed_matches_padded(padded_model, packed_model, examples: list[TokenizedExample], causal: bool,
+                                 grad_atol: float) -> None:
+    """One micro-batch padded and packed: fewer slots packed, the same target tokens, loss and gradients."""
+    padded, packed = collate(examples, pad_id=0), collate(examples, pad_id=0, pack=True)
+    assert packed["labels"].numel() < padded["labels"].numel()
+    for model in (padded_model, packed_model):
+        model.zero_grad()
+    loss_padded, n_padded = _loss(padded_model, padded, causal)
+    loss_packed, n_packed = _loss(packed_model, packed, causal)
+    loss_padded.backward()
+    loss_packed.backward()
+    assert n_packed == n_padded
+    assert loss_packed.item() == pytest.approx(loss_padded.item(), abs=1e-5)
+    torch.testing.assert_close(_grads(packed_model), _grads(padded_model), atol=grad_atol, rtol=1e-4)
+
+
 def test_a_packed_micro_batch_has_the_padded_batchs_loss_and_gradients_on_gpt2():
     padded_model, packed_model = _tiny_gpt2(packed=False), _tiny_gpt2(packed=True)
     rng = random.Random(1)
     for _ in range(4):
-        examples = random_examples(rng, 12)
-        padded, packed = collate(examples, pad_id=0), collate(examples, pad_id=0, pack=True)
-        assert packed["input_ids"].numel() < padded["input_ids"].numel()
-        for model in (padded_model, packed_model):
-            model.zero_grad()
-        loss_padded, n_padded = _loss(padded_model, padded)
-        loss_packed, n_packed = _loss(packed_model, packed)
-        loss_padded.backward()
-        loss_packed.backward()
-        assert n_packed == n_padded
-        assert loss_packed.item() == pytest.approx(loss_padded.item(), abs=1e-5)
-        torch.testing.assert_close(_grads(packed_model), _grads(padded_model), atol=1e-5, rtol=1e-4)
+        assert_packed_matches_padded(padded_model, packed_model, random_examples(rng, 12), causal=True,
+                                     grad_atol=1e-5)
 
 
 def test_without_the_packed_attention_the_examples_would_see_each_other():
@@ -189,35 +198,16 @@ def _tiny_t5(packed: bool, checkpointing: bool = False):
     return model
 
 
-def _t5_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """The trainer's loss of one seq2seq micro-batch (the same calls as train.py)."""
-    fb = forward_batch(batch, causal=False)
-    fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
-        lambda labels: model.prepare_decoder_input_ids_from_labels(labels=labels))
-    with fb.forward_context():
-        logits = model(**fb.inputs, use_cache=False).logits
-    return distill_loss(logits, fb.labels, None, None, None, 0.0, causal=False)
-
-
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_a_packed_micro_batch_has_the_padded_batchs_loss_and_gradients_on_t5(checkpointing):
     padded_model = _tiny_t5(packed=False, checkpointing=checkpointing)
     packed_model = _tiny_t5(packed=True, checkpointing=checkpointing)
+    for model in (padded_model, packed_model):
+        model.train()  # gradient checkpointing recomputes only in training mode
     rng = random.Random(5)
     for _ in range(3):
-        examples = seq2seq_examples(rng, 6)
-        padded, packed = collate(examples, pad_id=0), collate(examples, pad_id=0, pack=True)
-        assert packed["labels"].numel() < padded["labels"].numel()
-        for model in (padded_model, packed_model):
-            model.train()
-            model.zero_grad()
-        loss_padded, n_padded = _t5_loss(padded_model, padded)
-        loss_packed, n_packed = _t5_loss(packed_model, packed)
-        loss_padded.backward()
-        loss_packed.backward()
-        assert n_packed == n_padded
-        assert loss_packed.item() == pytest.approx(loss_padded.item(), abs=1e-5)
-        torch.testing.assert_close(_grads(packed_model), _grads(padded_model), atol=1e-6, rtol=1e-4)
+        assert_packed_matches_padded(padded_model, packed_model, seq2seq_examples(rng, 6), causal=False,
+                                     grad_atol=1e-6)
     bias = packed_model.encoder.block[0].layer[0].SelfAttention.relative_attention_bias.weight
     assert bias.grad is not None and bias.grad.abs().sum() > 0
 
@@ -231,14 +221,14 @@ def test_packed_t5_examples_would_see_each_other_without_their_boundaries():
     leaky["cu_seq_lens_source"] = torch.tensor([0, packed["input_ids"].size(1)], dtype=torch.int32)
     model = _tiny_t5(packed=True)
     with torch.no_grad():
-        assert abs(_t5_loss(model, leaky)[0].item() - _t5_loss(model, packed)[0].item()) > 1e-3
+        assert abs(_loss(model, leaky, causal=False)[0].item() - _loss(model, packed, causal=False)[0].item()) > 1e-3
 
 
 def test_a_t5_switched_to_packed_attention_computes_padded_batches_and_generation_as_before():
     padded = collate(seq2seq_examples(random.Random(7), 5), pad_id=0)
     before, after = _tiny_t5(packed=False).eval(), _tiny_t5(packed=True).eval()
     with torch.no_grad():
-        logits = [_t5_loss(model, padded)[0] for model in (before, after)]
+        logits = [_loss(model, padded, causal=False)[0] for model in (before, after)]
     assert logits[0].item() == pytest.approx(logits[1].item(), abs=1e-6)
     prompt = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]}
     generated = [model.generate(**prompt, max_new_tokens=5, do_sample=False) for model in (before, after)]

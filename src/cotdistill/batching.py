@@ -223,8 +223,7 @@ def run_batch_order(tokenized: Sequence[TokenizedExample], causal: bool, world_s
     no padding to cut, so their examples stay in random order."""
     return LengthGroupedBatches(
         [e.length if causal else len(e.input_ids) for e in tokenized], train.micro_batch_size, world_size,
-        train.seed, group_by_length=train.group_by_length and not packed,
-        mega=train.length_group_batches,
+        train.seed, group_by_length=train.group_by_length and not packed, mega=train.length_group_batches,
         formats=[e.format for e in tokenized] if single_format_batches else None,
         target_lengths=None if causal else [len(e.labels) for e in tokenized])
 
@@ -401,10 +400,9 @@ def forward_batch(batch: Mapping[str, torch.Tensor], causal: bool) -> ForwardBat
     cu_seq_lens_source = inputs.pop("cu_seq_lens_source", None)
     if cu_seq_lens is not None:
         del inputs["attention_mask"]  # attention stays inside each example through cu_seq_lens
-    if cu_seq_lens_source is not None:  # packed seq2seq: every decoder position is a target position
-        inputs.update(packed_kwargs(cu_seq_lens, cu_seq_lens_source))
-        return ForwardBatch(inputs, labels, targets, aligned=True, packed=True)
-    if cu_seq_lens is not None:
+        if cu_seq_lens_source is not None:  # packed seq2seq: every decoder position is a target position
+            inputs.update(packed_kwargs(cu_seq_lens, cu_seq_lens_source))
+            return ForwardBatch(inputs, labels, targets, aligned=True, packed=True)
         keep = (labels[0, 1:] != IGNORE_INDEX).nonzero()[:, 0]
         inputs.update(packed_kwargs(cu_seq_lens), logits_to_keep=keep)
         return ForwardBatch(inputs, labels[:, keep + 1], {k: v[:, keep + 1] for k, v in targets.items()},

@@ -118,7 +118,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if attention_mask is not PACKED:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    query_row, key_row, causal = _ROLES[getattr(module, _ROLE_ATTR, "causal")]
+    role = getattr(module, _ROLE_ATTR, "causal")
+    query_row, key_row, causal = _ROLES[role]
     cu_q, cu_k = kwargs.get(f"cu_seq_lens_{query_row}"), kwargs.get(f"cu_seq_lens_{key_row}")
     if cu_q is None or cu_k is None or query.size(0) != 1:
         raise ValueError("a packed forward needs one row and cu_seq_lens_q/k (cotdistill.packed_attention."
@@ -140,7 +141,7 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
 
     mask = None
     bias = kwargs.get("position_bias")
-    if bias is not None and getattr(module, _ROLE_ATTR, "causal") in ("encoder", "decoder"):
+    if bias is not None and role in ("encoder", "decoder"):
         # T5's relative position bias: the top-left block is every example's (positions restart at 0)
         mask = bias[:, :, :longest_q, :longest_k].to(compute)
         if causal:
