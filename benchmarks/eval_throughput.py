@@ -57,8 +57,10 @@ def main() -> None:
 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from cotdistill.answers import clean_generation
+    from cotdistill.config import EvalSpec
     from cotdistill.engine import Engine
-    from cotdistill.evaluate import clean_generation, evaluate_problems
+    from cotdistill.evaluate import evaluate_problems
     from cotdistill.formats import eval_prompts
     from cotdistill.problems.loaders import load_problems
     from cotdistill.report import markdown_table
@@ -72,8 +74,8 @@ def main() -> None:
     engine = Engine()
     student = open_student(engine, args.model, precision="fp32", zero_stage=0)
     started = time.perf_counter()
-    report = evaluate_problems(engine, student.tokenizer, False, problems, "zero_shot_cot",
-                               max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, desc="cotdistill")
+    spec = EvalSpec(strategy="zero_shot_cot", max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    report = evaluate_problems(engine, student, problems, spec, desc="cotdistill")
     results["cotdistill evaluate_problems"] = (time.perf_counter() - started, [p.generated for p in report.predictions])
     engine.release_model()
 

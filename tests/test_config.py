@@ -478,7 +478,7 @@ def test_to_yaml_round_trips_changed_values(tmp_path):
     config = with_overrides(
         "train.lr=3e-4", "train.group_by_length=false", "data.synthetic.operations=[mul, add]",
         "data.formats={zero_shot_cot: 0.25, answer_only: 0.75}", "model.tiny.d_model=48",
-        "output_dir=runs/round trip", "eval.format=answer_only",
+        "output_dir=runs/round trip", "eval.strategy=answer_only",
     )
     recipe = write(tmp_path, to_yaml(config))
     again = load_config(recipe)

@@ -13,11 +13,11 @@ from decimal import Decimal
 import pytest
 
 from conftest import SHARED_DATA
-from cotdistill.answers import infer_kind, normalize_answer
+from cotdistill.answers import clean_generation, infer_kind, normalize_answer
 from cotdistill.config import DataConfig, EvalRunConfig, SyntheticDataConfig, eval_config
 from cotdistill.errors import ConfigError, DataError
 from cotdistill.eval_sets import EVAL_SETS, resolve_eval_set, resolve_eval_sets
-from cotdistill.evaluate import EvalReport, Prediction, clean_generation, make_prediction, summary_table
+from cotdistill.evaluate import EvalReport, Prediction, make_prediction, summary_table
 from cotdistill.problems.record import Problem
 from cotdistill.run_data import synthetic_problems
 
@@ -410,13 +410,13 @@ def test_eval_config_turns_cli_values_into_typed_fields():
     assert built.limit == 5 and isinstance(built.limit, int)
     assert built.synthetic.operand_max == 9 and isinstance(built.synthetic.operand_max, int)
     assert built.synthetic.operand_min == SyntheticDataConfig().operand_min
-    assert built.strategy == "zero_shot_cot" and built.zero_stage == 3
+    assert built.strategy == "" and built.zero_stage == "auto"  # decided when the model is known
 
 
 def test_eval_config_reads_comma_lists_and_dashed_keys():
     built = eval_config({"model": "m", "datasets": "gsm8k, svamp:test", "max-new-tokens": 8, "zero-stage": "2"})
     assert built.datasets == ["gsm8k", "svamp:test"]
-    assert built.max_new_tokens == 8 and built.zero_stage == 2
+    assert built.max_new_tokens == 8 and built.zero_stage == "2"
 
 
 @pytest.mark.parametrize(("key", "valid"), [("modle", "model, datasets, output_dir"),
@@ -433,8 +433,12 @@ def test_eval_config_refuses_unknown_keys_listing_valid_ones(key, valid):
     [
         ({"strategy": "chain_of_thought"}, "strategy='chain_of_thought' is not one of"),
         ({"precision": "fp8"}, "precision='fp8' is not one of: bf16, fp16, fp32"),
-        ({"zero_stage": 4}, "zero_stage must be 0, 1, 2 or 3, got 4"),
-        ({"zero_stage": -1}, "zero_stage must be 0, 1, 2 or 3"),
+        ({"zero_stage": 4}, "zero_stage='4' is not one of: auto, 0, 1, 2, 3"),
+        ({"zero_stage": -1}, "zero_stage='-1' is not one of"),
+        ({"protocol": "helm"}, "protocol='helm' is not one of: cotdistill, kojima, lm-eval"),
+        ({"protocol": "kojima", "strategy": "few_shot_cot"}, "protocol=kojima is zero-shot"),
+        ({"protocol": "lm-eval", "strategy": "socratic"}, "has no socratic form"),
+        ({"demos": "demos.txt"}, "demos must be a .json or .jsonl file"),
         ({"strategy": "few_shot_cot", "k_shot": 0}, "k_shot must be > 0"),
         ({"limit": -1}, "limit must be >= 0"),
         ({"batch_size": 0}, "batch_size must be > 0"),
@@ -453,7 +457,9 @@ def test_eval_config_accepts_zero_k_shot_without_few_shot_and_every_valid_choice
     for precision in ("bf16", "fp16", "fp32"):
         assert eval_config({"model": "m", "precision": precision}).precision == precision
     for stage in range(4):
-        assert eval_config({"model": "m", "zero_stage": stage}).zero_stage == stage
+        assert eval_config({"model": "m", "zero_stage": stage}).zero_stage == str(stage)
+    for protocol in ("cotdistill", "kojima", "lm-eval"):
+        assert eval_config({"model": "m", "protocol": protocol}).protocol == protocol
 
 
 @pytest.mark.parametrize("values", [{}, {"model": ""}])
@@ -523,3 +529,12 @@ def test_summary_reports_bbh_as_the_mean_over_its_tasks():
 
     table = summary_table({"bbh/a": report(1, 2), "bbh/b": report(4, 4), "gsm8k": report(0, 4)})
     assert "| bbh (mean of 2 tasks) |  |  | 75.0% |" in table
+
+
+def test_training_dev_eval_and_cotdistill_eval_share_one_set_of_defaults():
+    """The drift this guards against: max_new_tokens 160 during training vs 256 in cotdistill eval, and
+    max_step_tokens 48 vs 64, so a run's logged dev accuracy was not what cotdistill eval gave."""
+    from cotdistill.config import EvalConfig, EvalSpec, eval_spec
+
+    assert eval_spec(EvalConfig()) == eval_spec(EvalRunConfig()) == EvalSpec()
+    assert EvalSpec().zero_stage == "auto" and EvalSpec().protocol == "cotdistill"

@@ -14,9 +14,11 @@ from conftest import REPO, TINY_RUN, launch
 pytestmark = pytest.mark.distributed
 
 MAX_NEW = 64
-EVAL_ARGS = ["--datasets", "synthetic", "--strategy", "zero_shot_cot", "--synthetic.eval_size", "11",
-             "--synthetic.train_size", "256", "--synthetic.operand_max", "9", "--synthetic.eval_steps", "0",
-             "--batch_size", "2", "--max_new_tokens", str(MAX_NEW)]
+# The run's own held-out problems and dev-evaluation settings, as cotdistill eval flags: the two must agree.
+SYNTHETIC = ["--synthetic.eval_size", "11", "--synthetic.train_size", "256", "--synthetic.operand_max", "9",
+             "--synthetic.eval_steps", "0"]
+EVAL_ARGS = ["--datasets", "synthetic", "--strategy", "zero_shot_cot", *SYNTHETIC, "--batch_size", "2",
+             "--max_new_tokens", str(MAX_NEW)]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,8 @@ def cot_run(tiny_models, tmp_path_factory) -> Path:
     launch("launchers/train.py", ["--config", "recipes/demo-gpt2-synthetic.yaml", *TINY_RUN,
                                   f"model.name_or_path={tiny_models['gpt2']}", "model.make_tiny=",
                                   f"output_dir={run}", "train.max_steps=150", "train.lr=3e-3",
-                                  "checkpoint.every=75", "eval.at_end=false"])
+                                  "checkpoint.every=75", "data.synthetic.eval_size=11", "data.synthetic.eval_steps=0",
+                                  f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=2"])
     return run
 
 
@@ -40,7 +43,7 @@ def evaluate(target: Path, out: Path, ranks: int, *extra: str) -> list[dict]:
 def predictions(cot_run, tmp_path_factory) -> dict[str, list[dict]]:
     root = tmp_path_factory.mktemp("eval")
     found = {f"export-{n}": evaluate(cot_run / "final", root / f"export-{n}", n) for n in (1, 2, 3)}
-    found["checkpoint-2"] = evaluate(cot_run, root / "checkpoint-2", 2)
+    found["checkpoint-2"] = evaluate(cot_run, root / "checkpoint-2", 2, "--zero_stage", "3")  # partitioned
     found["vote-2"] = evaluate(cot_run / "final", root / "vote-2", 2, "--samples", "3", "--temperature", "0.9")
     found["root"] = root
     return found
@@ -59,8 +62,27 @@ def test_greedy_predictions_are_identical_on_one_two_and_three_ranks(predictions
         [(r["generated"], r["extracted"], r["correct"]) for r in one]
 
 
-def test_partitioned_checkpoint_predicts_like_its_exported_folder(predictions):
+def test_partitioned_checkpoint_predicts_like_its_replicated_exported_folder(predictions):
+    """zero_stage=auto replicates a model that fits (much faster) and predicts exactly what ZeRO-3 does."""
+    assert json.loads((predictions["root"] / "export-2" / "metrics.json").read_text())["zero_stage"] == 0
+    assert json.loads((predictions["root"] / "checkpoint-2" / "metrics.json").read_text())["zero_stage"] == 3
     assert [r["generated"] for r in predictions["checkpoint-2"]] == [r["generated"] for r in predictions["export-2"]]
+
+
+def scored(rows: list[dict]) -> list[tuple]:
+    return [(r["index"], r["prompt"], r["generated"], r["extracted"], r["extraction"], r["correct"]) for r in rows]
+
+
+def test_training_dev_eval_and_cotdistill_eval_score_the_same_checkpoint_identically(cot_run, predictions):
+    """One evaluation path: the dev evaluation the run logged at its last step equals cotdistill eval of the
+    checkpoint at that step (same spec defaults, prompts, generations, extraction and accuracy)."""
+    dev = [json.loads(line) for line in (cot_run / "eval" / "held-out" / "predictions.jsonl").read_text().splitlines()]
+    assert len(dev) == 11
+    assert scored(dev) == scored(predictions["checkpoint-2"])
+    dev_metrics = json.loads((cot_run / "eval" / "held-out" / "metrics.json").read_text())
+    eval_metrics = json.loads((predictions["root"] / "checkpoint-2" / "metrics.json").read_text())["datasets"]
+    assert dev_metrics["accuracy"] == eval_metrics["synthetic"]["accuracy"]
+    assert dev_metrics["prompt_sha256"] == eval_metrics["synthetic"]["prompt_sha256"]
 
 
 def test_outputs_hold_metrics_and_a_summary_table(predictions):
@@ -108,16 +130,15 @@ def test_self_consistency_samples_and_votes_on_two_ranks(predictions):
             assert r["votes"][r["extracted"]] == max(r["votes"].values())
 
 
-def test_checkpoint_selection_over_a_run_on_two_ranks(cot_run, tmp_path):
+def test_checkpoint_selection_over_a_run_on_two_ranks(cot_run, predictions, tmp_path):
     questions = tmp_path / "tiny.jsonl"
     questions.write_text("".join(json.dumps({"question": f"Ann has {n} apples. Ann finds 2 more apples. How many "
                                                          "apples does Ann have now?", "answer": str(n + 2)}) + "\n"
                                  for n in range(1, 6)))
     out = tmp_path / "selection"
-    launch("launchers/eval_checkpoints.py", [str(cot_run), "--datasets", f"synthetic,{questions}",
-                                             "--synthetic.eval_size", "5", "--synthetic.train_size", "256",
-                                             "--synthetic.operand_max", "9", "--max_new_tokens", "48",
-                                             "--batch_size", "4", "--output_dir", str(out)])
+    launch("launchers/eval_checkpoints.py", [str(cot_run), "--datasets", f"synthetic,{questions}", *SYNTHETIC,
+                                             "--max_new_tokens", str(MAX_NEW), "--batch_size", "2",
+                                             "--output_dir", str(out)])
     selection = json.loads((out / "selection.json").read_text())
     assert sorted(map(int, selection["accuracy"])) == [75, 150]
     assert set(selection["accuracy"]["150"]) == {"synthetic", "tiny"}
@@ -126,6 +147,14 @@ def test_checkpoint_selection_over_a_run_on_two_ranks(cot_run, tmp_path):
     assert (out / "accuracy_vs_step.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "step-000075" / "tiny" / "predictions.jsonl").is_file()
     assert "synthetic (ID)" in (out / "selection.md").read_text()
+    # The same evaluation as cotdistill eval (and the run's own dev evaluation) for the same checkpoint; the
+    # strategy came from the run's training mixture, not a flag.
+    rows = [json.loads(line) for line in (out / "step-000150" / "synthetic" / "predictions.jsonl").read_text()
+            .splitlines()]
+    assert scored(rows) == scored(predictions["checkpoint-2"])
+    assert selection["accuracy"]["150"]["synthetic"] == \
+        json.loads((predictions["root"] / "checkpoint-2" / "metrics.json").read_text())["datasets"]["synthetic"][
+            "accuracy"]
 
 
 def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(cot_run):

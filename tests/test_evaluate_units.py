@@ -8,7 +8,8 @@ from dataclasses import asdict
 
 import pytest
 
-from cotdistill.evaluate import EvalReport, Prediction, _shard_batches
+from cotdistill.generation import EvalReport, Prediction
+from cotdistill.generation import shard_batches as _shard_batches
 
 # --- sharding --------------------------------------------------------------------------------------------
 
@@ -61,15 +62,17 @@ def test_fewer_problems_than_ranks_gives_the_extra_ranks_one_empty_batch():
 # --- report ----------------------------------------------------------------------------------------------
 
 
-def prediction(index: int, correct: bool, tokens: int, extracted: str | None = "4") -> Prediction:
+def prediction(index: int, correct: bool, tokens: int, extracted: str | None = "4",
+               extraction: str = "marker") -> Prediction:
     return Prediction(index=index, id=f"p/{index}", question=f"q{index}?", gold="4", prompt=f"Q: q{index}?\nA:",
                       generated=f"so the answer is {extracted}", extracted=extracted, correct=correct,
-                      generated_tokens=tokens)
+                      generated_tokens=tokens, extraction=extraction if extracted else "none")
 
 
 @pytest.fixture
 def report() -> EvalReport:
-    preds = [prediction(0, True, 10), prediction(1, False, 20, extracted=None), prediction(2, True, 6)]
+    preds = [prediction(0, True, 10), prediction(1, False, 20, extracted=None),
+             prediction(2, True, 6, extraction="last_number")]
     return EvalReport(preds, seconds=2.0, settings={"format": "zero_shot_cot", "world_size": 2})
 
 
@@ -82,6 +85,17 @@ def test_report_counts_accuracy_and_mean_generated_tokens(report):
     assert metrics["mean_generated_tokens"] == pytest.approx(12.0)
     assert metrics["examples_per_s"] == pytest.approx(1.5)
     assert metrics["format"] == "zero_shot_cot" and metrics["world_size"] == 2
+    assert metrics["extraction"] == {"last_number": 1, "marker": 1, "none": 1}
+    assert "filters" not in metrics  # one extraction reported: no per-filter table
+
+
+def test_a_protocol_with_several_filters_reports_each_accuracy():
+    preds = [prediction(i, strict, 5) for i, strict in enumerate([True, False, False])]
+    for p, flexible in zip(preds, [True, True, False], strict=True):
+        p.filters = {"strict-match": {"extracted": "4", "correct": p.correct},
+                     "flexible-extract": {"extracted": "4", "correct": flexible}}
+    metrics = EvalReport(preds, seconds=1.0).metrics()
+    assert metrics["filters"] == pytest.approx({"strict-match": 1 / 3, "flexible-extract": 2 / 3})
 
 
 def test_empty_report_has_zero_accuracy_and_no_division_error():
@@ -97,14 +111,14 @@ def test_write_saves_predictions_metrics_and_summary(report, tmp_path):
     rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert rows == [asdict(p) for p in report.predictions]
     assert set(rows[0]) == {"index", "id", "question", "gold", "prompt", "generated", "extracted", "correct",
-                            "generated_tokens", "samples", "votes"}
+                            "generated_tokens", "samples", "votes", "extraction", "filters"}
     assert rows[1]["extracted"] is None and rows[1]["correct"] is False
 
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     assert metrics == report.metrics()
 
     summary = (folder / "summary.md").read_text(encoding="utf-8")
-    assert "| 3 | 2 | 66.7% | 12.0 | 1.50 |" in summary
+    assert "| 3 | 2 | 66.7% | 1 | 1 | 12.0 | 1.50 |" in summary  # one answer by fallback, one with none
     assert summary.splitlines()[0].startswith("| problems | correct | accuracy")
 
 

@@ -167,18 +167,23 @@ def test_bbh_cot_prompt_drops_canary_header():
     assert prompt.count("Q: ") == 3 and prompt.endswith("So the answer is True.")
 
 
+# Four LLaMA GSM8K traces state no answer ("The answer is not 500, it's -500.", "The correct answer is not 22.",
+# "... The answer should be different)"); since issue 14 they are dropped, not read as the number they negate.
+LLAMA_ANSWERLESS = ("record 1223", "record 1224", "record 1938", "record 2596")
+
+
 @pytest.mark.parametrize(
-    ("file", "count"),
+    ("file", "count", "dropped"),
     [
-        ("SVAMP_llama_level2_ranked.json", 700),
-        ("gsm8k_gemini_level1_ranked.json", 7433),
-        ("gsm8k_llama_level2_ranked.json", 7442),
-        ("strategyQA_chatgpt_level_2_ranked.json", 1999),
+        ("SVAMP_llama_level2_ranked.json", 700, ()),
+        ("gsm8k_gemini_level1_ranked.json", 7433, ()),
+        ("gsm8k_llama_level2_ranked.json", 7442 - 4, LLAMA_ANSWERLESS),
+        ("strategyQA_chatgpt_level_2_ranked.json", 1999, ()),
     ],
 )
-def test_teacher_trace_files_load_every_record(file, count):
+def test_teacher_trace_files_load_every_record_with_an_answer(file, count, dropped):
     loaded = read_traces(DATA / "teacher_traces" / file)
-    assert len(loaded.problems) == count and loaded.dropped == ()
+    assert len(loaded.problems) == count and loaded.dropped == dropped
     first = loaded.problems[0]
     assert first.rationale.endswith(f"The answer is {first.answer}") or file.startswith("strategyQA")
 
@@ -384,3 +389,14 @@ def test_generic_file_reads_optional_fields_and_steps(tmp_path):
     assert (first.id, first.answer, first.rationale, first.source) == ("x/1", "12", "R.", "mine")
     assert first.steps[0].question == "s?"
     assert (second.id, second.rationale, second.steps) == ("mine/1", None, ())
+
+
+def test_a_generic_file_with_gsm8k_solutions_gives_the_gold_number_and_the_rationale(tmp_path):
+    from cotdistill.problems.loaders import load_problems
+
+    path = tmp_path / "gsm8k-like.jsonl"
+    path.write_text('{"question": "Q?", "answer": "She buys 3*4=<<3*4=12>>12 eggs.\\n#### 1,200"}\n'
+                    '{"question": "R?", "answer": "7"}\n', encoding="utf-8")
+    first, second = load_problems("jsonl", path=str(path))
+    assert (first.answer, first.rationale) == ("1200", "She buys 3*4=12 eggs.")
+    assert (second.answer, second.rationale) == ("7", None)

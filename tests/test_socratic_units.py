@@ -12,6 +12,7 @@ from cotdistill.formats import build_examples
 from cotdistill.objectives import IGNORE_INDEX, distill_loss, mean_token_nll
 from cotdistill.problems.record import Problem, Step
 from cotdistill.problems.synthetic import SyntheticSpec, generate_problems
+from cotdistill.runs import mixture_strategy
 from cotdistill.socratic import (
     DECOMPOSER_TASK,
     SOLVER_TASK,
@@ -19,7 +20,6 @@ from cotdistill.socratic import (
     parse_subquestions,
     solver_prompt,
 )
-from cotdistill.train import _eval_format
 
 PROBLEMS = generate_problems(SyntheticSpec(n=40, seed=3, min_steps=1, max_steps=3))
 
@@ -134,21 +134,21 @@ RECIPE = "recipes/demo-gpt2-synthetic.yaml"
 
 
 @pytest.mark.parametrize(("formats", "expected"), [
-    ("{decomposer: 1, solver: 1}", "socratic"),
-    ("{solver: 1}", "socratic-gold"),
-    ("{decomposer: 1}", ""),
-    ("{answer_only: 3, zero_shot_cot: 1}", "answer_only"),
-    ("{decomposer: 5, zero_shot_cot: 1}", "zero_shot_cot"),
+    ("{decomposer: 1, solver: 1}", ("socratic", "model")),
+    ("{solver: 1}", ("socratic", "gold")),
+    ("{decomposer: 1}", ("", "model")),
+    ("{answer_only: 3, zero_shot_cot: 1}", ("answer_only", "model")),
+    ("{decomposer: 5, zero_shot_cot: 1}", ("zero_shot_cot", "model")),
 ])
 def test_training_evaluates_each_mixture_the_way_it_can_be_scored(formats, expected):
-    assert _eval_format(load_config(RECIPE, [f"data.formats={formats}"])) == expected
+    assert mixture_strategy(load_config(RECIPE, [f"data.formats={formats}"])) == expected
 
 
 @pytest.mark.parametrize(("override", "message"), [
     ("train.loss_weights={solvr: 2}", "train.loss_weights key"),
     ("train.loss_weights={solver: -1}", "train.loss_weights.solver must be >= 0"),
     ("train.kd_weight=1.5", "train.kd_weight must be in"),
-    ("eval.format=socratc", "eval.format"),
+    ("eval.strategy=socratc", "eval.strategy"),
     ("data.formats={decomposer: 1, solvers: 1}", "unknown format"),
 ])
 def test_bad_socratic_and_distillation_settings_are_refused(override, message):

@@ -44,7 +44,8 @@ def test_grade_cot_counts_wrong_malformed_duplicate_kept_and_missing():
         (5, _s("The answer is 13.")),
     ]
     graded = grade_cot(PROBLEM, samples, wanted=8)
-    assert _stats(graded) == {"questions": 1, "samples": 6, "missing": 2, "malformed": 1, "wrong": 2, "correct": 3,
+    assert _stats(graded) == {"questions": 1, "samples": 6, "missing": 2, "malformed": 1, "no_answer": 1,
+                              "wrong": 2, "correct": 3,
                               "duplicates": 1, "kept": 2, "questions_kept": 1, "first_sample_correct": 1,
                               "majority_correct": 1, "unverified": 0}
     assert [r["id"] for r in graded.records] == ["gsm8k/7#cot0", "gsm8k/7#cot4"]
@@ -98,6 +99,17 @@ def test_equal_answers_in_other_forms_are_kept():
     graded = grade_cot(problem, samples, wanted=2)
     assert graded.stats.kept == 2
     assert [r["teacher_answer"] for r in graded.records] == ["1250", "1250"]
+
+
+@pytest.mark.parametrize("text", [
+    "Two apples are left over. Therefore, the answer (arabic numerals) is not known.",
+    "She ate 8 of 20, so 12 remain. The answer cannot be determined.",
+    "20 - 8 = 12. Therefore, the answer (arabic numerals) is twelve.",
+])
+def test_a_marker_with_a_non_answer_is_no_answer_not_wrong_and_not_kept(text):
+    # The old extraction fell back to the last number (12, gold) and kept these traces.
+    graded = grade_cot(PROBLEM, [(0, _s(text))], wanted=1)
+    assert (graded.stats.kept, graded.stats.wrong, graded.stats.no_answer, graded.stats.malformed) == (0, 0, 1, 1)
 
 
 def test_yes_no_problems_are_graded_as_yes_no():
@@ -163,7 +175,9 @@ def test_grade_decompositions_keeps_those_whose_last_answer_is_gold():
         (5, _s(GOOD + "\nQuestion: Another one?\nQ1: x?\nA1: 3.")),  # the invented question is cut: duplicate
     ]
     graded = grade_decompositions(PROBLEM, samples, wanted=7)
-    assert _stats(graded) == {"questions": 1, "samples": 6, "missing": 1, "malformed": 2, "wrong": 1, "correct": 3,
+    # malformed: sample 2 does not parse, sample 4 parses but has no answer (only it is no_answer)
+    assert _stats(graded) == {"questions": 1, "samples": 6, "missing": 1, "malformed": 2, "no_answer": 1,
+                              "wrong": 1, "correct": 3,
                               "duplicates": 2, "kept": 1, "questions_kept": 1, "first_sample_correct": 1,
                               "majority_correct": 1, "unverified": 0}
     assert graded.records == [{

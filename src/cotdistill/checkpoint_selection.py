@@ -9,18 +9,17 @@ Outputs in the output folder: ``step-NNNNNN/<dataset>/`` (predictions and metric
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cotdistill import checkpoints as ckpt
-from cotdistill.config import EvalRunConfig
+from cotdistill.config import EvalRunConfig, eval_spec
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
 from cotdistill.eval_sets import folder_name, resolve_eval_sets
-from cotdistill.evaluate import evaluate_problems
+from cotdistill.evaluate import evaluate_set, resolved_spec
 from cotdistill.logs import setup_logging
 from cotdistill.report import markdown_table
-from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded
 from cotdistill.student import open_student
 
 
@@ -108,6 +107,7 @@ def evaluate_checkpoints(config: EvalRunConfig, in_distribution: str = "") -> Se
         found = ckpt.complete_checkpoints(run_dir)
         if not found:
             raise ConfigError(f"{run_dir} holds no complete checkpoint (checkpoints/step-*/{ckpt.MARKER})")
+        config = resolved_spec(config)
         sets = resolve_eval_sets(config)
         chosen_id = in_distribution or sets[0].name
         if chosen_id not in [s.name for s in sets]:
@@ -116,27 +116,14 @@ def evaluate_checkpoints(config: EvalRunConfig, in_distribution: str = "") -> Se
         if config.strategy == "socratic" and (config.decomposer or config.solver):
             raise ConfigError("eval-checkpoints scores each checkpoint as a unified Socratic model; leave "
                               "decomposer and solver empty (or evaluate a two-model pair with cotdistill eval)")
-        socratic = SocraticSettings.from_config(config)
+        spec = eval_spec(config)
         out = Path(config.output_dir)
         accuracy: dict[int, dict[str, float]] = {}
         for checkpoint in found:
             student = open_student(engine, checkpoint.path, config.precision, config.zero_stage, config.offload)
             accuracy[checkpoint.step] = {}
-            for eval_set in sets:
-                if config.strategy == "socratic":  # each checkpoint is a unified Socratic model
-                    report = evaluate_socratic_loaded(engine, student, eval_set.problems,
-                                                      replace(socratic, decomposer=str(checkpoint.path),
-                                                              solver=str(checkpoint.path)),
-                                                      name=f"step {checkpoint.step} {eval_set.name}")
-                else:
-                    report = evaluate_problems(engine, student.tokenizer, student.causal, eval_set.problems,
-                                               config.strategy, max_new_tokens=config.max_new_tokens,
-                                               batch_size=config.batch_size, demo_pool=eval_set.demo_pool,
-                                               k_shot=config.k_shot, seed=config.seed,
-                                               max_source_tokens=config.max_prompt_tokens,
-                                               desc=f"step {checkpoint.step} {eval_set.name}",
-                                               prompts=eval_set.prompts, samples=config.samples,
-                                               temperature=config.temperature)
+            for eval_set in sets:  # the same evaluation as cotdistill eval and training's dev sets
+                report = evaluate_set(engine, student, eval_set, spec, desc=f"step {checkpoint.step} {eval_set.name}")
                 accuracy[checkpoint.step][eval_set.name] = report.accuracy
                 if engine.is_main:
                     report.write(out / f"step-{checkpoint.step:06d}" / folder_name(eval_set.name))

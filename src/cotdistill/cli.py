@@ -69,13 +69,14 @@ def evaluate(model: str, **options) -> str:
 
     Example: cotdistill eval runs/demo-gpt2/final --datasets gsm8k,svamp --strategy few_shot_cot --k_shot 4
     Socratic: --strategy socratic [--decomposer D --solver S] [--subquestions gold] (default: MODEL plays both).
+    Protocols: --protocol cotdistill | kojima | lm-eval (how prompts are written and answers read).
     Options are the keys of EvalRunConfig (see README); across ranks use deepspeed launchers/evaluate.py.
     """
     from cotdistill.config import eval_config
-    from cotdistill.evaluate import run_evaluation, summary_table
+    from cotdistill.evaluate import run_evaluation, settings_line, summary_table
 
     reports = run_or_exit(lambda: run_evaluation(eval_config({"model": model, **options})))
-    return summary_table(reports)
+    return f"{summary_table(reports)}\n\n{settings_line(reports)}"
 
 
 def eval_checkpoints(run_dir: str, in_distribution: str = "", **options) -> str:

@@ -138,19 +138,56 @@ class CheckpointConfig:
     export_final: bool = _help("write Hugging Face weights to output_dir/final at the end", True)
 
 
+STRATEGIES = ("answer_only", "zero_shot_cot", "few_shot_cot", "socratic")
+PROTOCOLS = ("cotdistill", "kojima", "lm-eval")
+ZERO_STAGES = ("auto", "0", "1", "2", "3")
+
+
 @dataclass
-class EvalConfig:
-    format: str = _help("answer_only | zero_shot_cot | few_shot_cot | socratic | socratic-gold ('': socratic when "
-                        "the mixture has the decomposer and the solver, socratic-gold for a solver alone, else the "
-                        "mixture's heaviest prompt format)", "")
+class EvalSpec:
+    """How a student is evaluated: one set of defaults for training-time dev evaluation, ``cotdistill eval``
+    and ``eval-checkpoints``, so the three give the same number for the same checkpoint."""
+
+    strategy: str = _help("answer_only | zero_shot_cot | few_shot_cot | socratic ('': a run's own mixture decides "
+                          "(socratic for decomposer + solver, the heaviest prompt format otherwise); zero_shot_cot "
+                          "for a model outside a run)", "")
+    protocol: str = _help("cotdistill (the training formats' prompts, marker-strict extraction) | kojima (two-stage "
+                          "zero-shot CoT of Kojima et al. 2022: reasoning, then the answer trigger, first answer "
+                          "after it) | lm-eval (lm-evaluation-harness GSM8K: Question/Answer prompt, strict-match "
+                          "and flexible-extract both reported)", "cotdistill")
+    subquestions: str = _help("socratic: model (the decomposer asks) | gold (the data set's own sub-questions; "
+                              "the solver alone is tested)", "model")
+    max_subquestions: int = _help("socratic: most sub-questions answered per problem", 8)
+    k_shot: int = _help("demonstrations for few_shot_cot (cotdistill: drawn with seed from the demo pool; "
+                        "lm-eval: the first k)", 4)
+    seed: int = _help("seed for demonstration draws", 0)
+    demos: str = _help("a .json/.jsonl file of question/answer records to draw few-shot demonstrations from "
+                       "('': the data set's training split)", "")
+    max_new_tokens: int = _help("generation budget per problem (socratic: for the sub-questions; kojima: for the "
+                                "reasoning)", 256)
+    max_step_tokens: int = _help("socratic: generation budget per sub-answer", 64)
+    answer_tokens: int = _help("kojima: generation budget of the second (answer) stage", 32)
+    max_prompt_tokens: int = _help("prompt tokens kept (the end of the prompt is kept)", 1024)
+    batch_size: int = _help("problems per generate call per rank", 16)
+    samples: int = _help("self-consistency: sampled generations per problem, majority vote (1: greedy)", 1)
+    temperature: float = _help("sampling temperature when samples > 1", 0.7)
+    limit: int = _help("evaluate at most this many problems per data set (0: all)", 0)
+    precision: str = _help("bf16 | fp16 | fp32 (cotdistill eval; training evaluates in the training precision)",
+                           "bf16")
+    zero_stage: str = _help("auto | 0 | 1 | 2 | 3: ZeRO stage of the inference engine; auto replicates the model on "
+                            "every rank when it fits one device with room for generation (much faster), else 3",
+                            "auto")
+    offload: bool = _help("offload partitioned weights to CPU memory (ZeRO-3)", False)
+
+
+@dataclass
+class EvalConfig(EvalSpec):
+    """Evaluation during and after training: when, on which dev sets, and the shared evaluation spec."""
+
     at_end: bool = _help("evaluate greedy accuracy on the dev sets after training", True)
     every: int = _help("also evaluate every N optimizer steps (0: only at the end)", 0)
     datasets: list[str] = _help("dev sets besides the synthetic held-out problems, as in cotdistill eval "
                                 "(e.g. gsm8k, svamp:test); capped at eval.limit problems each", factory=list)
-    max_new_tokens: int = _help("generation budget per problem (socratic: for the sub-questions)", 160)
-    max_step_tokens: int = _help("socratic: generation budget per sub-answer", 48)
-    batch_size: int = _help("problems per generate call per rank", 16)
-    limit: int = _help("evaluate at most this many problems per dev set (0: all)", 0)
 
 
 @dataclass
@@ -165,8 +202,8 @@ class RunConfig:
 
 
 @dataclass
-class EvalRunConfig:
-    """One evaluation job: a student, the data sets, the prompting strategy, where results go."""
+class EvalRunConfig(EvalSpec):
+    """One evaluation job: a student, the data sets, where results go, and the shared evaluation spec."""
 
     model: str = _help("exported Hugging Face folder, hub id, run folder or one of its checkpoint folders", "")
     datasets: list[str] = _help(
@@ -174,27 +211,17 @@ class EvalRunConfig:
         "synthetic, or a .json/.jsonl file",
         factory=lambda: ["gsm8k"])
     output_dir: str = _help("folder for predictions, metrics.json and summary.md", "runs/eval")
-    strategy: str = _help("answer_only | zero_shot_cot | few_shot_cot | socratic", "zero_shot_cot")
     decomposer: str = _help("socratic: the decomposer model ('': model, a unified Socratic model)", "")
     solver: str = _help("socratic: the solver model ('': model)", "")
-    subquestions: str = _help("socratic: model (the decomposer asks) | gold (the data set's own sub-questions; "
-                              "the solver alone is tested)", "model")
-    max_subquestions: int = _help("socratic: most sub-questions answered per problem", 8)
-    max_step_tokens: int = _help("socratic: generation budget per sub-answer", 64)
-    k_shot: int = _help("demonstrations for few_shot_cot, drawn with a fixed seed from the train split", 4)
-    seed: int = _help("seed for demonstration draws", 0)
-    limit: int = _help("evaluate at most this many problems per data set (0: all)", 0)
-    max_new_tokens: int = _help("generation budget per problem", 256)
-    max_prompt_tokens: int = _help("prompt tokens kept (the end of the prompt is kept)", 1024)
-    batch_size: int = _help("problems per generate call per rank", 16)
-    samples: int = _help("self-consistency: sampled generations per problem, majority vote (1: greedy)", 1)
-    temperature: float = _help("sampling temperature when samples > 1", 0.7)
-    precision: str = _help("bf16 | fp16 | fp32", "bf16")
-    zero_stage: int = _help("ZeRO stage of the inference engine (3 partitions the weights over ranks)", 3)
-    offload: bool = _help("offload partitioned weights to CPU memory", False)
     data_dir: str = _help("folder laid out like shared/data (default: $COTDISTILL_DATA_DIR)", "")
     synthetic: SyntheticDataConfig = _help("generator settings for the 'synthetic' data set",
                                            factory=SyntheticDataConfig)
+
+
+def eval_spec(config: EvalSpec, **changes: Any) -> EvalSpec:
+    """The plain evaluation spec inside a training eval section or an eval job (with ``changes`` applied)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(EvalSpec)}
+    return EvalSpec(**{**values, **changes})
 
 
 @dataclass
@@ -543,13 +570,39 @@ def validate(config: RunConfig) -> None:
         _positive(weight, f"train.loss_weights.{name}", allow_zero=True)
     if not 0.0 <= t.kd_weight <= 1.0:
         raise ConfigError(f"train.kd_weight must be in [0, 1], got {t.kd_weight}")
-    if config.eval.format:
-        _choice(config.eval.format, ("answer_only", "zero_shot_cot", "few_shot_cot", "socratic", "socratic-gold"),
-                "eval.format")
-    _positive(config.eval.max_step_tokens, "eval.max_step_tokens")
-    _positive(config.eval.max_new_tokens, "eval.max_new_tokens")
+    validate_spec(config.eval, "eval.")
     _positive(config.eval.every, "eval.every", allow_zero=True)
-    _positive(config.eval.batch_size, "eval.batch_size")
+
+
+def validate_spec(spec: EvalSpec, prefix: str = "") -> None:
+    """The checks every evaluation spec passes, wherever it comes from (``prefix`` names the section)."""
+    if spec.strategy:
+        _choice(spec.strategy, STRATEGIES, f"{prefix}strategy")
+    _choice(spec.protocol, PROTOCOLS, f"{prefix}protocol")
+    _choice(spec.subquestions, ("model", "gold"), f"{prefix}subquestions")
+    _choice(spec.precision, ("bf16", "fp16", "fp32"), f"{prefix}precision")
+    _choice(spec.zero_stage, ZERO_STAGES, f"{prefix}zero_stage")
+    for name in ("max_subquestions", "max_new_tokens", "max_step_tokens", "answer_tokens", "max_prompt_tokens",
+                 "batch_size", "samples"):
+        _positive(getattr(spec, name), prefix + name)
+    _positive(spec.k_shot, f"{prefix}k_shot", allow_zero=True)
+    _positive(spec.limit, f"{prefix}limit", allow_zero=True)
+    if spec.strategy == "socratic" and spec.samples > 1:
+        raise ConfigError(f"socratic evaluation is greedy; self-consistency ({prefix}samples > 1) is for the prompt "
+                          "strategies")
+    if spec.strategy == "socratic" and spec.protocol != "cotdistill":
+        raise ConfigError(f"{prefix}protocol={spec.protocol} has no socratic form; socratic evaluation uses "
+                          "protocol=cotdistill")
+    if spec.protocol == "kojima" and spec.strategy in ("few_shot_cot",):
+        raise ConfigError(f"{prefix}protocol=kojima is zero-shot (Kojima et al.): use strategy zero_shot_cot "
+                          "(two stages) or answer_only (the answer trigger alone)")
+    if spec.strategy == "few_shot_cot":
+        _positive(spec.k_shot, f"{prefix}k_shot")
+    if spec.samples > 1:
+        _positive(spec.temperature, f"{prefix}temperature")
+    if spec.demos and not spec.demos.endswith((".json", ".jsonl")):
+        raise ConfigError(f"{prefix}demos must be a .json or .jsonl file of question/answer records, got "
+                          f"{spec.demos!r}")
 
 
 def validate_eval(config: EvalRunConfig) -> None:
@@ -557,24 +610,7 @@ def validate_eval(config: EvalRunConfig) -> None:
         raise ConfigError("model is empty: give an exported folder, a hub id, a run folder or a checkpoint folder")
     if not config.datasets:
         raise ConfigError("datasets is empty: name at least one (e.g. gsm8k,svamp)")
-    _choice(config.strategy, ("answer_only", "zero_shot_cot", "few_shot_cot", "socratic"), "strategy")
-    _choice(config.subquestions, ("model", "gold"), "subquestions")
-    _positive(config.max_subquestions, "max_subquestions")
-    _positive(config.max_step_tokens, "max_step_tokens")
-    if config.strategy == "socratic" and config.samples > 1:
-        raise ConfigError("socratic evaluation is greedy; self-consistency (samples > 1) is for the prompt strategies")
-    _choice(config.precision, ("bf16", "fp16", "fp32"), "precision")
-    if config.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"zero_stage must be 0, 1, 2 or 3, got {config.zero_stage}")
-    if config.strategy == "few_shot_cot":
-        _positive(config.k_shot, "k_shot")
-    _positive(config.limit, "limit", allow_zero=True)
-    _positive(config.max_new_tokens, "max_new_tokens")
-    _positive(config.max_prompt_tokens, "max_prompt_tokens")
-    _positive(config.batch_size, "batch_size")
-    _positive(config.samples, "samples")
-    if config.samples > 1:
-        _positive(config.temperature, "temperature")
+    validate_spec(config)
 
 
 def validate_build(config: BuildConfig) -> None:

@@ -149,6 +149,18 @@ class Engine:
         self._dist.all_gather_object(out, obj)
         return out
 
+    def device_memory_budget(self) -> int:
+        """Bytes this rank may use for a replicated model: free GPU memory, or its share of available RAM.
+
+        The smallest budget over all ranks, so every rank takes the same decision from it.
+        """
+        if self.device.type == "cuda":
+            free = int(torch.cuda.mem_get_info(self.device)[0])
+        else:
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")) or 1)
+            free = _available_ram() // max(1, local_world)
+        return min(self.all_gather_objects(free))
+
     def broadcast_object(self, obj: Any) -> Any:
         box = [obj]
         self._dist.broadcast_object_list(box, src=0)
@@ -356,6 +368,8 @@ class Engine:
             with self._deepspeed.zero.GatheredParameters([param], modifier_rank=0, enabled=self.is_zero3):
                 if self.is_main:
                     param.data.copy_(state[name].contiguous().to(param.dtype))
+            if not self.is_zero3 and self.world_size > 1:  # a replicated model: every rank needs every weight
+                self._dist.broadcast(param.data, src=0)
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Gather full weights one parameter at a time onto rank 0's CPU (others get None).
@@ -394,6 +408,18 @@ def state_dict_from_checkpoint(checkpoint_dir: Path, tag: str) -> dict[str, torc
 
     with _silenced():
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+
+
+def _available_ram() -> int:
+    """MemAvailable from /proc/meminfo (bytes); total physical memory where that file is missing."""
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _usable_cpus() -> int:

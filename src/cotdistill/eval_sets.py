@@ -112,16 +112,25 @@ def _limited(found: EvalSet, config: EvalRunConfig) -> EvalSet:
 
 
 def resolve_eval_sets(config: EvalRunConfig) -> list[EvalSet]:
-    """Every requested set; ``bbh`` (or ``bbh:all``) expands to its 27 tasks."""
+    """Every requested set; ``bbh`` (or ``bbh:all``) expands to its 27 tasks. ``config.demos`` (a file) replaces
+    every set's demonstration pool."""
     names: list[str] = []
     for spec in (s.strip() for s in config.datasets if s.strip()):
         if spec in ("bbh", "bbh:all", "bbh:default"):
             names += [f"bbh:{task}" for task in BBH_TASKS]
         else:
             names.append(spec)
+    demos = None
+    if config.demos:
+        if not Path(config.demos).is_file():
+            raise DataError(f"demonstration file not found: {config.demos}")
+        demos = load_problems("jsonl", path=config.demos)
     sets = [resolve_eval_set(spec, config) for spec in names]
     labels = [s.name for s in sets]
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise DataError(f"data set(s) named twice: {', '.join(duplicates)}")
+    if demos is not None:
+        for found in sets:
+            found.demo_pool = demos
     return sets

@@ -8,7 +8,7 @@ report. Two phases:
    The generations are gathered, so every rank knows every problem's sub-questions.
 2. Solver rounds. Round s asks every problem that has an s-th sub-question, with the problem, the
    earlier sub-questions and the solver's *own* earlier answers in the prompt. Each round is one
-   sharded, dummy-padded generation (``evaluate.generate_all``), so every rank makes the same number of
+   sharded, dummy-padded generation (``generation.generate_all``), so every rank makes the same number of
    ``generate`` calls under ZeRO-3; all ranks agree on the number of rounds because they share the
    sub-questions.
 
@@ -27,14 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cotdistill.answers import answers_match, extract_answer, infer_kind
-from cotdistill.config import EvalRunConfig
+from cotdistill.config import EvalRunConfig, EvalSpec
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError, DataError
-from cotdistill.evaluate import EvalReport, Prediction, generate_all
 from cotdistill.export import META_DIR
+from cotdistill.generation import EvalReport, Prediction, generate_all
 from cotdistill.modeling import detect_kind
 from cotdistill.problems.record import Problem, Step
+from cotdistill.protocols import score_answer
 from cotdistill.socratic import (
     DECOMPOSER_STOPS,
     SOLVER_STOPS,
@@ -65,28 +65,33 @@ class SocraticPrediction(Prediction):
 
 @dataclass(frozen=True)
 class SocraticSettings:
-    """Which models play which part, and the generation budgets of a Socratic evaluation."""
+    """Which models play which part, and the generation budgets of a Socratic evaluation (defaults: EvalSpec's)."""
 
     decomposer: str
     solver: str
-    subquestions: str = "model"  # model: the decomposer asks | gold: the problems' own steps
-    max_subquestions: int = 8
-    max_new_tokens: int = 256  # the decomposer's budget
-    max_step_tokens: int = 64  # the solver's budget per sub-answer
-    batch_size: int = 16
-    max_source_tokens: int = 1024
-    precision: str = "bf16"
-    zero_stage: int = 3
-    offload: bool = False
+    subquestions: str = EvalSpec.subquestions
+    max_subquestions: int = EvalSpec.max_subquestions
+    max_new_tokens: int = EvalSpec.max_new_tokens  # the decomposer's budget
+    max_step_tokens: int = EvalSpec.max_step_tokens  # the solver's budget per sub-answer
+    batch_size: int = EvalSpec.batch_size
+    max_source_tokens: int = EvalSpec.max_prompt_tokens
+    precision: str = EvalSpec.precision
+    zero_stage: str = EvalSpec.zero_stage
+    offload: bool = EvalSpec.offload
+
+    @classmethod
+    def from_spec(cls, spec: EvalSpec, decomposer: str, solver: str = "") -> SocraticSettings:
+        """The spec's Socratic settings for these models (``solver`` '': the decomposer, a unified model)."""
+        return cls(decomposer=decomposer, solver=solver or decomposer, subquestions=spec.subquestions,
+                   max_subquestions=spec.max_subquestions, max_new_tokens=spec.max_new_tokens,
+                   max_step_tokens=spec.max_step_tokens, batch_size=spec.batch_size,
+                   max_source_tokens=spec.max_prompt_tokens, precision=spec.precision,
+                   zero_stage=str(spec.zero_stage), offload=spec.offload)
 
     @classmethod
     def from_config(cls, config: EvalRunConfig) -> SocraticSettings:
         """Empty ``decomposer``/``solver`` mean ``model`` (one unified Socratic model)."""
-        return cls(decomposer=config.decomposer or config.model, solver=config.solver or config.model,
-                   subquestions=config.subquestions, max_subquestions=config.max_subquestions,
-                   max_new_tokens=config.max_new_tokens, max_step_tokens=config.max_step_tokens,
-                   batch_size=config.batch_size, max_source_tokens=config.max_prompt_tokens,
-                   precision=config.precision, zero_stage=config.zero_stage, offload=config.offload)
+        return cls.from_spec(config, config.decomposer or config.model, config.solver or config.model)
 
     @property
     def unified(self) -> bool:
@@ -188,14 +193,15 @@ def solve(engine: Engine, student: Student, problems: Sequence[Problem], subques
 
 def socratic_prediction(index: int, problem: Problem, decomposition: Decomposition,
                         answers: Sequence[tuple[str, int]]) -> SocraticPrediction:
-    """Score a problem's chain: the answer is extracted from the last sub-answer (none: wrong)."""
+    """Score a problem's chain: the answer is read from the last sub-answer (none: wrong)."""
     subanswers = [a for a, _ in answers]
-    kind = infer_kind(problem.source, problem.answer)
-    extracted = extract_answer(subanswers[-1], kind=kind) if subanswers else None
+    scored = score_answer(problem, subanswers[-1]) if subanswers else None
     tokens = decomposition.tokens + sum(t for _, t in answers)
     return SocraticPrediction(index, problem.id, problem.question, problem.answer, decomposition.prompt,
-                              decomposition.text, extracted, answers_match(extracted, problem.answer, kind=kind),
-                              tokens, subquestions=list(decomposition.subquestions), subanswers=subanswers)
+                              decomposition.text, scored.extracted if scored else None,
+                              bool(scored and scored.correct), tokens,
+                              extraction=scored.extraction if scored else "none",
+                              subquestions=list(decomposition.subquestions), subanswers=subanswers)
 
 
 def evaluate_socratic_sets(engine: Engine, sets: Mapping[str, Sequence[Problem]],
@@ -247,7 +253,8 @@ def socratic_report(engine: Engine, problems: Sequence[Problem], decompositions:
     counts = [len(d.subquestions) for d in decompositions]
     gold = settings.subquestions == "gold"
     return EvalReport(predictions, seconds, {
-        "strategy": "socratic", "decomposer": None if gold else settings.decomposer, "solver": settings.solver,
+        "protocol": "cotdistill", "strategy": "socratic",
+        "decomposer": None if gold else settings.decomposer, "solver": settings.solver,
         "subquestions": settings.subquestions, "max_subquestions": settings.max_subquestions,
         "max_new_tokens": settings.max_new_tokens, "max_step_tokens": settings.max_step_tokens,
         "batch_size": settings.batch_size, "world_size": engine.world_size,

@@ -32,28 +32,28 @@ from cotdistill.batching import (
     run_batch_order,
     tokenize_examples,
 )
-from cotdistill.config import EvalRunConfig, RunConfig, to_yaml
+from cotdistill.config import EvalRunConfig, EvalSpec, RunConfig, eval_spec, to_yaml
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
 from cotdistill.eval_sets import EvalSet, folder_name, resolve_eval_sets
-from cotdistill.evaluate import EvalReport, evaluate_problems
+from cotdistill.evaluate import evaluate_set
 from cotdistill.export import export_from_engine, save_run_meta
-from cotdistill.formats import PROMPT_FORMATS, validate_mixture
+from cotdistill.formats import validate_mixture
+from cotdistill.generation import EvalReport
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
 from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, can_pack
 from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.run_data import load_run_problems, run_examples
+from cotdistill.runs import RUN_CONFIG, mixture_strategy
 from cotdistill.schedule import lr_at
-from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded
 from cotdistill.student import Student
 from cotdistill.tiny import build_tiny_model
 
 TRAIN_LOG = "train_log.jsonl"
 HELD_OUT = "held-out"
-RUN_CONFIG = "run_config.yaml"  # not config.json: a run folder must never look like a Hugging Face model
 
 
 @dataclass
@@ -131,22 +131,10 @@ def _ensure_model(config: RunConfig, engine: Engine, texts: list[str], log) -> s
     return name
 
 
-def _eval_format(config: RunConfig) -> str:
-    """How dev sets are evaluated: eval.format, else from the mixture.
-
-    A unified Socratic mixture (decomposer and solver) is evaluated socratically; a solver alone answers
-    the data set's own sub-questions ("socratic-gold"); a decomposer alone cannot be scored (""). Otherwise
-    the heaviest prompt format.
-    """
-    if config.eval.format:
-        return config.eval.format
-    mixture = validate_mixture(config.data.formats)
-    if "decomposer" in mixture and "solver" in mixture:
-        return "socratic"
-    if "solver" in mixture:
-        return "socratic-gold"
-    prompt_formats = {name: weight for name, weight in mixture.items() if name in PROMPT_FORMATS}
-    return max(prompt_formats, key=prompt_formats.get) if prompt_formats else ""
+def _eval_spec(config: RunConfig) -> EvalSpec:
+    """The dev sets' evaluation spec: ``eval``'s keys, the strategy from the mixture when not given."""
+    strategy, subquestions = mixture_strategy(config)
+    return eval_spec(config.eval, strategy=strategy, subquestions=subquestions)
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -174,7 +162,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
              len(examples), ", ".join(f"{k} {v:.0%}" for k, v in mixture.items()), len(held_out))
 
     dev_sets = _dev_sets(config, train_problems, held_out)  # resolved now: a bad name fails before the model
-    if dev_sets and not _eval_format(config):
+    if dev_sets and not _eval_spec(config).strategy:
         log.info("a decomposer alone cannot be scored: no dev-set evaluation (evaluate it with its solver: "
                  "cotdistill eval --strategy socratic --decomposer ... --solver ...)")
         dev_sets = []
@@ -394,13 +382,12 @@ def _micro_batch_loss(logits: torch.Tensor, labels: torch.Tensor, targets: dict[
 
 def _dev_sets(config: RunConfig, train_problems: list, held_out: list) -> list[EvalSet]:
     """The held-out synthetic problems plus ``eval.datasets``, each capped at ``eval.limit`` problems."""
-    fmt = _eval_format(config)
+    spec = _eval_spec(config)
     limit = config.eval.limit
     sets = [EvalSet(HELD_OUT, held_out[: limit or len(held_out)], train_problems)] if held_out else []
     if config.eval.datasets:
-        strategy = "socratic" if fmt.startswith("socratic") else (fmt or "answer_only")
-        request = EvalRunConfig(model=config.model.name_or_path, datasets=list(config.eval.datasets),
-                                strategy=strategy, k_shot=config.data.k_shot, seed=config.train.seed, limit=limit,
+        request = EvalRunConfig(**vars(eval_spec(spec, strategy=spec.strategy or "answer_only")),
+                                model=config.model.name_or_path, datasets=list(config.eval.datasets),
                                 data_dir=config.data.data_dir)
         sets += resolve_eval_sets(request)
     return sets
@@ -408,31 +395,19 @@ def _dev_sets(config: RunConfig, train_problems: list, held_out: list) -> list[E
 
 def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalSet], config: RunConfig, step: int,
                        writer, folder: Path, log) -> dict[str, EvalReport]:
-    """Collective: greedy accuracy on each dev set with the live engine; TensorBoard eval/<set>/accuracy."""
-    fmt = _eval_format(config)
+    """Collective: accuracy on each dev set with the live engine, evaluated exactly as ``cotdistill eval``
+    evaluates the checkpoint (same spec and defaults, same code); TensorBoard eval/<set>/accuracy."""
+    spec = _eval_spec(config)
+    student = Student(tokenizer, causal, config.model.name_or_path, None)
     reports = {}
     for dev in sets:
-        if fmt.startswith("socratic"):
-            settings = SocraticSettings(decomposer=config.model.name_or_path, solver=config.model.name_or_path,
-                                        subquestions="gold" if fmt == "socratic-gold" else "model",
-                                        max_new_tokens=config.eval.max_new_tokens,
-                                        max_step_tokens=config.eval.max_step_tokens,
-                                        batch_size=config.eval.batch_size,
-                                        max_source_tokens=config.data.max_source_tokens)
-            report = evaluate_socratic_loaded(engine, Student(tokenizer, causal, config.model.name_or_path, None),
-                                              dev.problems, settings, name=dev.name)
-        else:
-            report = evaluate_problems(engine, tokenizer, causal, dev.problems, fmt,
-                                       max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size,
-                                       demo_pool=dev.demo_pool, k_shot=config.data.k_shot, seed=config.train.seed,
-                                       max_source_tokens=config.data.max_source_tokens, desc=f"eval {dev.name}",
-                                       prompts=dev.prompts)
+        report = evaluate_set(engine, student, dev, spec, desc=f"eval {dev.name}")
         reports[dev.name] = report
         if engine.is_main:
             report.write(folder / folder_name(dev.name))
             writer.add_scalar(f"eval/{dev.name}/accuracy", report.accuracy, step)
-            log.info("step %d %s accuracy (%s, greedy): %d/%d = %.1f%%", step, dev.name, fmt, report.correct,
-                     report.total, 100 * report.accuracy)
+            log.info("step %d %s accuracy (%s, protocol %s): %d/%d = %.1f%%", step, dev.name, spec.strategy,
+                     spec.protocol, report.correct, report.total, 100 * report.accuracy)
     return reports
 
 

@@ -6,6 +6,7 @@ deepspeed --num_gpus 2 tests/scripts/rank_dies.py MODEL
 import os
 import sys
 
+from cotdistill.config import EvalSpec
 from cotdistill.engine import Engine
 from cotdistill.evaluate import evaluate_problems
 from cotdistill.problems.synthetic import SyntheticSpec, generate_problems
@@ -19,8 +20,7 @@ def main() -> None:
     if engine.rank == 1:
         os._exit(3)  # a crash: no exception handling, no collective goodbye
     problems = generate_problems(SyntheticSpec(n=8, seed=1))
-    evaluate_problems(engine, student.tokenizer, student.causal, problems, "zero_shot_cot", max_new_tokens=64,
-                      batch_size=2)
+    evaluate_problems(engine, student, problems, EvalSpec(strategy="zero_shot_cot", max_new_tokens=64, batch_size=2))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any
 
 from cotdistill.answers import KINDS, extract_answer
 from cotdistill.errors import ConfigError, DataError
+from cotdistill.problems.gsm8k import parse_solution
 from cotdistill.problems.jsonio import Located, iter_records, require_file
 from cotdistill.problems.record import Problem, Step
 
@@ -95,19 +96,24 @@ def read_problem_file(
 ) -> list[Problem]:
     """A generic file of {"question","answer"} records (JSON list or JSONL).
 
-    Optional fields: "rationale", "id" (default `<file stem>/<index>`), "source" (default the file
-    stem), "steps" (a list of {"question","answer"} objects) and "teacher_tokens" (the data builder's
-    per-token log-probs), so saved Problems read back whole.
+    An answer written as GSM8K writes it (a worked solution, then ``#### 72``) is split into the gold
+    number and the rationale (calculator marks dropped), so GSM8K-style files serve as evaluation sets and
+    few-shot demonstrations as they are. Optional fields: "rationale", "id" (default
+    `<file stem>/<index>`), "source" (default the file stem), "steps" (a list of {"question","answer"}
+    objects) and "teacher_tokens" (the data builder's per-token log-probs), so saved Problems read back whole.
     """
     path = require_file(path)
     problems = []
     for item in iter_records(path):
+        answer, rationale = item.text(answer_field).strip(), item.optional_text(rationale_field)
+        if "####" in answer and rationale is None:
+            answer, rationale, _ = parse_solution(answer)
         problems.append(
             Problem(
                 id=item.optional_text(id_field) or f"{path.stem}/{item.index}",
                 question=item.text(question_field).strip(),
-                answer=item.text(answer_field).strip(),
-                rationale=item.optional_text(rationale_field),
+                answer=answer,
+                rationale=rationale or None,
                 steps=_steps(item),
                 source=item.optional_text("source") or path.stem,
                 teacher_tokens=tuple(item.record.get("teacher_tokens") or ()),

@@ -25,7 +25,8 @@ class TaskStats:
     questions: int = 0
     samples: int = 0  # graded samples
     missing: int = 0  # samples never obtained (requests that failed after all retries)
-    malformed: int = 0  # no extractable answer, or a decomposition that does not parse
+    malformed: int = 0  # nothing to grade: no extractable answer, or a decomposition that does not parse
+    no_answer: int = 0  # of `malformed`: parsed, but no answer (none stated, or a marker with a non-answer)
     wrong: int = 0
     correct: int = 0
     duplicates: int = 0  # correct, but the same text as a sample already kept for that question
@@ -81,7 +82,8 @@ def grade_decompositions(problem: Problem, samples: Sequence[tuple[int, Sample]]
 
     def read(sample: Sample) -> tuple[Any, str | None]:
         steps = parse_steps(clean_generation(sample["text"]))
-        return steps, extract_answer(steps[-1].answer, kind) if steps else None
+        # None content: the decomposition does not parse (malformed, but not a missing answer).
+        return (steps, extract_answer(steps[-1].answer, kind)) if steps else (None, None)
 
     return _grade(problem, kind, samples, wanted, read, lambda steps: steps,
                   lambda index, sample, steps, answer: decomposition_record(problem, steps, index))
@@ -90,8 +92,10 @@ def grade_decompositions(problem: Problem, samples: Sequence[tuple[int, Sample]]
 def _grade(problem: Problem, kind: str, samples: Sequence[tuple[int, Sample]], wanted: int,
            read: Callable[[Sample], tuple[Any, str | None]], dedup_key: Callable[[Any], Hashable],
            record: Callable[[int, Sample, Any, str], dict[str, Any]]) -> Graded:
-    """The grading both tasks share: `read` gives (content, extracted answer); wrong, answerless and
-    repeated (by `dedup_key`) samples are dropped and counted; the majority vote is over all samples."""
+    """The grading both tasks share: `read` gives (content, extracted answer), content None when the
+    sample does not parse; wrong, answerless and repeated (by `dedup_key`) samples are dropped and
+    counted, answerless ones apart from wrong ones (a trace that states no answer is not a wrong
+    teacher); the majority vote is over all samples."""
     graded = Graded(stats=TaskStats(questions=1, samples=len(samples), missing=wanted - len(samples)))
     extracted: list[str | None] = []
     seen: set[Hashable] = set()
@@ -100,6 +104,7 @@ def _grade(problem: Problem, kind: str, samples: Sequence[tuple[int, Sample]], w
         extracted.append(answer)
         if answer is None:
             graded.stats.malformed += 1
+            graded.stats.no_answer += content is not None
             continue
         if not answers_match(answer, problem.answer, kind):
             graded.stats.wrong += 1

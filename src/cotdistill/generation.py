@@ -1,0 +1,200 @@
+"""Generation and reports shared by every evaluation: prompt strategies, Socratic chains, checkpoint selection.
+
+Correct under ZeRO-3 on any number of ranks: every rank makes the same number of ``generate`` calls (short
+shards are padded with a dummy batch whose outputs are dropped) and ``generate`` runs with ``synced_gpus``
+under ZeRO-3, so no rank waits forever for a partner's parameter gather. Results are gathered to every rank
+and put back in the callers' order. Nothing here knows prompts or answers: callers bring token ids and score
+the texts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from cotdistill.answers import NEXT_QUESTION
+from cotdistill.batching import padded_prompts
+from cotdistill.engine import Engine
+
+
+@dataclass
+class Prediction:
+    """One problem's outcome. ``extraction`` says how the answer was read (``answers.EXTRACTION_METHODS``):
+    from an explicit marker, a named fallback, or not at all; ``filters`` holds every reported extraction
+    of a protocol that reports several (lm-eval: strict-match and flexible-extract)."""
+
+    index: int
+    id: str
+    question: str
+    gold: str
+    prompt: str
+    generated: str
+    extracted: str | None
+    correct: bool
+    generated_tokens: int
+    samples: list[str] | None = None  # self-consistency: every sampled text (generated is the first)
+    votes: dict[str, int] | None = None  # self-consistency: extracted answer -> count
+    extraction: str = "none"
+    filters: dict[str, dict[str, Any]] | None = None
+
+
+@dataclass
+class EvalReport:
+    predictions: list[Prediction]
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return len(self.predictions)
+
+    @property
+    def correct(self) -> int:
+        return sum(p.correct for p in self.predictions)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def extraction_counts(self) -> dict[str, int]:
+        """How many answers came from a marker, from each fallback, or from nothing (scored wrong)."""
+        return dict(sorted(Counter(p.extraction for p in self.predictions).items()))
+
+    def filter_accuracies(self) -> dict[str, float]:
+        """Accuracy under each of a protocol's reported extractions (empty when it reports one)."""
+        names = [name for p in self.predictions[:1] for name in (p.filters or {})]
+        return {name: sum(bool(p.filters and p.filters[name]["correct"]) for p in self.predictions) / self.total
+                for name in names}
+
+    def metrics(self) -> dict[str, Any]:
+        tokens = [p.generated_tokens for p in self.predictions]
+        found = {"accuracy": self.accuracy, "correct": self.correct, "total": self.total,
+                 "extraction": self.extraction_counts(),
+                 "mean_generated_tokens": sum(tokens) / max(len(tokens), 1),
+                 "examples_per_s": self.total / self.seconds if self.seconds else 0.0, **self.settings}
+        if self.filter_accuracies():
+            found["filters"] = self.filter_accuracies()
+        return found
+
+    def write(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "predictions.jsonl", "w", encoding="utf-8") as fh:
+            for p in self.predictions:
+                fh.write(json.dumps(asdict(p)) + "\n")
+        metrics = self.metrics()
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        guessed = sum(n for method, n in metrics["extraction"].items() if method not in ("marker", "none"))
+        (folder / "summary.md").write_text(
+            "| problems | correct | accuracy | answers by fallback | no answer | mean generated tokens | examples/s |\n"
+            "|---|---|---|---|---|---|---|\n"
+            f"| {self.total} | {self.correct} | {100 * self.accuracy:.1f}% | {guessed} | "
+            f"{metrics['extraction'].get('none', 0)} | {metrics['mean_generated_tokens']:.1f} | "
+            f"{metrics['examples_per_s']:.2f} |\n", encoding="utf-8")
+
+
+def shard_batches(order: Sequence[int], batch_size: int, world: int, rank: int) -> list[list[int]]:
+    """This rank's batches: consecutive global batches of similar length, one slice per rank."""
+    span = batch_size * world
+    batches = []
+    for start in range(0, len(order), span):
+        piece = list(order[start:start + span])
+        batches.append(piece[rank * batch_size:(rank + 1) * batch_size])
+    return batches
+
+
+def encode_prompts(tokenizer, causal: bool, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
+    """Token ids of each prompt; longer prompts keep their end (the question is at the end)."""
+    if not prompts:
+        return []
+    encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
+    return [list(ids[-max_prompt_tokens:]) for ids in encoded]
+
+
+def sharded_generations(
+    engine: Engine,
+    tokenizer,
+    causal: bool,
+    encoded: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stop_strings: Sequence[str] = NEXT_QUESTION,
+    samples: int = 1,
+    temperature: float = 0.7,
+    desc: str = "eval",
+) -> Iterator[tuple[int, list[str], int]]:
+    """Collective: generate for every prompt (token ids), this rank's share; yields (index, texts, tokens).
+
+    ``texts`` holds ``samples`` decoded generations of prompt ``index`` and ``tokens`` the mean count of
+    generated tokens per sample. Prompts are sorted by length and cut into global batches of
+    ``batch_size`` per rank; a rank with nothing left runs a dummy batch whose outputs are dropped, so
+    every rank makes the same number of ``generate`` calls (ZeRO-3 gathers stay matched). Every rank must
+    consume the whole iterator. Greedy (``samples`` == 1) or sampled at ``temperature``; causal models stop
+    at ``stop_strings`` (seq2seq ones at their end of sequence).
+    """
+    if not encoded:
+        return
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+    batches = shard_batches(order, batch_size, engine.world_size, engine.rank)
+    pad_id = tokenizer.pad_token_id
+    was_training = engine.module.training
+    engine.eval()
+    progress = tqdm(total=len(encoded), desc=desc, unit="problem", disable=not engine.is_main,
+                    dynamic_ncols=True)
+    span = batch_size * engine.world_size
+    for number, batch in enumerate(batches):
+        indices = batch or order[:1]  # dummy batch keeps this rank in step with the others
+        inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples} \
+            if samples > 1 else {"do_sample": False}
+        if causal and stop_strings:  # a decoder-only model may run on past its answer: stop it there
+            sampling.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+        output = engine.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=pad_id,
+                                 eos_token_id=tokenizer.eos_token_id, use_cache=True, **sampling)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
+        progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
+        if not batch:
+            continue
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        for row, i in enumerate(indices):
+            rows = slice(row * samples, (row + 1) * samples)
+            count = int((new_tokens[rows] != pad_id).sum()) // samples
+            yield i, texts[rows], count
+    progress.close()
+    if was_training:
+        engine.train()
+
+
+def generate_texts(engine: Engine, tokenizer, causal: bool, prompts: Sequence[str], *, max_new_tokens: int,
+                   batch_size: int, max_prompt_tokens: int, stop_strings: Sequence[str] = NEXT_QUESTION,
+                   samples: int = 1, temperature: float = 0.7,
+                   desc: str = "generate") -> list[tuple[list[str], int]]:
+    """Collective: (sampled texts, mean generated tokens) for every prompt, in order, on every rank."""
+    encoded = encode_prompts(tokenizer, causal, prompts, max_prompt_tokens)
+    mine = list(sharded_generations(engine, tokenizer, causal, encoded, max_new_tokens=max_new_tokens,
+                                    batch_size=batch_size, stop_strings=stop_strings, samples=samples,
+                                    temperature=temperature, desc=desc))
+    found: dict[int, tuple[list[str], int]] = {}
+    for shard in engine.all_gather_objects(mine):
+        for i, texts, count in shard:
+            found.setdefault(i, (texts, count))
+    return [found[i] for i in range(len(prompts))]
+
+
+def generate_all(engine: Engine, tokenizer, causal: bool, prompts: Sequence[str], *, max_new_tokens: int,
+                 batch_size: int, stop_strings: Sequence[str] = NEXT_QUESTION, max_source_tokens: int = 1024,
+                 desc: str = "generate") -> list[tuple[str, int]]:
+    """Collective greedy generation: (text, generated tokens) for every prompt, in order, on every rank.
+
+    Prompts longer than ``max_source_tokens`` keep their end.
+    """
+    return [(texts[0], count) for texts, count in
+            generate_texts(engine, tokenizer, causal, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           max_prompt_tokens=max_source_tokens, stop_strings=stop_strings, desc=desc)]
+

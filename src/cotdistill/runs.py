@@ -1,0 +1,60 @@
+"""What a run folder tells an evaluation: its resolved config, and from it how its student is evaluated.
+
+A run folder holds ``run_config.yaml`` (written by training), ``checkpoints/step-*``, ``hf_meta`` and
+``final/``. Evaluating anything inside a run (the run, one checkpoint, its ``final/``) should score the
+student the way the run's own dev evaluation did, so the strategy comes from the run's training mixture.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cotdistill.config import RunConfig, load_config
+from cotdistill.errors import ConfigError
+from cotdistill.formats import PROMPT_FORMATS, validate_mixture
+
+RUN_CONFIG = "run_config.yaml"  # not config.json: a run folder must never look like a Hugging Face model
+FALLBACK_STRATEGY = "zero_shot_cot"
+
+
+def mixture_strategy(config: RunConfig) -> tuple[str, str]:
+    """(strategy, subquestions) a run's students are evaluated with: ``eval.strategy``, else from the mixture.
+
+    A unified Socratic mixture (decomposer and solver) is evaluated socratically; a solver alone answers the
+    data set's own sub-questions (gold); a decomposer alone cannot be scored (strategy ''). Otherwise the
+    heaviest prompt format.
+    """
+    if config.eval.strategy:
+        return config.eval.strategy, config.eval.subquestions
+    mixture = validate_mixture(config.data.formats)
+    if "decomposer" in mixture and "solver" in mixture:
+        return "socratic", config.eval.subquestions
+    if "solver" in mixture:
+        return "socratic", "gold"
+    prompt_formats = {name: weight for name, weight in mixture.items() if name in PROMPT_FORMATS}
+    return (max(prompt_formats, key=prompt_formats.get) if prompt_formats else ""), config.eval.subquestions
+
+
+def run_folder_of(target: str | Path) -> Path | None:
+    """The run folder holding ``target`` (the run itself, a checkpoint, ``final/`` or another export in it)."""
+    path = Path(target)
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / RUN_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def resolve_strategy(target: str | Path, subquestions: str = "model") -> tuple[str, str, str]:
+    """(strategy, subquestions, where they came from) for evaluating ``target`` when no strategy was given."""
+    run = run_folder_of(target)
+    if run is None:
+        return FALLBACK_STRATEGY, subquestions, "the default for a model outside a run"
+    try:
+        strategy, subquestions = mixture_strategy(load_config(run / RUN_CONFIG))
+    except ConfigError as err:
+        raise ConfigError(f"{run / RUN_CONFIG} cannot be read to choose the strategy ({err}); "
+                          "give --strategy") from None
+    if not strategy:
+        raise ConfigError(f"{run} trained a decomposer alone, which cannot be scored by itself: evaluate it with "
+                          "its solver (--strategy socratic --decomposer ... --solver ...)")
+    return strategy, subquestions, f"from the training mixture in {run / RUN_CONFIG}"
