@@ -437,3 +437,16 @@ def test_lm_eval_filters(text: str, strict: str, flexible: str) -> None:
 )
 def test_lm_eval_exact_match(prediction: str, gold: str, match: bool) -> None:
     assert lm_eval_exact_match(prediction, gold) is match
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Water boils. So the answer is True.", "yesno"),
+    ("Therefore, the answer (Yes or No) is no.", "yesno"),  # the parenthetical broke the old trace reader
+    ("The answer is 720", "number"),
+    ("No cat has 9 lives, so the answer is 0.", "number"),  # a leading "No" is not the stated answer
+    ("Plain text without a marker, yes.", "number"),
+])
+def test_stated_kind_reads_the_word_right_after_the_last_marker(text, kind):
+    from cotdistill.answers import stated_kind
+
+    assert stated_kind(text) == kind

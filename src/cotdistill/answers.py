@@ -328,6 +328,13 @@ def _marked_text(rest: str) -> str | None:
 _READ_MARKED = {"number": _marked_number, "yesno": _marked_yesno, "text": _marked_text}
 
 
+def stated_kind(text: str) -> str:
+    """"yesno" when the last real answer marker is followed directly by yes/no/true/false, else "number":
+    how a trace file of mixed answer types says which kind its answer is."""
+    rest = _marked(text, "yesno")
+    return "yesno" if rest is not None and _YESNO_WORD.match(rest.lstrip(" \t\n*\"'(")) else "number"
+
+
 def _fallback(text: str, kind: str) -> Extraction:
     """The answer of a text without any real marker."""
     if kind == "number":

@@ -8,13 +8,12 @@ rules evaluation uses.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cotdistill.answers import KINDS, extract_answer
+from cotdistill.answers import KINDS, extract_answer, stated_kind
 from cotdistill.errors import ConfigError, DataError
 from cotdistill.problems.gsm8k import parse_solution
 from cotdistill.problems.jsonio import Located, iter_records, require_file
@@ -22,9 +21,6 @@ from cotdistill.problems.record import Problem, Step
 
 log = logging.getLogger(__name__)
 
-# "auto" reads a yes/no/true/false right after the final "answer is" as yes/no, else a number.
-_MARKER = re.compile(r"\banswer\s*(?:is|was|:)\s*:?", re.IGNORECASE)
-_YESNO_START = re.compile(r"[\s*\"'(]*(?:yes|no|true|false)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -123,12 +119,8 @@ def read_problem_file(
 
 
 def _kind_for(output: str, answer_kind: str) -> str:
-    if answer_kind != "auto":
-        return answer_kind
-    markers = list(_MARKER.finditer(output))
-    if markers and _YESNO_START.match(output, markers[-1].end()):
-        return "yesno"
-    return "number"
+    """"auto" reads a yes/no/true/false right after the final answer marker as yes/no, else a number."""
+    return stated_kind(output) if answer_kind == "auto" else answer_kind
 
 
 def _steps(item: Located) -> tuple[Step, ...]:

@@ -256,8 +256,9 @@ def _log_summary(graded: dict[str, Graded], counters: RunCounters, manifest: Pat
         first = s["first_sample_accuracy"]
         majority = s["majority_vote_accuracy"]
         log.info("%s: kept %d of %d samples for %d of %d questions (first-sample accuracy %s, majority vote %s, "
-                 "%d wrong, %d malformed, %d duplicates)", task, s["kept"], s["samples"], s["questions_kept"],
-                 s["questions"], _percent(first), _percent(majority), s["wrong"], s["malformed"], s["duplicates"])
+                 "%d wrong, %d without an answer, %d malformed in all, %d duplicates)", task, s["kept"], s["samples"],
+                 s["questions_kept"], s["questions"], _percent(first), _percent(majority), s["wrong"],
+                 s["no_answer"], s["malformed"], s["duplicates"])
     log.info("wrote %s", manifest)
 
 
