@@ -438,6 +438,7 @@ def test_eval_config_refuses_unknown_keys_listing_valid_ones(key, valid):
         ({"protocol": "helm"}, "protocol='helm' is not one of: cotdistill, kojima, lm-eval"),
         ({"protocol": "kojima", "strategy": "few_shot_cot"}, "protocol=kojima is zero-shot"),
         ({"protocol": "lm-eval", "strategy": "socratic"}, "has no socratic form"),
+        ({"protocol": "kojima", "samples": 3}, "answers greedily in two stages"),
         ({"demos": "demos.txt"}, "demos must be a .json or .jsonl file"),
         ({"strategy": "few_shot_cot", "k_shot": 0}, "k_shot must be > 0"),
         ({"limit": -1}, "limit must be >= 0"),

@@ -596,6 +596,9 @@ def validate_spec(spec: EvalSpec, prefix: str = "") -> None:
     if spec.protocol == "kojima" and spec.strategy in ("few_shot_cot",):
         raise ConfigError(f"{prefix}protocol=kojima is zero-shot (Kojima et al.): use strategy zero_shot_cot "
                           "(two stages) or answer_only (the answer trigger alone)")
+    if spec.protocol == "kojima" and spec.samples > 1:
+        raise ConfigError(f"{prefix}protocol=kojima answers greedily in two stages; self-consistency "
+                          f"({prefix}samples > 1) is for the other protocols")
     if spec.strategy == "few_shot_cot":
         _positive(spec.k_shot, f"{prefix}k_shot")
     if spec.samples > 1:

@@ -9,7 +9,6 @@ in ``generation``; scoring is the protocol's, which reads answers with ``answers
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -22,7 +21,7 @@ from cotdistill.answers import majority_answer
 from cotdistill.config import EvalRunConfig, EvalSpec, eval_spec
 from cotdistill.engine import Engine
 from cotdistill.eval_sets import BBH_PREFIX, EvalSet, folder_name, resolve_eval_sets
-from cotdistill.generation import EvalReport, Prediction, generate_texts
+from cotdistill.generation import EvalReport, Prediction, generate_texts, prompt_hash
 from cotdistill.logs import setup_logging
 from cotdistill.problems.record import Problem
 from cotdistill.protocols import PROTOCOLS, Protocol, get_protocol
@@ -57,14 +56,6 @@ def majority_vote(problem: Problem, prompt: str, index: int, texts: Sequence[str
     return Prediction(index, first.id, first.question, first.gold, prompt, first.generated, winner,
                       chosen is not None and chosen.correct, tokens, samples=[p.generated for p in scored],
                       votes=dict(votes), extraction=chosen.extraction if chosen else "none")
-
-
-def prompt_hash(prompts: Sequence[str]) -> str:
-    """A short fingerprint of every prompt of a data set: equal hashes, equal prompts."""
-    digest = hashlib.sha256()
-    for prompt in prompts:
-        digest.update(prompt.encode("utf-8") + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def spec_settings(spec: EvalSpec, strategy: str) -> dict:

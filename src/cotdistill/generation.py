@@ -9,6 +9,7 @@ the texts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -96,6 +97,14 @@ class EvalReport:
             f"| {self.total} | {self.correct} | {100 * self.accuracy:.1f}% | {guessed} | "
             f"{metrics['extraction'].get('none', 0)} | {metrics['mean_generated_tokens']:.1f} | "
             f"{metrics['examples_per_s']:.2f} |\n", encoding="utf-8")
+
+
+def prompt_hash(prompts: Sequence[str]) -> str:
+    """A short fingerprint of every prompt of a data set: equal hashes, equal prompts."""
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(prompt.encode("utf-8") + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def shard_batches(order: Sequence[int], batch_size: int, world: int, rank: int) -> list[list[int]]:

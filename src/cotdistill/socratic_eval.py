@@ -31,7 +31,7 @@ from cotdistill.config import EvalRunConfig, EvalSpec
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError, DataError
 from cotdistill.export import META_DIR
-from cotdistill.generation import EvalReport, Prediction, generate_all
+from cotdistill.generation import EvalReport, Prediction, generate_all, prompt_hash
 from cotdistill.modeling import detect_kind
 from cotdistill.problems.record import Problem, Step
 from cotdistill.protocols import score_answer
@@ -257,7 +257,8 @@ def socratic_report(engine: Engine, problems: Sequence[Problem], decompositions:
         "decomposer": None if gold else settings.decomposer, "solver": settings.solver,
         "subquestions": settings.subquestions, "max_subquestions": settings.max_subquestions,
         "max_new_tokens": settings.max_new_tokens, "max_step_tokens": settings.max_step_tokens,
-        "batch_size": settings.batch_size, "world_size": engine.world_size,
+        "batch_size": settings.batch_size, "world_size": engine.world_size, "decoding": "greedy",
+        "prompt_sha256": prompt_hash([d.prompt for d in decompositions]),
         "mean_subquestions": sum(counts) / max(len(counts), 1),
         "without_subquestions": sum(c == 0 for c in counts)})
 
