@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo experiment test lint bench bench-eval bench-teacher bench-train bench-large clean
+.PHONY: install demo experiment test lint bench bench-eval bench-teacher bench-train bench-large bench-lm-eval clean
 
 install: $(VENV)/.installed
 
@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	@$(PY) -m pip install -q -e ".[dev]"
+	@$(PY) -m pip install -q -e ".[dev,peer]"
 	@touch $@
 
 # The embedded default: tiny GPT-2, synthetic 1-3 step problems, ZeRO-3 + CPU offload on NUM_RANKS ranks.
@@ -53,6 +53,17 @@ bench-train: install
 # 21 GiB of RAM, so it is not part of `bench`; about 4 minutes here.
 bench-large: install
 	$(PY) benchmarks/large_model_offload.py --models flan-t5-large gpt2-large --ranks 1 --steps 4 --out runs/bench-large/large-r1.json
+
+# cotdistill eval --protocol lm-eval against lm-evaluation-harness itself (the `peer` extra), problem by problem, on
+# the first 50 GSM8K test problems 0- and 3-shot: a tiny GPT-2 that recites varied solutions (every extraction path)
+# and make-tiny's random GPT-2 (512 positions: prompts cut to the last 256 tokens on both sides). Exits 1 on a difference.
+bench-lm-eval: install
+	@rm -rf runs/bench-lm-eval
+	$(PY) benchmarks/lm_eval_compare.py --model runs/bench-lm-eval/memorizer --make_memorizer --problems 50 --k_shot 0 3 \
+		--out runs/bench-lm-eval/memorizer.json
+	$(VENV)/bin/cotdistill make-tiny gpt2 runs/bench-lm-eval/tiny-gpt2 --config recipes/demo-gpt2-synthetic.yaml
+	$(PY) benchmarks/lm_eval_compare.py --model runs/bench-lm-eval/tiny-gpt2 --problems 50 --k_shot 0 3 \
+		--out runs/bench-lm-eval/tiny-gpt2.json
 
 lint: install
 	$(VENV)/bin/ruff check setup.py src tests launchers benchmarks

@@ -31,6 +31,13 @@ setup(
         "matplotlib>=3.7,<4",
         "openai>=1.40,<4",
     ],
-    extras_require={"dev": ["pytest>=8,<10", "ruff>=0.6,<1"]},
+    extras_require={
+        "dev": ["pytest>=8,<10", "ruff>=0.6,<1"],
+        # EleutherAI's lm-evaluation-harness, the peer evaluator that `--protocol lm-eval` is checked against
+        # (tests/test_lm_eval_peer.py, benchmarks/lm_eval_compare.py). Pinned: the check compares with the
+        # GSM8K task of exactly this release. Its HF backend needs only torch/transformers/accelerate, which
+        # are already required; the "hf" extra would add peft, which is only needed for adapters.
+        "peer": ["lm_eval==0.4.13"],
+    },
     entry_points={"console_scripts": ["cotdistill=cotdistill.cli:main"]},
 )
