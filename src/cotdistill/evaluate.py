@@ -21,7 +21,7 @@ from cotdistill.answers import majority_answer
 from cotdistill.config import EvalRunConfig, EvalSpec, eval_spec
 from cotdistill.engine import Engine
 from cotdistill.eval_sets import BBH_PREFIX, EvalSet, folder_name, resolve_eval_sets
-from cotdistill.generation import EvalReport, Prediction, generate_texts, prompt_hash
+from cotdistill.generation import ContextFit, EvalReport, Prediction, generate_texts, prompt_hash
 from cotdistill.logs import setup_logging
 from cotdistill.problems.record import Problem
 from cotdistill.protocols import PROTOCOLS, Protocol, get_protocol
@@ -87,15 +87,16 @@ def evaluate_problems(engine: Engine, student: Student, problems: Sequence[Probl
     prompts = protocol.prompts(problems, strategy, demo_pool=demo_pool, k_shot=spec.k_shot, seed=spec.seed,
                                ready=prompts if spec.protocol == "cotdistill" else None)
     tokenizer, causal = student.tokenizer, student.causal
+    fit = ContextFit()  # prompt + new tokens fitted to the model's positions, counted in the report
     outputs = generate_texts(engine, tokenizer, causal, prompts, max_new_tokens=spec.max_new_tokens,
                              batch_size=spec.batch_size, max_prompt_tokens=spec.max_prompt_tokens,
                              stop_strings=protocol.stops, samples=spec.samples, temperature=spec.temperature,
-                             desc=desc)
+                             desc=desc, fit=fit)
     second = protocol.answer_prompts(problems, prompts, [protocol.clean(texts[0]) for texts, _ in outputs], strategy)
     if second is not None:  # two stages (Kojima et al.): the answer is generated after the trigger
         answers = generate_texts(engine, tokenizer, causal, second, max_new_tokens=spec.answer_tokens,
                                  batch_size=spec.batch_size, max_prompt_tokens=spec.max_prompt_tokens,
-                                 stop_strings=protocol.stops, desc=f"{desc} answer")
+                                 stop_strings=protocol.stops, desc=f"{desc} answer", fit=fit)
         predictions = []
         for i, (problem, prompt, (_, tokens), (answer, more)) in enumerate(
                 zip(problems, prompts, outputs, answers, strict=True)):
@@ -109,7 +110,7 @@ def evaluate_problems(engine: Engine, student: Student, problems: Sequence[Probl
         predictions = [make_prediction(i, problems[i], prompts[i], texts[0], tokens, protocol)
                        for i, (texts, tokens) in enumerate(outputs)]
     settings = {**spec_settings(spec, strategy), "prompt_sha256": prompt_hash(prompts),
-                "world_size": engine.world_size}
+                "world_size": engine.world_size, **fit.settings()}
     return EvalReport(predictions, time.perf_counter() - started, settings)
 
 

@@ -117,11 +117,51 @@ def shard_batches(order: Sequence[int], batch_size: int, world: int, rank: int) 
     return batches
 
 
-def encode_prompts(tokenizer, causal: bool, prompts: Sequence[str], max_prompt_tokens: int) -> list[list[int]]:
+@dataclass
+class ContextFit:
+    """How generation was fitted to a model's positions, counted over every prompt (all ranks agree).
+
+    A decoder-only model has a fixed number of positions (GPT-2: ``n_positions``); prompt plus new tokens
+    must fit in them, or the position lookup fails mid-generation. Prompts keep their end; new tokens are
+    capped to what is left. Both are counted so a report says how many problems were shortened.
+    """
+
+    context: int | None = None  # the model's positions; None: no fixed limit (T5's relative positions)
+    prompts_truncated: int = 0
+    budgets_capped: int = 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"context": self.context, "prompts_truncated": self.prompts_truncated,
+                "new_tokens_capped": self.budgets_capped}
+
+
+def model_context(config: Any, causal: bool) -> int | None:
+    """Positions a decoder-only model can attend to (None for an encoder-decoder with relative positions)."""
+    if not causal:
+        return None
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prompt_budget(max_prompt_tokens: int, max_new_tokens: int, context: int | None) -> int:
+    """Prompt tokens kept: ``max_prompt_tokens``, and within a fixed context room for the new tokens (at
+    least half the context stays for the prompt, so a huge generation budget cannot erase the question)."""
+    if context is None:
+        return max_prompt_tokens
+    return max(1, min(max_prompt_tokens, max(context - max_new_tokens, context // 2)))
+
+
+def encode_prompts(tokenizer, causal: bool, prompts: Sequence[str], max_prompt_tokens: int,
+                   fit: ContextFit | None = None) -> list[list[int]]:
     """Token ids of each prompt; longer prompts keep their end (the question is at the end)."""
     if not prompts:
         return []
     encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
+    if fit is not None:
+        fit.prompts_truncated += sum(len(ids) > max_prompt_tokens for ids in encoded)
     return [list(ids[-max_prompt_tokens:]) for ids in encoded]
 
 
@@ -137,11 +177,15 @@ def sharded_generations(
     samples: int = 1,
     temperature: float = 0.7,
     desc: str = "eval",
-) -> Iterator[tuple[int, list[str], int]]:
-    """Collective: generate for every prompt (token ids), this rank's share; yields (index, texts, tokens).
+    context: int | None = None,
+) -> Iterator[tuple[int, list[str], int, bool]]:
+    """Collective: generate for every prompt (token ids), this rank's share; yields (index, texts, tokens, capped).
 
     ``texts`` holds ``samples`` decoded generations of prompt ``index`` and ``tokens`` the mean count of
-    generated tokens per sample. Prompts are sorted by length and cut into global batches of
+    generated tokens per sample; ``capped`` says that the batch's prompt length left fewer than
+    ``max_new_tokens`` of the model's ``context`` positions, so its budget was cut to what fits.
+
+    Prompts are sorted by length and cut into global batches of
     ``batch_size`` per rank; a rank with nothing left runs a dummy batch whose outputs are dropped, so
     every rank makes the same number of ``generate`` calls (ZeRO-3 gathers stay matched). Every rank must
     consume the whole iterator. Greedy (``samples`` == 1) or sampled at ``temperature``; causal models stop
@@ -160,11 +204,14 @@ def sharded_generations(
     for number, batch in enumerate(batches):
         indices = batch or order[:1]  # dummy batch keeps this rank in step with the others
         inputs = padded_prompts([encoded[i] for i in indices], pad_id, left=causal)
+        budget = max_new_tokens
+        if context is not None:  # prompt + new tokens must fit the position table
+            budget = max(1, min(max_new_tokens, context - inputs["input_ids"].shape[1]))
         sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "num_return_sequences": samples} \
             if samples > 1 else {"do_sample": False}
         if causal and stop_strings:  # a decoder-only model may run on past its answer: stop it there
             sampling.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
-        output = engine.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=1, pad_token_id=pad_id,
+        output = engine.generate(**inputs, max_new_tokens=budget, num_beams=1, pad_token_id=pad_id,
                                  eos_token_id=tokenizer.eos_token_id, use_cache=True, **sampling)
         new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
         progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
@@ -174,7 +221,7 @@ def sharded_generations(
         for row, i in enumerate(indices):
             rows = slice(row * samples, (row + 1) * samples)
             count = int((new_tokens[rows] != pad_id).sum()) // samples
-            yield i, texts[rows], count
+            yield i, texts[rows], count, budget < max_new_tokens
     progress.close()
     if was_training:
         engine.train()
@@ -182,28 +229,35 @@ def sharded_generations(
 
 def generate_texts(engine: Engine, tokenizer, causal: bool, prompts: Sequence[str], *, max_new_tokens: int,
                    batch_size: int, max_prompt_tokens: int, stop_strings: Sequence[str] = NEXT_QUESTION,
-                   samples: int = 1, temperature: float = 0.7,
-                   desc: str = "generate") -> list[tuple[list[str], int]]:
-    """Collective: (sampled texts, mean generated tokens) for every prompt, in order, on every rank."""
-    encoded = encode_prompts(tokenizer, causal, prompts, max_prompt_tokens)
+                   samples: int = 1, temperature: float = 0.7, desc: str = "generate",
+                   fit: ContextFit | None = None) -> list[tuple[list[str], int]]:
+    """Collective: (sampled texts, mean generated tokens) for every prompt, in order, on every rank.
+
+    Fitted to the model's positions (``fit`` counts the prompts shortened and the budgets capped).
+    """
+    fit = fit if fit is not None else ContextFit()
+    fit.context = model_context(getattr(engine.module, "config", None), causal)
+    keep = prompt_budget(max_prompt_tokens, max_new_tokens, fit.context)
+    encoded = encode_prompts(tokenizer, causal, prompts, keep, fit)
     mine = list(sharded_generations(engine, tokenizer, causal, encoded, max_new_tokens=max_new_tokens,
                                     batch_size=batch_size, stop_strings=stop_strings, samples=samples,
-                                    temperature=temperature, desc=desc))
-    found: dict[int, tuple[list[str], int]] = {}
+                                    temperature=temperature, desc=desc, context=fit.context))
+    found: dict[int, tuple[list[str], int, bool]] = {}
     for shard in engine.all_gather_objects(mine):
-        for i, texts, count in shard:
-            found.setdefault(i, (texts, count))
-    return [found[i] for i in range(len(prompts))]
+        for i, texts, count, capped in shard:
+            found.setdefault(i, (texts, count, capped))
+    fit.budgets_capped += sum(found[i][2] for i in range(len(prompts)))
+    return [found[i][:2] for i in range(len(prompts))]
 
 
 def generate_all(engine: Engine, tokenizer, causal: bool, prompts: Sequence[str], *, max_new_tokens: int,
                  batch_size: int, stop_strings: Sequence[str] = NEXT_QUESTION, max_source_tokens: int = 1024,
-                 desc: str = "generate") -> list[tuple[str, int]]:
+                 desc: str = "generate", fit: ContextFit | None = None) -> list[tuple[str, int]]:
     """Collective greedy generation: (text, generated tokens) for every prompt, in order, on every rank.
 
-    Prompts longer than ``max_source_tokens`` keep their end.
+    Prompts longer than ``max_source_tokens`` (or than the model's positions allow) keep their end.
     """
     return [(texts[0], count) for texts, count in
             generate_texts(engine, tokenizer, causal, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           max_prompt_tokens=max_source_tokens, stop_strings=stop_strings, desc=desc)]
+                           max_prompt_tokens=max_source_tokens, stop_strings=stop_strings, desc=desc, fit=fit)]
 

@@ -31,7 +31,7 @@ from cotdistill.config import EvalRunConfig, EvalSpec
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError, DataError
 from cotdistill.export import META_DIR
-from cotdistill.generation import EvalReport, Prediction, generate_all, prompt_hash
+from cotdistill.generation import ContextFit, EvalReport, Prediction, generate_all, prompt_hash
 from cotdistill.modeling import detect_kind
 from cotdistill.problems.record import Problem, Step
 from cotdistill.protocols import score_answer
@@ -159,18 +159,19 @@ def gold_decompositions(problems: Sequence[Problem], max_subquestions: int, name
 
 
 def decompose(engine: Engine, student: Student, problems: Sequence[Problem], settings: SocraticSettings,
-              desc: str = "decompose") -> list[Decomposition]:
+              desc: str = "decompose", fit: ContextFit | None = None) -> list[Decomposition]:
     """Collective: the decomposer's sub-questions for every problem, on every rank."""
     prompts = [decomposer_prompt(p.question) for p in problems]
     outputs = generate_all(engine, student.tokenizer, student.causal, prompts, max_new_tokens=settings.max_new_tokens,
                            batch_size=settings.batch_size, stop_strings=DECOMPOSER_STOPS,
-                           max_source_tokens=settings.max_source_tokens, desc=desc)
+                           max_source_tokens=settings.max_source_tokens, desc=desc, fit=fit)
     return [Decomposition(prompt, cut_at(text, DECOMPOSER_STOPS), parse_subquestions(text)[:settings.max_subquestions],
                           tokens) for prompt, (text, tokens) in zip(prompts, outputs, strict=True)]
 
 
 def solve(engine: Engine, student: Student, problems: Sequence[Problem], subquestions: Sequence[Sequence[str]],
-          settings: SocraticSettings, desc: str = "solve") -> list[list[tuple[str, int]]]:
+          settings: SocraticSettings, desc: str = "solve",
+          fit: ContextFit | None = None) -> list[list[tuple[str, int]]]:
     """Collective: the solver's (answer, generated tokens) for each sub-question of each problem, round by round.
 
     Every rank must pass the same sub-questions: they decide how many rounds there are.
@@ -185,7 +186,7 @@ def solve(engine: Engine, student: Student, problems: Sequence[Problem], subques
         outputs = generate_all(engine, student.tokenizer, student.causal, prompts,
                                max_new_tokens=settings.max_step_tokens, batch_size=settings.batch_size,
                                stop_strings=SOLVER_STOPS, max_source_tokens=settings.max_source_tokens,
-                               desc=f"{desc} {step + 1}/{rounds}")
+                               desc=f"{desc} {step + 1}/{rounds}", fit=fit)
         for i, (text, tokens) in zip(active, outputs, strict=True):
             answers[i].append((clean_solver_answer(text), tokens))
     return answers
@@ -221,6 +222,7 @@ def evaluate_socratic_sets(engine: Engine, sets: Mapping[str, Sequence[Problem]]
     for name in (settings.solver,) if gold or settings.unified else (settings.decomposer, settings.solver):
         check_model(name)  # a missing solver fails now, not after the decomposer's whole pass
     seconds = dict.fromkeys(sets, 0.0)
+    fits = {name: ContextFit() for name in sets}
     slot = ModelSlot(engine, settings)
     try:
         if not gold:
@@ -228,7 +230,8 @@ def evaluate_socratic_sets(engine: Engine, sets: Mapping[str, Sequence[Problem]]
             student = slot.open(settings.decomposer)
             for name, problems in sets.items():
                 started = time.perf_counter()
-                decompositions[name] = decompose(engine, student, problems, settings, desc=f"{name} decompose")
+                decompositions[name] = decompose(engine, student, problems, settings, desc=f"{name} decompose",
+                                                 fit=fits[name])
                 seconds[name] += time.perf_counter() - started
         log.info("solver: %s%s", settings.solver, "" if gold or settings.unified else " (decomposer released)")
         student = slot.open(settings.solver)
@@ -236,17 +239,17 @@ def evaluate_socratic_sets(engine: Engine, sets: Mapping[str, Sequence[Problem]]
         for name, problems in sets.items():
             started = time.perf_counter()
             answers[name] = solve(engine, student, problems, [d.subquestions for d in decompositions[name]],
-                                  settings, desc=f"{name} solve")
+                                  settings, desc=f"{name} solve", fit=fits[name])
             seconds[name] += time.perf_counter() - started
     finally:
         slot.release()
-    return {name: socratic_report(engine, problems, decompositions[name], answers[name], seconds[name], settings)
-            for name, problems in sets.items()}
+    return {name: socratic_report(engine, problems, decompositions[name], answers[name], seconds[name], settings,
+                                  fits[name]) for name, problems in sets.items()}
 
 
 def socratic_report(engine: Engine, problems: Sequence[Problem], decompositions: Sequence[Decomposition],
                     answers: Sequence[Sequence[tuple[str, int]]], seconds: float,
-                    settings: SocraticSettings) -> EvalReport:
+                    settings: SocraticSettings, fit: ContextFit | None = None) -> EvalReport:
     """Score every chain and record the settings (the decomposer is None with gold sub-questions)."""
     predictions = [socratic_prediction(i, p, d, a)
                    for i, (p, d, a) in enumerate(zip(problems, decompositions, answers, strict=True))]
@@ -260,7 +263,7 @@ def socratic_report(engine: Engine, problems: Sequence[Problem], decompositions:
         "batch_size": settings.batch_size, "world_size": engine.world_size, "decoding": "greedy",
         "prompt_sha256": prompt_hash([d.prompt for d in decompositions]),
         "mean_subquestions": sum(counts) / max(len(counts), 1),
-        "without_subquestions": sum(c == 0 for c in counts)})
+        "without_subquestions": sum(c == 0 for c in counts), **(fit or ContextFit()).settings()})
 
 
 def evaluate_socratic_loaded(engine: Engine, student: Student, problems: Sequence[Problem],
@@ -271,13 +274,14 @@ def evaluate_socratic_loaded(engine: Engine, student: Student, problems: Sequenc
     precision/ZeRO keys are unused. ``student`` may be ``Student(tokenizer, causal, name, None)``.
     """
     started = time.perf_counter()
+    fit = ContextFit()
     if settings.subquestions == "gold":
         decompositions = gold_decompositions(problems, settings.max_subquestions, name)
     else:
-        decompositions = decompose(engine, student, problems, settings, desc=f"{name} decompose")
+        decompositions = decompose(engine, student, problems, settings, desc=f"{name} decompose", fit=fit)
     answers = solve(engine, student, problems, [d.subquestions for d in decompositions], settings,
-                    desc=f"{name} solve")
-    return socratic_report(engine, problems, decompositions, answers, time.perf_counter() - started, settings)
+                    desc=f"{name} solve", fit=fit)
+    return socratic_report(engine, problems, decompositions, answers, time.perf_counter() - started, settings, fit)
 
 
 def evaluate_socratic(engine: Engine, problems: Sequence[Problem], settings: SocraticSettings,
