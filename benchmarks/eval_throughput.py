@@ -13,6 +13,9 @@ from pathlib import Path
 
 import torch
 
+from cotdistill.entrypoints import run_or_exit
+from cotdistill.outputs import check_output_file
+
 
 def plain_generate_loop(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
     """What a user writes by hand: dataset order, dynamic padding per batch, greedy generate."""
@@ -54,6 +57,8 @@ def main() -> None:
     parser.add_argument("--data_dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    if args.out:  # checked now: a missing folder must not cost the whole run
+        run_or_exit(lambda: check_output_file(args.out))
 
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 

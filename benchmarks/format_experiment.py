@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from cotdistill.entrypoints import run_or_exit
+from cotdistill.outputs import check_output_file
 from cotdistill.report import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +38,8 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
+    if args.out:  # checked now: a missing folder must not cost the whole run
+        run_or_exit(lambda: check_output_file(args.out))
     bin_dir = Path(sys.executable).parent
     shutil.rmtree(REPO / "runs" / "experiment", ignore_errors=True)
     # One initialisation and tokenizer for all arms, trained on the texts of every format.

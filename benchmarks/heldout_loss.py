@@ -41,6 +41,9 @@ from typing import Any
 
 import torch
 
+from cotdistill.entrypoints import run_or_exit
+from cotdistill.outputs import check_output_file
+
 
 def heldout_problems(config, size: int) -> tuple[list, list]:
     """(training problems, the first `size` held-out problems) of a run config; see the module docstring."""
@@ -162,6 +165,8 @@ def main() -> None:
     parser.add_argument("--out", help="write the result as JSON here (else print it)")
     parser.add_argument("overrides", nargs="*", help="the training runs' key=value overrides")
     args = parser.parse_args()
+    if args.out:  # checked now: a missing folder must not cost the whole run
+        run_or_exit(lambda: check_output_file(args.out))
 
     from cotdistill.config import load_config
     from cotdistill.engine import quiet_libraries

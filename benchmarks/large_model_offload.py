@@ -34,6 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procmem import RssPoller  # noqa: E402
 
+from cotdistill.entrypoints import run_or_exit  # noqa: E402
+from cotdistill.outputs import check_output_file  # noqa: E402
+
 GIB = 2**30
 QUIET = ["checkpoint.every=0", "checkpoint.export_final=false", "eval.at_end=false", "train.log_every=1",
          "train.lr=1e-4"]  # the demo recipes' 2e-3 suits tiny models; full sizes diverge with it
@@ -109,6 +112,8 @@ def main() -> None:
     parser.add_argument("--out", help="also write the results as JSON here")
     parser.add_argument("extra", nargs="*", help="more key=value overrides for the trainer")
     args = parser.parse_args()
+    if args.out:  # checked now: a missing folder must not cost the whole run
+        run_or_exit(lambda: check_output_file(args.out))
 
     from cotdistill.memory_plan import resolve_model_config
     from cotdistill.report import markdown_table

@@ -51,6 +51,9 @@ from typing import Any
 
 import yaml
 
+from cotdistill.entrypoints import run_or_exit
+from cotdistill.outputs import check_output_file
+
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = Path(__file__).with_name("lm_eval_gsm8k_local.yaml")
 TASK = "gsm8k_local"
@@ -281,6 +284,7 @@ def main() -> None:
                         help="give both evaluators the official GSM8K lines as they are (calculator marks, '1,600'): "
                              "the harness shows them in its demonstrations, cotdistill's loader removes them")
     args = parser.parse_args()
+    run_or_exit(lambda: check_output_file(args.out, make_parent=True))  # before the run, not after it
 
     work = args.out.parent / f"{args.out.stem}-files"  # task, data and cotdistill outputs
     os.environ.update(OFFLINE)  # before datasets / lm_eval are imported

@@ -21,6 +21,9 @@ import os
 import time
 from pathlib import Path
 
+from cotdistill.entrypoints import run_or_exit
+from cotdistill.outputs import check_output_file
+
 DTYPES = ("fp32", "bf16")
 
 
@@ -114,6 +117,8 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=0, help="cores to use (0: all usable)")
     parser.add_argument("--out", help="write the peaks as JSON to this file")
     args = parser.parse_args()
+    if args.out:  # checked now: a missing folder must not cost the whole run
+        run_or_exit(lambda: check_output_file(args.out))
     from cotdistill.report import markdown_table
 
     peaks = measure_peaks(args.sizes, args.seconds, args.cores or None)

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cotdistill.entrypoints import run_or_exit
+from cotdistill.outputs import check_output_file
 from cotdistill.report import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +55,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1600)
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
+    if args.out:  # checked now: a missing folder must not cost the whole run
+        run_or_exit(lambda: check_output_file(args.out))
     os.environ.setdefault("OPENAI_API_KEY", "EMPTY")
     rows = []
     for run_spec in args.runs:

@@ -90,6 +90,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procmem import RssPoller  # noqa: E402
 
+from cotdistill.entrypoints import run_or_exit  # noqa: E402
+from cotdistill.outputs import check_output_file  # noqa: E402
+
 ROOT = REPO / "runs" / "bench-train"
 TRACES = "teacher_traces/gsm8k_llama_level2_ranked.json"
 # Off in both trainers' runs: no evaluation, no periodic checkpoints (ours still writes one at the end, after the
@@ -522,6 +525,8 @@ def main() -> None:
     parser.add_argument("--peak_seconds", type=float, default=1.0, help="matmul peak: seconds per size and layout")
     parser.add_argument("--out", help="write every figure as JSON to this file")
     args = parser.parse_args()
+    if args.out:  # checked now: a missing folder must not cost the whole run
+        run_or_exit(lambda: check_output_file(args.out))
     args.steps = parse_steps(args.steps)
     args.trainers = [t.strip() for t in args.trainers.split(",") if t.strip()]
     if not args.trainers or any(t not in TRAINERS for t in args.trainers):

@@ -62,6 +62,11 @@ def test_greedy_predictions_are_identical_on_one_two_and_three_ranks(predictions
         [(r["generated"], r["extracted"], r["correct"]) for r in one]
 
 
+def test_metrics_name_the_exact_checkpoint_evaluated(predictions, cot_run):
+    metrics = json.loads((predictions["root"] / "checkpoint-2" / "metrics.json").read_text())
+    assert metrics["checkpoint"] == str((cot_run / "checkpoints" / "step-000150").resolve())
+
+
 def test_partitioned_checkpoint_predicts_like_its_replicated_exported_folder(predictions):
     """zero_stage=auto replicates a model that fits (much faster) and predicts exactly what ZeRO-3 does."""
     assert json.loads((predictions["root"] / "export-2" / "metrics.json").read_text())["zero_stage"] == 0
@@ -160,3 +165,18 @@ def test_checkpoint_selection_over_a_run_on_two_ranks(cot_run, predictions, tmp_
 def test_a_rank_that_dies_ends_the_job_with_an_error_not_a_hang(cot_run):
     proc = launch("tests/scripts/rank_dies.py", [str(cot_run / "final")], timeout=180, expect_ok=False)
     assert proc.returncode != 0
+
+
+def test_a_run_is_evaluated_on_its_own_synthetic_problems_unless_told_otherwise(cot_run, tmp_path):
+    """cotdistill eval of final/ with no --synthetic.* flag generates the held-out problems the run did
+    (operands to 9, 11 problems of 1-3 steps), not the generator's defaults (operands to 20), and says so."""
+    out = tmp_path / "own"
+    proc = launch("launchers/evaluate.py", [str(cot_run / "final"), "--datasets", "synthetic", "--limit", "4",
+                                            "--max_new_tokens", "4", "--output_dir", str(out)], ranks=1)
+    assert "synthetic problems generated as" in proc.stderr + proc.stdout
+    rows = [json.loads(line) for line in (out / "synthetic" / "predictions.jsonl").read_text().splitlines()]
+    dev = [json.loads(line) for line in (cot_run / "eval" / "held-out" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["question"] for r in rows] == [r["question"] for r in dev[:4]]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["datasets"]["synthetic"]["synthetic"]["operand_max"] == 9
+    assert metrics["checkpoint"] is None and metrics["strategy"] == "zero_shot_cot"  # from the run's mixture

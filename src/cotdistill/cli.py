@@ -10,7 +10,7 @@ from pathlib import Path
 
 import fire
 
-from cotdistill.config import load_config, to_yaml
+from cotdistill.config import RunConfig, load_config, to_yaml, validate_run
 from cotdistill.entrypoints import run_or_exit
 
 
@@ -72,11 +72,25 @@ def evaluate(model: str, **options) -> str:
     Protocols: --protocol cotdistill | kojima | lm-eval (how prompts are written and answers read).
     Options are the keys of EvalRunConfig (see README); across ranks use deepspeed launchers/evaluate.py.
     """
-    from cotdistill.config import eval_config
     from cotdistill.evaluate import run_evaluation, settings_line, summary_table
 
-    reports = run_or_exit(lambda: run_evaluation(eval_config({"model": model, **options})))
+    reports = run_or_exit(lambda: run_evaluation(_eval_request(model, options)))
     return f"{summary_table(reports)}\n\n{settings_line(reports)}"
+
+
+def _eval_request(model: str, options: dict):
+    """The evaluation config of a CLI call; inside a run, ``synthetic`` is generated with the run's settings."""
+    import os
+
+    from cotdistill.config import eval_config
+    from cotdistill.logs import setup_logging
+    from cotdistill.runs import with_run_synthetic
+
+    options, note = with_run_synthetic(model, options)
+    config = eval_config({"model": model, **options})
+    if note:
+        setup_logging(int(os.environ.get("RANK", "0"))).info(note)
+    return config
 
 
 def eval_checkpoints(run_dir: str, in_distribution: str = "", **options) -> str:
@@ -86,11 +100,9 @@ def eval_checkpoints(run_dir: str, in_distribution: str = "", **options) -> str:
     The first data set is in-distribution unless --in_distribution names another.
     """
     from cotdistill.checkpoint_selection import evaluate_checkpoints
-    from cotdistill.config import eval_config
 
     options.setdefault("output_dir", str(Path(run_dir) / "checkpoint_selection"))
-    selection = run_or_exit(lambda: evaluate_checkpoints(eval_config({"model": run_dir, **options}),
-                                                         in_distribution))
+    selection = run_or_exit(lambda: evaluate_checkpoints(_eval_request(run_dir, options), in_distribution))
     return selection.table()
 
 
@@ -109,8 +121,15 @@ def build_data(config: str = "", *overrides: str) -> str:
 
 
 def show_config(config: str = "", *overrides: str) -> None:
-    """Print the fully resolved run config of a recipe with overrides applied (validates it)."""
-    print(to_yaml(run_or_exit(lambda: load_config(config or None, list(overrides)))), end="")
+    """Print the fully resolved run config of a recipe with overrides applied, validated as training validates
+    it (``validate_run``), so a recipe it prints does not fail at launch."""
+
+    def work() -> RunConfig:
+        run = load_config(config or None, list(overrides))
+        validate_run(run)
+        return run
+
+    print(to_yaml(run_or_exit(work)), end="")
 
 
 def plan_memory(model: str = "", nodes: int = 1, gpus_per_node: int = 1, recipe: str = "",

@@ -8,6 +8,7 @@ errors that list the valid ones, so a typo never silently falls back to a defaul
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import types
@@ -572,6 +573,50 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.kd_weight must be in [0, 1], got {t.kd_weight}")
     validate_spec(config.eval, "eval.")
     _positive(config.eval.every, "eval.every", allow_zero=True)
+
+
+def validate_run(config: RunConfig, world_size: int | None = None) -> None:
+    """Everything training refuses before its first step that the config and the files it names decide, in one
+    function for ``launchers/train.py`` and ``show-config`` alike: the config itself, the data set's name, split
+    and file, the format mixture, the dev sets' names, the DeepSpeed template against the run config, and fp16
+    for a T5 whose type is known without a download.
+
+    ``world_size`` (default: $WORLD_SIZE, set by the DeepSpeed launcher) checks a template's fixed
+    train_batch_size; unknown (show-config), that one value is left to the launch.
+    """
+    from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
+    from cotdistill.eval_sets import check_eval_sets
+    from cotdistill.formats import validate_mixture
+    from cotdistill.run_data import check_run_data
+
+    validate(config)
+    check_run_data(config.data)
+    validate_mixture(config.data.formats)
+    check_eval_sets(list(config.eval.datasets))
+    template = read_template(config.deepspeed_config)
+    if world_size is None and os.environ.get("WORLD_SIZE", "").isdigit():
+        world_size = int(os.environ["WORLD_SIZE"])
+    if world_size is None:
+        template = {key: value for key, value in template.items() if key != "train_batch_size"}
+    # The ZeRO sizes that say "auto" follow the model's hidden size, known only once it is loaded; any size
+    # lets every other value be compared here.
+    resolve_ds_config(template, config, world_size or 1, hidden_size=1, source=config.deepspeed_config)
+    model_type = _known_model_type(config.model)
+    if model_type:
+        check_precision(model_type, config)
+
+
+def _known_model_type(model: ModelConfig) -> str:
+    """The student's model_type when it is known without a download: a local folder's config.json, or the tiny
+    architecture a recipe builds; '' otherwise."""
+    config_file = Path(model.name_or_path) / "config.json"
+    if config_file.is_file():
+        try:
+            found = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return ""  # left for the model loader, which names the problem
+        return str(found.get("model_type", "")) if isinstance(found, dict) else ""
+    return model.make_tiny
 
 
 def validate_spec(spec: EvalSpec, prefix: str = "") -> None:

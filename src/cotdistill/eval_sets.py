@@ -72,29 +72,49 @@ def _parse(spec: str) -> tuple[str, str | None]:
     return name.strip(), (split.strip() or None)
 
 
-def resolve_eval_set(spec: str, config: EvalRunConfig) -> EvalSet:
-    """Load one data set named ``name[:split]`` (or a .json/.jsonl file of question/answer records)."""
-    data_dir = config.data_dir or None
-    if spec.endswith((".json", ".jsonl")) or Path(spec).is_file():
+def _is_file_spec(spec: str) -> bool:
+    return spec.endswith((".json", ".jsonl")) or Path(spec).is_file()
+
+
+def check_eval_set(spec: str) -> None:
+    """Refuse a data set name, split, BBH task or file that ``resolve_eval_set`` would refuse, without reading
+    any data: a recipe's eval.datasets is checked before training starts."""
+    if _is_file_spec(spec):
         if not Path(spec).is_file():
             raise DataError(f"evaluation file not found: {spec}")
-        problems = load_problems("jsonl", path=spec)
-        return _limited(EvalSet(Path(spec).stem, problems, problems), config)
+        return
     name, split = _parse(spec)
     if name not in EVAL_SETS:
         raise DataError(f"unknown evaluation data set {name!r}; known: {', '.join(EVAL_SETS)}, "
                         "or a path to a .json/.jsonl file")
-    default_split, demo_source = EVAL_SETS[name]
     if name == "bbh":
         if split in (None, "default", "all"):
             raise DataError("bbh holds 27 tasks: name one as bbh:<task>, or list bbh in datasets for all of them")
-        return _bbh_task(split, config)
+        if split not in BBH_TASKS:
+            raise DataError(f"unknown BBH task {split!r}; known tasks: {', '.join(BBH_TASKS)}")
+        return
+    if name == "synthetic":
+        return
+    split = EVAL_SETS[name][0] if split in (None, "default") else split
+    if split not in dataset_splits(name):
+        raise DataError(f"unknown split {split!r} for {name!r}; valid splits: {', '.join(dataset_splits(name))}")
+
+
+def resolve_eval_set(spec: str, config: EvalRunConfig) -> EvalSet:
+    """Load one data set named ``name[:split]`` (or a .json/.jsonl file of question/answer records)."""
+    data_dir = config.data_dir or None
+    check_eval_set(spec)
+    if _is_file_spec(spec):
+        problems = load_problems("jsonl", path=spec)
+        return _limited(EvalSet(Path(spec).stem, problems, problems), config)
+    name, split = _parse(spec)
+    default_split, demo_source = EVAL_SETS[name]
+    if name == "bbh":
+        return _bbh_task(str(split), config)
     if name == "synthetic":
         train, held_out = synthetic_problems(DataConfig(dataset="synthetic", synthetic=config.synthetic))
         return _limited(EvalSet("synthetic", held_out, train), config)
     split = default_split if split in (None, "default") else split
-    if split not in dataset_splits(name):
-        raise DataError(f"unknown split {split!r} for {name!r}; valid splits: {', '.join(dataset_splits(name))}")
     problems = load_problems(name, split, data_dir=data_dir)
     demos: list[Problem] = []
     if config.strategy == "few_shot_cot" and demo_source is not None:
@@ -111,15 +131,27 @@ def _limited(found: EvalSet, config: EvalRunConfig) -> EvalSet:
     return found
 
 
-def resolve_eval_sets(config: EvalRunConfig) -> list[EvalSet]:
-    """Every requested set; ``bbh`` (or ``bbh:all``) expands to its 27 tasks. ``config.demos`` (a file) replaces
-    every set's demonstration pool."""
+def _expand(datasets: list[str]) -> list[str]:
+    """The data sets named, with ``bbh`` (or ``bbh:all``) expanded to its 27 tasks."""
     names: list[str] = []
-    for spec in (s.strip() for s in config.datasets if s.strip()):
+    for spec in (s.strip() for s in datasets if s.strip()):
         if spec in ("bbh", "bbh:all", "bbh:default"):
             names += [f"bbh:{task}" for task in BBH_TASKS]
         else:
             names.append(spec)
+    return names
+
+
+def check_eval_sets(datasets: list[str]) -> None:
+    """``check_eval_set`` for each of a list, as ``resolve_eval_sets`` reads it."""
+    for spec in _expand(datasets):
+        check_eval_set(spec)
+
+
+def resolve_eval_sets(config: EvalRunConfig) -> list[EvalSet]:
+    """Every requested set; ``bbh`` (or ``bbh:all``) expands to its 27 tasks. ``config.demos`` (a file) replaces
+    every set's demonstration pool."""
+    names = _expand(config.datasets)
     demos = None
     if config.demos:
         if not Path(config.demos).is_file():

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from cotdistill.answers import majority_answer
@@ -23,6 +23,7 @@ from cotdistill.engine import Engine
 from cotdistill.eval_sets import BBH_PREFIX, EvalSet, folder_name, resolve_eval_sets
 from cotdistill.generation import ContextFit, EvalReport, Prediction, generate_texts, prompt_hash
 from cotdistill.logs import setup_logging
+from cotdistill.outputs import check_output_dir
 from cotdistill.problems.record import Problem
 from cotdistill.protocols import PROTOCOLS, Protocol, get_protocol
 from cotdistill.report import markdown_table
@@ -127,6 +128,8 @@ def evaluate_set(engine: Engine, student: Student, eval_set: EvalSet, spec: Eval
         report = evaluate_problems(engine, student, eval_set.problems, spec, demo_pool=eval_set.demo_pool,
                                    prompts=eval_set.prompts, desc=desc)
     report.settings["zero_stage"] = student.zero_stage
+    if student.checkpoint is not None:
+        report.settings["checkpoint"] = str(student.checkpoint)  # the exact weights behind the figure
     return report
 
 
@@ -184,6 +187,7 @@ def resolved_spec(config: EvalRunConfig) -> EvalRunConfig:
 
 def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
     """Evaluate a student on data sets across all ranks; rank 0 writes the outputs. Every rank calls this."""
+    check_output_dir(config.output_dir)  # before any model loads: one error line, not a traceback per rank
     engine = Engine()
     try:
         setup_logging(engine.rank)
@@ -197,6 +201,8 @@ def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
 
         def record(name: str, report: EvalReport) -> None:
             report.settings.update({"model": config.model, "dataset": name})
+            if name == "synthetic":  # which problems: the generator's settings
+                report.settings["synthetic"] = asdict(config.synthetic)
             reports[name] = report
             if engine.is_main:
                 report.write(out / folder_name(name))
@@ -217,7 +223,8 @@ def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
                 record(found.name, evaluate_set(engine, student, found, spec))
         if engine.is_main:
             first = next(iter(reports.values()))
-            metrics = {"model": config.model, "strategy": spec.strategy, "protocol": spec.protocol,
+            metrics = {"model": config.model, "checkpoint": first.settings.get("checkpoint"),
+                       "strategy": spec.strategy, "protocol": spec.protocol,
                        "world_size": engine.world_size, "zero_stage": first.settings.get("zero_stage"),
                        "datasets": {name: r.metrics() for name, r in reports.items()}}
             if spec.strategy == "socratic":

@@ -61,6 +61,12 @@ def detect_kind(name_or_path: PathLike) -> ModelKind:
 
 def _read_config(name_or_path: PathLike) -> PretrainedConfig:
     """Read a config, turning transformers' many "cannot read" errors into one that names the path."""
+    if str(name_or_path).startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+        # A path, not a hub id: transformers would complain about the form of repository names.
+        raise ConfigError(f"model folder {str(name_or_path)!r} does not exist")
+    if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():
+        # transformers would answer "Should have a `model_type` key", which points at the wrong file.
+        raise ConfigError(f"{str(name_or_path)!r} holds no config.json: it is not a saved Hugging Face model")
     try:
         return AutoConfig.from_pretrained(str(name_or_path))
     except (OSError, ValueError) as exc:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from cotdistill.config import DataConfig, RunConfig, SyntheticDataConfig
 from cotdistill.errors import DataError
 from cotdistill.formats import Example, build_examples
-from cotdistill.problems.loaders import DATASET_NAMES, load_problems
+from cotdistill.problems.loaders import DATASET_NAMES, check_source, load_problems
 from cotdistill.problems.record import Problem
 from cotdistill.problems.synthetic import SyntheticSpec, generate_problems
 
@@ -48,10 +48,18 @@ def synthetic_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
                     "eval_size")
 
 
-def load_run_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
-    """(training problems, held-out problems); named data sets have no held-out part here."""
+def check_run_data(data: DataConfig) -> None:
+    """The data checks that need no reading (name, split, file), so ``validate_run`` refuses a typo before a run
+    starts rather than after its output folder exists."""
     if data.dataset not in RUN_DATASETS:
         raise DataError(f"unknown data.dataset {data.dataset!r}; known: {', '.join(RUN_DATASETS)}")
+    if data.dataset != "synthetic":
+        check_source(data.dataset, data.split, data.path or None)
+
+
+def load_run_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
+    """(training problems, held-out problems); named data sets have no held-out part here."""
+    check_run_data(data)
     if data.dataset == "synthetic":
         train, held_out = synthetic_problems(data)
     else:

@@ -7,9 +7,12 @@ student the way the run's own dev evaluation did, so the strategy comes from the
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from cotdistill.config import RunConfig, load_config
+from cotdistill.config import RunConfig, SyntheticDataConfig, load_config
 from cotdistill.errors import ConfigError
 from cotdistill.formats import PROMPT_FORMATS, validate_mixture
 
@@ -58,3 +61,30 @@ def resolve_strategy(target: str | Path, subquestions: str = "model") -> tuple[s
         raise ConfigError(f"{run} trained a decomposer alone, which cannot be scored by itself: evaluate it with "
                           "its solver (--strategy socratic --decomposer ... --solver ...)")
     return strategy, subquestions, f"from the training mixture in {run / RUN_CONFIG}"
+
+
+def _names_synthetic(datasets: Any) -> bool:
+    names = datasets.split(",") if isinstance(datasets, str) else list(datasets or [])
+    return any(str(name).strip().partition(":")[0] == "synthetic" for name in names)
+
+
+def with_run_synthetic(model: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Evaluation options where the embedded ``synthetic`` set is generated as the run generated it.
+
+    Evaluating a run, one of its checkpoints or its ``final/`` on ``synthetic`` with the generator's
+    defaults (operands to 20) instead of the run's recipe (operands to 9) scored different problems than the
+    run's own held-out evaluation, silently. Any ``synthetic.*`` option given wins over the run's; returns
+    the options and one line saying which settings were used (None when ``synthetic`` is not evaluated).
+    """
+    options = dict(options)
+    if not _names_synthetic(options.get("datasets")):
+        return options, None
+    if any(key.replace("-", "_").startswith("synthetic.") for key in options):
+        return options, "synthetic problems from the --synthetic.* options given"
+    run = run_folder_of(model)
+    if run is None:
+        return options, "synthetic problems from the generator's defaults (the model is not inside a run)"
+    settings = load_config(run / RUN_CONFIG).data.synthetic
+    for field in dataclasses.fields(SyntheticDataConfig):
+        options[f"synthetic.{field.name}"] = getattr(settings, field.name)
+    return options, f"synthetic problems generated as {run / RUN_CONFIG} says (--synthetic.<key> overrides)"

@@ -101,6 +101,9 @@ def open_student(engine: Engine, target: str | Path, precision: str = "bf16", ze
         model_path = str(run_dir / META_DIR)
         if not Path(model_path).is_dir():
             raise ConfigError(f"{model_path} is missing: the run folder should hold the model config and tokenizer")
+    elif Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():
+        raise ConfigError(f"{model_path} holds no config.json, checkpoints/ or checkpoint marker: give an exported "
+                          "model folder (a run's final/), a run folder or one of its checkpoints/step-* folders")
     kind = detect_kind(model_path)
     tokenizer = load_tokenizer(model_path)
     if str(zero_stage) == "auto":

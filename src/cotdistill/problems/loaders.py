@@ -109,6 +109,18 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     return folder
 
 
+def check_source(name: str, split: str = DEFAULT_SPLIT, path: str | Path | None = None) -> None:
+    """What ``load_problems`` refuses before reading anything (a known name and split, a file where one is
+    needed), callable alone so a recipe is refused before a run starts."""
+    dataset = _dataset(name)
+    if split != DEFAULT_SPLIT and split not in dataset.splits:
+        raise DataError(
+            f"unknown split {split!r} for {name!r}; valid splits: {', '.join(dataset_splits(name))}"
+        )
+    if path is None and dataset.from_dir is None:
+        raise DataError(f"{name!r} needs path= (the file to read)")
+
+
 def load_problems(
     name: str,
     split: str = DEFAULT_SPLIT,
@@ -124,11 +136,8 @@ def load_problems(
     "traces" (question_field, rationale_field, answer_kind, keep_unanswered, source) and "jsonl"
     (question_field, answer_field, rationale_field, id_field).
     """
+    check_source(name, split, path)
     dataset = _dataset(name)
-    if split != DEFAULT_SPLIT and split not in dataset.splits:
-        raise DataError(
-            f"unknown split {split!r} for {name!r}; valid splits: {', '.join(dataset_splits(name))}"
-        )
     unknown = sorted(set(options) - set(dataset.options))
     if unknown:
         valid = ", ".join(dataset.options) or "none"

@@ -23,6 +23,7 @@ from typing import Any
 from cotdistill import __version__
 from cotdistill.config import BuildConfig, ProblemsConfig, TeacherConfig, to_dict
 from cotdistill.errors import DataError
+from cotdistill.outputs import check_output_dir
 from cotdistill.problems.loaders import load_problems
 from cotdistill.problems.record import Problem
 from cotdistill.problems.synthetic import generate_problems
@@ -267,7 +268,8 @@ def _percent(rate: float | None) -> str:
 
 
 def _check_output_dir(out: Path) -> None:
-    """Refuse a folder that holds something other than a dataset: nothing of the user's is overwritten."""
+    """Refuse a folder that holds something other than a dataset (nothing of the user's is overwritten), or that
+    cannot be written."""
     if out.exists() and not out.is_dir():
         raise DataError(f"output_dir {out} is a file; give a folder")
     if out.is_dir():
@@ -276,3 +278,4 @@ def _check_output_dir(out: Path) -> None:
         if foreign:
             raise DataError(f"output_dir {out} holds files a build did not write ({', '.join(sorted(foreign)[:5])}); "
                             "choose a new or empty folder")
+    check_output_dir(out)  # the build writes its cache and shards here: refuse now, not after the build
