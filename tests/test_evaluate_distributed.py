@@ -116,6 +116,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
     proc = cli(str(tmp_path / "no-model"), "--datasets", "synthetic", "--output_dir", str(tmp_path / "out"))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "no-model" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # nothing was evaluated: no empty output folder either
 
 
 def test_incomplete_checkpoint_is_refused(tmp_path):

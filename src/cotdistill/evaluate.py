@@ -195,8 +195,6 @@ def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
         spec = eval_spec(config)
         out = Path(config.output_dir)
         sets = resolve_eval_sets(config)  # bad names and missing files fail before any model is loaded
-        if engine.is_main:
-            out.mkdir(parents=True, exist_ok=True)
         reports: dict[str, EvalReport] = {}
 
         def record(name: str, report: EvalReport) -> None:
