@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -32,18 +33,19 @@ from cotdistill.batching import (
     run_batch_order,
     tokenize_examples,
 )
-from cotdistill.config import EvalRunConfig, EvalSpec, RunConfig, eval_spec, to_yaml
+from cotdistill.config import EvalRunConfig, EvalSpec, RunConfig, eval_spec, to_yaml, validate_run
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
 from cotdistill.eval_sets import EvalSet, folder_name, resolve_eval_sets
 from cotdistill.evaluate import evaluate_set
-from cotdistill.export import export_from_engine, save_run_meta
+from cotdistill.export import META_DIR, export_from_engine, save_run_meta
 from cotdistill.formats import validate_mixture
 from cotdistill.generation import EvalReport
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
+from cotdistill.outputs import check_output_dir, removed_on_failure
 from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, can_pack
 from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.run_data import load_run_problems, run_examples
@@ -78,10 +80,10 @@ def prepare_output_dir(output_dir: str, engine: Engine) -> Path:
     problem = ""
     if engine.is_main:
         try:
+            check_output_dir(path)
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".write-test-{time.time_ns()}"
-            probe.write_text("ok", encoding="utf-8")
-            probe.unlink()
+        except ConfigError as err:
+            problem = str(err)
         except OSError as err:
             problem = f"output_dir {path} is not writable: {err.strerror or err}"
     problem = engine.broadcast_object(problem)
@@ -137,12 +139,23 @@ def _eval_spec(config: RunConfig) -> EvalSpec:
     return eval_spec(config.eval, strategy=strategy, subquestions=subquestions)
 
 
+# What a run writes before its first logged step (train_log.jsonl is not among them): a folder holding only these
+# is removed when the run fails, since nothing in it can be resumed.
+STARTUP_FILES = (META_DIR, META_DIR + ".tmp", RUN_CONFIG, "tensorboard")
+
+
 def train(config: RunConfig) -> TrainResult:
-    """Run (or resume) one training job described by ``config``; every rank calls this."""
+    """Run (or resume) one training job described by ``config``; every rank calls this.
+
+    Everything ``show-config`` validates is checked before any folder or model exists, and a run that fails
+    before its first logged step leaves no run folder of its own making behind.
+    """
+    validate_run(config)
     stop = StopRequest()
     engine = Engine()
     try:
-        return _train(engine, config, stop)
+        with removed_on_failure(config.output_dir, scratch=STARTUP_FILES, enabled=engine.is_main):
+            return _train(engine, config, stop)
     finally:
         stop.release()
         engine.close()
@@ -203,8 +216,13 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     if latest is None and engine.is_main:
         for stale in ckpt.remove_incomplete(out):
             log.info("removed incomplete checkpoint %s", stale)
+    if engine.is_main:  # every start, with or without a checkpoint: steps after `step` are trained again
+        dropped = _forget_logged_steps_after(out / TRAIN_LOG, step)
+        if dropped:
+            log.info("%s: dropped %d row%s of steps after %d (they are trained again)", TRAIN_LOG, dropped,
+                     "s" * (dropped > 1), step)
 
-    writer = _tensorboard(out, config) if engine.is_main else None
+    writer = _tensorboard(out, config, step) if engine.is_main else None
     stop_at = min(total_steps, step + t.stop_after_steps) if t.stop_after_steps else total_steps
     batches = order.stream(data)
     pad_id = tokenizer.pad_token_id
@@ -214,68 +232,70 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     profiler = StepProfiler(parse_step_range(t.profile_steps), out / "profile", engine.rank)
     engine.train()
 
-    while step < stop_at:
-        profiler.before_step(step + 1)
-        lr = lr_at(step, total_steps, t)
-        engine.set_lr(lr)
-        started = time.perf_counter()
-        loss_sum = tokens = real = slots = 0.0
-        for _ in range(t.gradient_accumulation):
-            batch = collate([tokenized[i] for i in batches.next_step()[engine.rank]], pad_id,
-                            loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0, pack=packed)
-            consumed += order.global_batch
-            r, s = padding_stats(batch, causal)
-            real, slots = real + r, slots + s
-            fb = forward_batch(batch, causal)
-            if not causal:
-                fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
-                    lambda labels: engine.module.prepare_decoder_input_ids_from_labels(labels=labels))
-            with fb.forward_context():
-                outputs = engine.forward(**fb.inputs, use_cache=False)  # no KV cache to keep in training
-            targets = {k: v.to(engine.device) for k, v in fb.targets.items()}
-            loss, n = _micro_batch_loss(outputs.logits, fb.labels.to(engine.device), targets, t.kd_weight,
-                                        shift=not fb.aligned)
-            engine.backward(loss)
-            engine.step()
-            loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
-        step += 1
-        elapsed = time.perf_counter() - started
-        loss_sum, tokens, real, slots = engine.all_reduce_sum([loss_sum, tokens, real, slots])
-        mean_loss = loss_sum / max(tokens, 1.0)
-        losses.append(mean_loss)
-        grad_norm = engine.grad_norm()
-        lr = engine.current_lr()
-        if writer is not None and (step % t.log_every == 0 or step == stop_at):
-            samples = t.micro_batch_size * t.gradient_accumulation * engine.world_size
-            scalars = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                       "train/samples_per_s": samples / elapsed, "train/tokens_per_s": real / elapsed,
-                       "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed}
-            for name, value in scalars.items():
-                writer.add_scalar(name, value, step)
-            with open(out / TRAIN_LOG, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": step, **{k.split("/")[1]: v for k, v in scalars.items()},
-                                     "time": time.time()}) + "\n")
+    try:
+        while step < stop_at:
+            profiler.before_step(step + 1)
+            lr = lr_at(step, total_steps, t)
+            engine.set_lr(lr)
+            started = time.perf_counter()
+            loss_sum = tokens = real = slots = 0.0
+            for _ in range(t.gradient_accumulation):
+                batch = collate([tokenized[i] for i in batches.next_step()[engine.rank]], pad_id,
+                                loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0, pack=packed)
+                consumed += order.global_batch
+                r, s = padding_stats(batch, causal)
+                real, slots = real + r, slots + s
+                fb = forward_batch(batch, causal)
+                if not causal:
+                    fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
+                        lambda labels: engine.module.prepare_decoder_input_ids_from_labels(labels=labels))
+                with fb.forward_context():
+                    outputs = engine.forward(**fb.inputs, use_cache=False)  # no KV cache to keep in training
+                targets = {k: v.to(engine.device) for k, v in fb.targets.items()}
+                loss, n = _micro_batch_loss(outputs.logits, fb.labels.to(engine.device), targets, t.kd_weight,
+                                            shift=not fb.aligned)
+                engine.backward(loss)
+                engine.step()
+                loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
+            step += 1
+            elapsed = time.perf_counter() - started
+            loss_sum, tokens, real, slots = engine.all_reduce_sum([loss_sum, tokens, real, slots])
+            mean_loss = loss_sum / max(tokens, 1.0)
+            losses.append(mean_loss)
+            grad_norm = engine.grad_norm()
+            lr = engine.current_lr()
+            if writer is not None and (step % t.log_every == 0 or step == stop_at):
+                samples = t.micro_batch_size * t.gradient_accumulation * engine.world_size
+                scalars = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                           "train/samples_per_s": samples / elapsed, "train/tokens_per_s": real / elapsed,
+                           "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed}
+                for name, value in scalars.items():
+                    writer.add_scalar(name, value, step)
+                with open(out / TRAIN_LOG, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": step, **{k.split("/")[1]: v for k, v in scalars.items()},
+                                         "time": time.time()}) + "\n")
+            if progress is not None:
+                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                progress.update(1)
+            stopping = engine.any_rank(stop.requested)
+            report = profiler.after_step(step, stopping=stopping or step == stop_at)
+            if report is not None:
+                log.info("profile of steps %s written to %s (and a trace to open in ui.perfetto.dev)",
+                         t.profile_steps, report)
+            due = config.checkpoint.every and step % config.checkpoint.every == 0
+            if due or stopping or step == stop_at:
+                _save(engine, config, out, step, consumed, batches.state(), mean_loss, log, total_steps)
+                last_saved = step
+            if stopping:
+                log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume", step)
+                break
+            if config.eval.every and step % config.eval.every == 0 and step < total_steps and dev_sets:
+                _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer,
+                                   out / "eval" / f"step-{step:06d}", log)
+    finally:  # also on an error (a full disk), so its `error:` line starts a line of its own
         if progress is not None:
-            progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-            progress.update(1)
-        stopping = engine.any_rank(stop.requested)
-        report = profiler.after_step(step, stopping=stopping or step == stop_at)
-        if report is not None:
-            log.info("profile of steps %s written to %s (and a trace to open in ui.perfetto.dev)", t.profile_steps,
-                     report)
-        due = config.checkpoint.every and step % config.checkpoint.every == 0
-        if due or stopping or step == stop_at:
-            _save(engine, config, out, step, consumed, batches.state(), mean_loss, log, total_steps)
-            last_saved = step
-        if stopping:
-            log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume", step)
-            break
-        if config.eval.every and step % config.eval.every == 0 and step < total_steps and dev_sets:
-            _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer,
-                               out / "eval" / f"step-{step:06d}", log)
+            progress.close()
 
-    if progress is not None:
-        progress.close()
     if step > 0 and last_saved != step:
         _save(engine, config, out, step, consumed, batches.state(), losses[-1] if losses else float("nan"), log,
               total_steps)
@@ -342,8 +362,6 @@ def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthG
         if not resharded:
             log.warning("checkpoint %s has no RNG state for rank %d; its streams restart from a fresh seed",
                         latest.path, engine.rank)
-    if engine.is_main:
-        _forget_logged_steps_after(out / TRAIN_LOG, step)
     log.info("resumed from %s (step %d, epoch %d with %d samples left)", latest.path, step, data.epoch,
              len(data.remaining))
     samples = int(state.get("samples", latest.meta.get("samples", 0)))
@@ -413,35 +431,133 @@ def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalS
 
 def _save(engine: Engine, config: RunConfig, out: Path, step: int, samples: int, data: DataState, loss: float,
           log, total_steps: int) -> None:
+    """Collective: write checkpoint ``step``, complete (marker last) or not at all.
+
+    A checkpoint that will not fit is refused before anything is written (its size is the previous
+    checkpoint's, or estimated from the parameter counts); one whose write runs out of space anyway is
+    removed. Either way every rank stops with one ``error:`` line (``DiskFullError``) and the previous
+    complete checkpoint stays.
+    """
     folder = ckpt.checkpoint_path(out, step)
-    engine.save_checkpoint(folder, ckpt.TAG, {"step": step, "samples": samples})
-    ckpt.save_rng(folder, engine.rank)
-    engine.barrier()
+    need = ckpt.expected_size(out, engine.checkpoint_size_estimate()) if engine.is_main else 0
+    reports = engine.all_gather_objects((need, ckpt.disk_free(folder)))
+    need, free = reports[0][0], min(f for _, f in reports)
+    if free < need:
+        _stop_full_disk(engine, config, out, folder, need, free, ran_out=False)
     if engine.is_main:
-        ckpt.save_data_state(folder, data.to_json())
-        ckpt.mark_complete(folder, {"step": step, "samples": samples, "loss": loss, "total_steps": total_steps,
-                                    "world_size": engine.world_size, "time": time.time()})
+        ckpt.prepare_folder(folder)  # before DeepSpeed's makedirs, which must not fail (Engine.save_checkpoint)
+    engine.barrier()
+    failure = engine.save_checkpoint(folder, ckpt.TAG, {"step": step, "samples": samples})
+    if failure is None:
+        failure = _attempt(lambda: ckpt.save_rng(folder, engine.rank))
+    _agree_saved(engine, config, out, folder, need, free, failure)
+    failure = None
+    if engine.is_main:
+        def finish() -> None:
+            ckpt.save_data_state(folder, data.to_json())
+            ckpt.mark_complete(folder, {"step": step, "samples": samples, "loss": loss,
+                                        "total_steps": total_steps, "world_size": engine.world_size,
+                                        "time": time.time()})
+        failure = _attempt(finish)
+    _agree_saved(engine, config, out, folder, need, free, failure)
+    if engine.is_main:
         removed = ckpt.rotate(out, config.checkpoint.keep_last)
         log.info("checkpoint step %d saved to %s%s", step, folder,
                  f" (removed {len(removed)} older)" if removed else "")
     engine.barrier()
 
 
-def _forget_logged_steps_after(path: Path, step: int) -> None:
-    """Steps after the checkpoint will be trained again; drop their log rows so none appears twice."""
-    if not path.is_file():
+def _attempt(fn: Callable[[], None]) -> Exception | None:
+    """Run ``fn``; return its error rather than raise it, so all ranks can first agree on the outcome."""
+    try:
+        fn()
+    except Exception as err:
+        return err
+    return None
+
+
+def _agree_saved(engine: Engine, config: RunConfig, out: Path, folder: Path, need: int, free_before: int,
+                 failure: Exception | None) -> None:
+    """Collective: return when no rank failed writing ``folder``; otherwise remove it and stop every rank.
+
+    A full disk on any rank becomes one ``DiskFullError`` line; any other error is raised again on the rank
+    that hit it (the others name that rank).
+    """
+    mine = None
+    if failure is not None:
+        full = ckpt.is_full_disk(failure, ckpt.disk_free(folder), need)  # measured before the cleanup frees it
+        mine = (engine.rank, full, f"{type(failure).__name__}: {failure}")
+    reports = [r for r in engine.all_gather_objects(mine) if r is not None]
+    if not reports:
         return
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    full_disk = any(full for _, full, _ in reports)
+    if full_disk and failure is not None:
+        _drop_tracebacks(failure)  # their frames hold torch.save's open file, whose space rmtree can't free
+    if engine.is_main:
+        shutil.rmtree(folder, ignore_errors=True)  # no COMPLETE marker yet: invisible anyway, now gone too
+    engine.barrier()
+    if full_disk:
+        _stop_full_disk(engine, config, out, folder, need, free_before, ran_out=True, cause=failure)
+    if failure is not None:
+        raise failure
+    rank, _, text = reports[0]
+    raise RuntimeError(f"rank {rank} could not write checkpoint {folder}: {text}")
 
 
-def _tensorboard(out: Path, config: RunConfig):
+def _drop_tracebacks(err: BaseException) -> None:
+    """Let go of the frames an error (and the errors it chains) still reference."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        cause.__traceback__ = None
+        cause = cause.__cause__ or cause.__context__
+
+
+def _stop_full_disk(engine: Engine, config: RunConfig, out: Path, folder: Path, need: int, free: int,
+                    ran_out: bool, cause: Exception | None = None) -> None:
+    """Every rank stops here together: rank 0 raises the one-line error, the others exit with its code
+    quietly (each would otherwise print the same line again)."""
+    if not engine.is_main:
+        raise SystemExit(2)
+    raise ckpt.DiskFullError(ckpt.full_disk_message(folder, need, free, ckpt.latest_checkpoint(out),
+                                                    config.checkpoint.keep_last, ran_out=ran_out)) from cause
+
+
+def _forget_logged_steps_after(path: Path, step: int) -> int:
+    """Keep one row per step up to ``step`` (the one training resumes after); return how many rows went.
+
+    Called at every start: steps after the checkpoint (all of them without one) are trained again, and a
+    run killed mid-write leaves a torn last line that is dropped here rather than breaking the next run
+    (or gluing the next row onto it). A step logged twice by an older version keeps its last row.
+    """
+    if not path.is_file():
+        return 0
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    rows: dict[int, str] = {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+            logged = int(row["step"])
+        except (ValueError, TypeError, KeyError):  # torn (kill -9 mid-write) or blank
+            continue
+        if logged <= step:
+            rows[logged] = line
+    kept = [rows[s] for s in sorted(rows)]
+    if kept != lines or not text.endswith("\n"):  # a last row without its newline would take the next one
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(row + "\n" for row in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _tensorboard(out: Path, config: RunConfig, step: int):
+    """The run's TensorBoard writer; events of steps after ``step`` from earlier starts are purged (trained
+    again), as in the JSONL log."""
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tensorboard"))
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
     writer.add_text("config", "```yaml\n" + to_yaml(config) + "\n```")
     (out / RUN_CONFIG).write_text(to_yaml(config), encoding="utf-8")
     return writer
