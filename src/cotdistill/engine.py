@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from cotdistill.ds_config import zero_stage
+from cotdistill.runtime_env import ops_to_build
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,11 @@ class Engine:
         if config is None:
             raise RuntimeError("Engine.initialize needs a DeepSpeed config (call load_model first)")
         self.ds_config = config
+        missing = ops_to_build(config)
+        if missing and self.is_main:  # a first run compiles for about a minute: say so rather than look hung
+            logging.getLogger("cotdistill").info(
+                "compiling DeepSpeed's %s op%s once into %s (about a minute on 2 CPU cores; later runs reuse it)",
+                " and ".join(missing), "s" if len(missing) > 1 else "", os.environ.get("TORCH_EXTENSIONS_DIR"))
         params = [p for p in model.parameters() if p.requires_grad]
         self.ds, _, _, _ = self._deepspeed.initialize(model=model, model_parameters=params, config=config)
 
