@@ -43,6 +43,10 @@ def test_kojima_asks_step_by_step_then_appends_the_trigger_of_each_answer_type()
     assert second[0] == f"{first[0]} 3 and 4 make 7. Therefore, the answer (arabic numerals) is"
     assert second[1].endswith("Water is wet. Therefore, the answer (Yes or No) is")
     assert second[2].endswith("Blood is red. Therefore, among A through E, the answer is")
+    spaced = Problem("m2", "Ann  has 3 apples.  How many?", "3", source="gsm8k")  # GSM8K has double spaces
+    prompt = kojima.prompts([spaced], "zero_shot_cot", demo_pool=(), k_shot=0, seed=0)[0]
+    (again,) = kojima.answer_prompts([spaced], [prompt], ["  "], "zero_shot_cot")
+    assert again == f"{prompt} Therefore, the answer (arabic numerals) is"  # the prompt is kept byte for byte
 
 
 def test_kojima_answer_only_is_the_papers_zero_shot_baseline_in_one_stage():

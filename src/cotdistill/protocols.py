@@ -119,7 +119,9 @@ class KojimaProtocol(Protocol):
     def answer_prompts(self, problems, prompts, texts, strategy):
         if strategy != "zero_shot_cot":
             return None
-        return [f"{prompt} {text} Therefore, {KOJIMA_TRIGGERS[_answer_type(p)]}".replace("  ", " ")
+        # The prompt is kept byte for byte (callers cut it off again); only the reasoning is trimmed.
+        return [" ".join(part for part in (prompt, text.strip(), f"Therefore, {KOJIMA_TRIGGERS[_answer_type(p)]}")
+                         if part)
                 for p, prompt, text in zip(problems, prompts, texts, strict=True)]
 
     def score(self, problem, text):
