@@ -18,13 +18,14 @@ $(VENV)/.installed: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	@$(PY) -m pip install -q -e ".[dev,peer]"
+	@$(PY) -m pip install -q -e ".[dev,peer,serving]"
 	@touch $@
 
 # The embedded default: tiny GPT-2, synthetic 1-3 step problems, ZeRO-3 + CPU offload on NUM_RANKS ranks.
+# launchers/launch.py is the deepspeed launcher without its start-up lines; COTDISTILL_VERBOSE=1 shows them.
 demo: install
 	@rm -rf runs/demo-gpt2 runs/tiny-gpt2
-	$(VENV)/bin/deepspeed --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-gpt2-synthetic.yaml
+	$(PY) launchers/launch.py --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-gpt2-synthetic.yaml
 
 # The embedded experiment (issue 5): answer-only vs CoT vs Socratic students, same budget (minutes per arm: docs/BENCHMARKS.md).
 experiment: install

@@ -38,6 +38,10 @@ setup(
         # GSM8K task of exactly this release. Its HF backend needs only torch/transformers/accelerate, which
         # are already required; the "hf" extra would add peft, which is only needed for adapters.
         "peer": ["lm_eval==0.4.13"],
+        # `transformers serve`, a real OpenAI-compatible server on CPU, which the teacher-data builder is tested
+        # against (tests/test_teacher_real_server.py). Held to the minor release installed: the tests assert what
+        # this release's server honours (seed) and ignores (n, logprobs), and a newer one may change that.
+        "serving": ["transformers[serving]>=5.25,<5.26"],
     },
     entry_points={"console_scripts": ["cotdistill=cotdistill.cli:main"]},
 )

@@ -21,6 +21,7 @@ from pathlib import Path
 from cotdistill.entrypoints import run_or_exit
 from cotdistill.outputs import check_output_file
 from cotdistill.report import markdown_table
+from cotdistill.run_folder import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {"answer-only": "answer_only", "cot": "zero_shot_cot", "socratic": "socratic"}
@@ -51,7 +52,8 @@ def main() -> None:
         run([str(bin_dir / "deepspeed"), "--num_gpus", str(args.ranks), "launchers/train.py", "--config",
              f"recipes/experiment/{arm}.yaml", f"train.max_steps={args.steps}", "model.make_tiny="])
         minutes = (time.monotonic() - started) / 60
-        metrics = json.loads((REPO / "runs" / "experiment" / arm / "eval" / "held-out" / "metrics.json").read_text())
+        held_out = RunFolder(REPO / "runs" / "experiment" / arm).eval_dir() / "held-out"
+        metrics = json.loads((held_out / "metrics.json").read_text())
         rows.append([arm, strategy, f"{metrics['correct']}/{metrics['total']}", f"{100 * metrics['accuracy']:.1f}%",
                      f"{minutes:.1f}"])
         print(rows[-1], file=sys.stderr, flush=True)

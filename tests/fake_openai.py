@@ -4,7 +4,10 @@ Standard library only, so the benchmark can run it in its own process (`python t
 Answers are deterministic: a responder maps (question, prompt, sample number) to text, and a request's
 choice i is sample `seed + i`, so a seeded client sees the same texts on every call. Faults (429, 5xx,
 hangs, truncated bodies, dropped connections, 4xx) are injected on the first matching requests, so
-retry and error-mapping code can be tested against real sockets instead of mocks.
+retry and error-mapping code can be tested against real sockets instead of mocks. `ignores` makes it
+accept but not honour parts of the request, as real servers do (`transformers serve` ignores `n` and
+`logprobs`): a build's capability probe and adaptation are tested fast here, and against the real server
+in test_teacher_real_server.py.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 # only half arrives before the close).
 FAULT_STATUSES = ("429", "500", "503", "401", "404", "400")
 FAULT_KINDS = (*FAULT_STATUSES, "hang", "drop", "truncate", "cut")
+IGNORABLE = ("n", "logprobs", "seed")  # n: one choice; logprobs: none returned; seed: every answer differs
 _PIECE = re.compile(r"\s*\S+|\s+")  # tokens: each carries its leading whitespace, so they join to the text
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
@@ -96,7 +100,11 @@ class FakeOpenAIServer:
 
     def __init__(self, responder: Responder = echo_responder, delay: float = 0.0, faults: Sequence[Fault] = (),
                  api_key: str | None = None, hang_seconds: float = 30.0, model: str = "fake-teacher",
-                 port: int = 0, host: str = "127.0.0.1") -> None:
+                 port: int = 0, host: str = "127.0.0.1", ignores: Sequence[str] = ()) -> None:
+        unknown = set(ignores) - set(IGNORABLE)
+        if unknown:
+            raise ValueError(f"cannot ignore {sorted(unknown)}; known: {', '.join(IGNORABLE)}")
+        self.ignores = frozenset(ignores)
         self.responder = responder
         self.delay = delay
         self.faults = list(faults)
@@ -108,6 +116,7 @@ class FakeOpenAIServer:
         self._stopping = threading.Event()
         self._requests = 0
         self._answered = 0
+        self._unseeded = 10_000  # sample numbers for a server that ignores seeds: never repeat
         self._faults_injected: dict[str, int] = {}
         self._authorization_headers: set[str] = set()
         self._connections: set[socket.socket] = set()
@@ -189,6 +198,11 @@ class FakeOpenAIServer:
                     return fault.kind
         return None
 
+    def _next_unseeded(self, n: int) -> int:
+        with self._lock:
+            self._unseeded += n
+            return self._unseeded - n
+
     def _count_answer(self) -> None:
         with self._lock:
             self._answered += 1
@@ -203,8 +217,8 @@ class FakeOpenAIServer:
     def _samples(self, prompt: str, body: dict[str, Any]) -> tuple[list[tuple[str, str]], int, int]:
         """(text, finish_reason) per choice, prompt tokens, completion tokens; stop and max_tokens applied."""
         question = question_of(prompt)
-        n = int(body.get("n") or 1)
-        seed = int(body.get("seed") or 0)
+        n = 1 if "n" in self.ignores else int(body.get("n") or 1)
+        seed = self._next_unseeded(n) if "seed" in self.ignores else int(body.get("seed") or 0)
         stop = body.get("stop") or []
         stops = [stop] if isinstance(stop, str) else list(stop)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -343,6 +357,8 @@ def _handler_class(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, chat: bool, prompt: str, model: str, body: dict[str, Any]) -> dict[str, Any]:
             samples, prompt_tokens, completion_tokens = fake._samples(prompt, body)
+            if "logprobs" in fake.ignores:
+                body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
             choices = []
             for i, (text, reason) in enumerate(samples):
                 if chat:

@@ -14,7 +14,8 @@ remount /sys). On exit the jobs are cancelled, every process this cluster starte
 the jobs: whatever carries its SLURM_CONF in its environment) is ended by pid, and the namespaces, veths, bridge
 and the folder are removed, also after a failure.
 
-`require_slurm()` installs slurm-wlm and munge with apt-get when missing and running as root, else skips.
+`require_slurm()` installs slurm-wlm and munge with apt-get when missing and running as root, else skips (in CI,
+`CI=true`, it fails instead: CI's machine has Slurm and root, so a Slurm test that cannot run there is a failure).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import pytest
 
 SLURM_TOOLS = ("slurmctld", "slurmd", "slurmstepd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo",
                "munged", "munge", "unmunge")
@@ -47,7 +46,8 @@ def _missing(tools) -> list[str]:
 
 
 def require_slurm(namespaces: bool = False) -> None:
-    """Make sure Slurm and munge are installed (apt-get as root) and usable here, or skip with the reason."""
+    """Make sure Slurm and munge are installed (apt-get as root) and usable here, or skip with the reason (fail
+    in CI: `conftest.skip_or_fail`)."""
     reason = None
     if os.geteuid() != 0:
         reason = "the Slurm tests start slurmctld/slurmd as root (SlurmUser=root) and need root"
@@ -70,8 +70,10 @@ def require_slurm(namespaces: bool = False) -> None:
             if made.returncode != 0:
                 reason = f"cannot create network namespaces here: {made.stderr.strip()}"
     if reason:
+        from conftest import skip_or_fail
+
         print(f"SKIP slurm tests: {reason}", flush=True)
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 def _free_port(host: str = "0.0.0.0") -> int:

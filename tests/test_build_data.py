@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -121,8 +122,8 @@ def test_a_second_run_asks_nothing_and_rewrites_the_same_dataset(tmp_path, probl
     assert first["tasks"] == second["tasks"]
 
 
-def test_requests_failing_after_all_retries_are_reported_then_filled_by_the_next_run(tmp_path, problems,
-                                                                                      monkeypatch):
+def test_requests_failing_after_all_retries_are_reported_then_filled_by_the_next_run_counting_their_retries(
+        tmp_path, problems, monkeypatch):
     monkeypatch.setenv(KEY_ENV, SECRET)
     out = tmp_path / "out"
     with FakeOpenAIServer(ScriptedTeacher(problems), faults=[Fault("503", 100, question=problems[2].question)]) \
@@ -133,11 +134,88 @@ def test_requests_failing_after_all_retries_are_reported_then_filled_by_the_next
     assert partial["this_run"]["retries_of_failed_requests"] == {"server_error": 2}
     with FakeOpenAIServer(ScriptedTeacher(problems)) as healthy:
         full = json.loads(build_dataset(load_build_config(None, build_overrides(healthy, out))).read_text())
-        assert healthy.requests == 1  # only the failed question is asked again
+        assert healthy.requests == 1 + full["this_run"]["probe_requests"]  # only the failed question again
+    # The retries of the request that failed in the first run still count, and its failure is on record.
+    assert full["tasks"]["cot"]["cache"]["retries"] == {"server_error": 2}
+    assert full["tasks"]["cot"]["cache"]["failed_requests"] == 1 and full["tasks"]["cot"]["cache"]["requests"] == 12
     with FakeOpenAIServer(ScriptedTeacher(problems)) as fresh:
         reference = json.loads(build_dataset(load_build_config(None, build_overrides(fresh, tmp_path / "ref")))
                                .read_text())
     assert full["complete"] is True and full["files"] == reference["files"]
+
+
+def test_a_server_that_ignores_n_gets_one_sample_per_request_and_the_same_dataset_without_retries(
+        tmp_path, problems, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with FakeOpenAIServer(ScriptedTeacher(problems), ignores=["n"]) as server:
+        manifest = json.loads(build_dataset(load_build_config(None, build_overrides(server, tmp_path / "out")))
+                              .read_text())
+        asked = server.requests
+        again = json.loads(build_dataset(load_build_config(None, build_overrides(server, tmp_path / "out")))
+                           .read_text())
+        assert server.requests == asked  # the rerun finds the one-sample cache: no probe, no request
+    with FakeOpenAIServer(ScriptedTeacher(problems)) as honest:
+        reference = json.loads(build_dataset(load_build_config(None, build_overrides(honest, tmp_path / "ref")))
+                               .read_text())
+    assert manifest["teacher"]["capabilities"] == {"n": False, "logprobs": None, "seed": True, "samples_vary": True,
+                                                   "probed": "this run", "probe_requests": 3}
+    assert again["teacher"]["capabilities"]["probed"] == "an earlier run"
+    assert again["teacher"]["capabilities"]["n"] is False
+    assert reference["teacher"]["capabilities"]["n"] is True
+    cot = manifest["tasks"]["cot"]
+    assert cot["cache"]["samples_per_request"] == 1 and reference["tasks"]["cot"]["cache"]["samples_per_request"] == 4
+    assert (cot["samples"], cot["missing"], cot["cache"]["requests"]) == (48, 0, 48)
+    assert cot["cache"]["retries"] == {} and manifest["this_run"]["requests_failed"] == 0
+    assert asked == 48 + manifest["this_run"]["probe_requests"]
+    assert manifest["complete"] is True
+    # Sample i asked alone with seed sampling.seed + i is the sample a server honouring n returns as choice i.
+    assert read_records(tmp_path / "out", "cot") == read_records(tmp_path / "ref", "cot")
+
+
+def test_logprobs_asked_from_a_server_that_ignores_them_stop_the_build_at_once_with_one_line(tmp_path, problems):
+    with FakeOpenAIServer(ScriptedTeacher(problems), ignores=["n", "logprobs"]) as server:
+        started = time.monotonic()
+        proc = run_launcher(build_overrides(server, tmp_path / "out", "sampling.logprobs=3"), {KEY_ENV: SECRET})
+        _, err = proc.communicate(timeout=120)
+        seconds = time.monotonic() - started
+        assert server.requests == 1  # the probe's first request tells: nothing is sampled, nothing retried
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert server.base_url in errors[0] and "sampling.logprobs=0" in errors[0]
+    assert "does not return token log-probs" in errors[0]
+    assert seconds < 30
+    assert not (tmp_path / "out").exists()  # nothing was asked: no empty cache or folder is left behind
+
+
+class DropsAChoiceAboveTwo(FakeOpenAIServer):
+    """Honours n=2 (what the probe asks) but answers one choice short for larger n: a protocol mismatch."""
+
+    def _samples(self, prompt, body):
+        samples, prompt_tokens, completion_tokens = super()._samples(prompt, body)
+        return (samples[:-1] if len(samples) > 2 else samples), prompt_tokens, completion_tokens
+
+
+def test_a_deterministic_protocol_mismatch_stops_the_build_without_a_single_retry(tmp_path, problems, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    with DropsAChoiceAboveTwo(ScriptedTeacher(problems)) as server, \
+            pytest.raises(TeacherError, match="answered 3 completion\\(s\\) to a request for n=4") as caught:
+        build_dataset(load_build_config(None, build_overrides(server, tmp_path / "out", "teacher.concurrency=1")))
+    assert server.requests == 3 + 1  # the probe, then the first request: never asked again
+    assert "teacher.samples_per_request=1" in str(caught.value) and server.base_url in str(caught.value)
+
+
+def test_a_server_that_ignores_seeds_is_recorded_and_warned_about(tmp_path, problems, monkeypatch, caplog):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    caplog.set_level(logging.INFO, logger="cotdistill")
+    with FakeOpenAIServer(lambda question, prompt, sample: f"Draw {sample}. The answer is 1.",
+                          ignores=["seed"]) as server:
+        manifest = json.loads(build_dataset(load_build_config(None, build_overrides(
+            server, tmp_path / "out", "sampling.logprobs=2"))).read_text())
+    assert manifest["teacher"]["capabilities"] == {"n": True, "logprobs": True, "seed": False, "samples_vary": True,
+                                                   "probed": "this run", "probe_requests": 3}
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("teacher capabilities of" in line for line in lines) == 1
+    assert any("ignores seed" in line for line in lines)
 
 
 @pytest.mark.parametrize(("fault", "expected"), [("401", f"\\${KEY_ENV}"), ("404", "fake-teacher")])
@@ -191,6 +269,29 @@ def test_a_build_killed_with_sigkill_resumes_to_exactly_the_uninterrupted_record
     keys = [(line["qid"], i) for f in (tmp_path / "killed" / "cache").glob("cot-*.jsonl")
             for line in map(json.loads, f.read_text().splitlines()) for i in line["indices"]]
     assert len(keys) == len(set(keys)) == 160  # every sample cached exactly once
+
+
+def test_retries_of_a_request_cut_off_by_sigkill_count_in_the_next_runs_manifest(tmp_path, problems):
+    out = tmp_path / "out"
+    env = {KEY_ENV: SECRET}
+    with FakeOpenAIServer(ScriptedTeacher(problems), faults=[Fault("503", 10**6, question=problems[2].question)]) \
+            as failing:
+        killed = run_launcher(build_overrides(failing, out, "teacher.max_retries=1000"), env)
+        deadline = time.monotonic() + 60
+        while failing.faults_injected.get("503", 0) < 4 and time.monotonic() < deadline and killed.poll() is None:
+            time.sleep(0.01)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        injected = failing.faults_injected["503"]
+    assert injected >= 4
+    with FakeOpenAIServer(ScriptedTeacher(problems)) as healthy:
+        resumed = run_launcher(build_overrides(healthy, out), env)
+        _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    cache = json.loads((out / "manifest.json").read_text())["tasks"]["cot"]["cache"]
+    # Every failed attempt but one in flight at the kill was followed by a retry the killed run wrote down.
+    assert injected - 1 <= cache["retries"]["server_error"] <= injected
+    assert cache["failed_requests"] == 0 and cache["requests"] == 12
 
 
 def test_the_api_key_never_reaches_a_file_or_a_log(tmp_path, problems):

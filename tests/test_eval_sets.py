@@ -543,16 +543,17 @@ def test_training_dev_eval_and_cotdistill_eval_share_one_set_of_defaults():
 
 def test_a_run_folder_lends_its_synthetic_settings_to_an_evaluation_that_gives_none(tmp_path):
     from cotdistill.config import load_config, to_yaml
-    from cotdistill.runs import RUN_CONFIG, with_run_synthetic
+    from cotdistill.run_folder import RunFolder
+    from cotdistill.runs import with_run_synthetic
 
-    run = tmp_path / "run"
-    (run / "final").mkdir(parents=True)
-    (run / RUN_CONFIG).write_text(to_yaml(load_config("recipes/demo-gpt2-synthetic.yaml")), encoding="utf-8")
-    options, note = with_run_synthetic(str(run / "final"), {"datasets": "synthetic,gsm8k"})
+    run = RunFolder(tmp_path / "run")
+    run.final.mkdir(parents=True)
+    run.config_file.write_text(to_yaml(load_config("recipes/demo-gpt2-synthetic.yaml")), encoding="utf-8")
+    options, note = with_run_synthetic(str(run.final), {"datasets": "synthetic,gsm8k"})
     assert options["synthetic.operand_max"] == 9 and options["synthetic.train_size"] == 5000
-    assert str(run / RUN_CONFIG) in note
+    assert str(run.config_file) in note
     assert eval_config({"model": "m", **options}).synthetic.operand_max == 9
-    given, note = with_run_synthetic(str(run), {"datasets": ["synthetic"], "synthetic.operand_max": 50})
+    given, note = with_run_synthetic(str(run.root), {"datasets": ["synthetic"], "synthetic.operand_max": 50})
     assert given == {"datasets": ["synthetic"], "synthetic.operand_max": 50} and "given" in note
     assert with_run_synthetic(str(run), {"datasets": "gsm8k"}) == ({"datasets": "gsm8k"}, None)
     outside, note = with_run_synthetic(str(tmp_path / "elsewhere"), {"datasets": "synthetic"})

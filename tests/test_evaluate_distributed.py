@@ -10,14 +10,19 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_RUN, launch
+from cotdistill.generation import shard_batches
 
 pytestmark = pytest.mark.distributed
 
 MAX_NEW = 64
+# 11 problems at 6 per rank make two global batches: on 3 ranks the third rank gets no problem at all (an empty
+# shard: it runs a dummy batch to keep ZeRO-3's gathers matched and drops its outputs), on 2 ranks the second
+# gets a short batch. Every evaluation here, and the run's own dev evaluation, uses these numbers.
+PROBLEMS, BATCH = 11, 6
 # The run's own held-out problems and dev-evaluation settings, as cotdistill eval flags: the two must agree.
-SYNTHETIC = ["--synthetic.eval_size", "11", "--synthetic.train_size", "256", "--synthetic.operand_max", "9",
+SYNTHETIC = ["--synthetic.eval_size", str(PROBLEMS), "--synthetic.train_size", "256", "--synthetic.operand_max", "9",
              "--synthetic.eval_steps", "0"]
-EVAL_ARGS = ["--datasets", "synthetic", "--strategy", "zero_shot_cot", *SYNTHETIC, "--batch_size", "2",
+EVAL_ARGS = ["--datasets", "synthetic", "--strategy", "zero_shot_cot", *SYNTHETIC, "--batch_size", str(BATCH),
              "--max_new_tokens", str(MAX_NEW)]
 
 
@@ -28,8 +33,9 @@ def cot_run(tiny_models, tmp_path_factory) -> Path:
     launch("launchers/train.py", ["--config", "recipes/demo-gpt2-synthetic.yaml", *TINY_RUN,
                                   f"model.name_or_path={tiny_models['gpt2']}", "model.make_tiny=",
                                   f"output_dir={run}", "train.max_steps=150", "train.lr=3e-3",
-                                  "checkpoint.every=75", "data.synthetic.eval_size=11", "data.synthetic.eval_steps=0",
-                                  f"eval.max_new_tokens={MAX_NEW}", "eval.batch_size=2"])
+                                  "checkpoint.every=75", f"data.synthetic.eval_size={PROBLEMS}",
+                                  "data.synthetic.eval_steps=0", f"eval.max_new_tokens={MAX_NEW}",
+                                  f"eval.batch_size={BATCH}"])
     return run
 
 
@@ -49,6 +55,15 @@ def predictions(cot_run, tmp_path_factory) -> dict[str, list[dict]]:
     return found
 
 
+def test_the_three_rank_evaluation_leaves_one_rank_an_empty_shard():
+    """The numbers the 1/2/3-rank comparison uses: fewer global batches than ranks on 3 ranks."""
+    order = list(range(PROBLEMS))
+    three = [shard_batches(order, BATCH, 3, rank) for rank in range(3)]
+    assert [[len(batch) for batch in shard] for shard in three] == [[6], [5], [0]]
+    two = [shard_batches(order, BATCH, 2, rank) for rank in range(2)]
+    assert [[len(batch) for batch in shard] for shard in two] == [[6], [5]]
+
+
 def test_generations_stop_at_different_lengths(predictions):
     tokens = [row["generated_tokens"] for row in predictions["export-1"]]
     assert len(set(tokens)) > 1 and min(tokens) < MAX_NEW, tokens
@@ -57,7 +72,11 @@ def test_generations_stop_at_different_lengths(predictions):
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_greedy_predictions_are_identical_on_one_two_and_three_ranks(predictions, ranks):
     one, many = predictions["export-1"], predictions[f"export-{ranks}"]
-    assert [r["index"] for r in many] == list(range(11))
+    metrics = json.loads((predictions["root"] / f"export-{ranks}" / "metrics.json").read_text())
+    assert metrics["world_size"] == ranks
+    if ranks == 3:  # the last rank generated for none of the problems (its shard is one empty batch)
+        assert shard_batches(list(range(PROBLEMS)), BATCH, ranks, ranks - 1) == [[]]
+    assert [r["index"] for r in many] == list(range(PROBLEMS))
     assert [(r["generated"], r["extracted"], r["correct"]) for r in many] == \
         [(r["generated"], r["extracted"], r["correct"]) for r in one]
 
@@ -82,7 +101,7 @@ def test_training_dev_eval_and_cotdistill_eval_score_the_same_checkpoint_identic
     """One evaluation path: the dev evaluation the run logged at its last step equals cotdistill eval of the
     checkpoint at that step (same spec defaults, prompts, generations, extraction and accuracy)."""
     dev = [json.loads(line) for line in (cot_run / "eval" / "held-out" / "predictions.jsonl").read_text().splitlines()]
-    assert len(dev) == 11
+    assert len(dev) == PROBLEMS
     assert scored(dev) == scored(predictions["checkpoint-2"])
     dev_metrics = json.loads((cot_run / "eval" / "held-out" / "metrics.json").read_text())
     eval_metrics = json.loads((predictions["root"] / "checkpoint-2" / "metrics.json").read_text())["datasets"]
@@ -95,9 +114,9 @@ def test_outputs_hold_metrics_and_a_summary_table(predictions):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["strategy"] == "zero_shot_cot"
     synthetic = metrics["datasets"]["synthetic"]
-    assert synthetic["total"] == 11
+    assert synthetic["total"] == PROBLEMS
     assert synthetic["correct"] == sum(r["correct"] for r in predictions["export-2"])
-    assert "| synthetic | 11 |" in (out / "summary.md").read_text()
+    assert f"| synthetic | {PROBLEMS} |" in (out / "summary.md").read_text()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -128,7 +147,7 @@ def test_incomplete_checkpoint_is_refused(tmp_path):
 
 def test_self_consistency_samples_and_votes_on_two_ranks(predictions):
     rows = predictions["vote-2"]
-    assert [r["index"] for r in rows] == list(range(11))
+    assert [r["index"] for r in rows] == list(range(PROBLEMS))
     assert all(len(r["samples"]) == 3 for r in rows)
     assert any(len(set(r["samples"])) > 1 for r in rows), "sampling at temperature 0.9 should vary"
     for r in rows:
@@ -143,7 +162,7 @@ def test_checkpoint_selection_over_a_run_on_two_ranks(cot_run, predictions, tmp_
                                  for n in range(1, 6)))
     out = tmp_path / "selection"
     launch("launchers/eval_checkpoints.py", [str(cot_run), "--datasets", f"synthetic,{questions}", *SYNTHETIC,
-                                             "--max_new_tokens", str(MAX_NEW), "--batch_size", "2",
+                                             "--max_new_tokens", str(MAX_NEW), "--batch_size", str(BATCH),
                                              "--output_dir", str(out)])
     selection = json.loads((out / "selection.json").read_text())
     assert sorted(map(int, selection["accuracy"])) == [75, 150]

@@ -223,6 +223,45 @@ def test_hardware_line_names_the_fewest_gpus_that_fit():
     assert mp.hardware_line(mp.plan("flan-t5-xxl"), gpu_gib=1).startswith("does not fit")
 
 
+def _table_row(rendered: str, label: str) -> list[str]:
+    """The cells of one setting's row in a rendered plan's markdown table."""
+    return next(line.strip("|").split(" | ") for line in rendered.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_recommendation_is_for_the_gpu_count_asked_for_and_matches_its_table_row():
+    result = mp.plan("flan-t5-xxl", nodes=2, gpus_per_node=8)
+    rendered = mp.render_plan(result, gpu_gib=80)
+    lines = rendered.splitlines()
+    recommended = next(line for line in lines if line.startswith("recommended on "))
+    assert "2 nodes x 8 GPUs of 80 GiB (16 in all): ZeRO-2 (peak " in recommended
+    # the peak it names is the table's (computed for 16 GPUs), not a one-GPU layout's
+    assert f"peak {_table_row(rendered, 'ZeRO-2')[2]} GiB per GPU" in recommended
+    assert lines[-1].startswith("fewest that fit, nodes of 8 GPUs: ")
+
+
+def test_recommendation_says_when_nothing_fits_the_machines_asked_for():
+    result = mp.plan("flan-t5-xxl", nodes=1, gpus_per_node=2)
+    recommended = mp.layout_line(result, gpu_gib=16, ram_gib=64)
+    assert recommended == ("recommended on 1 node x 2 GPUs of 16 GiB (2 in all) with 64 GiB RAM per node: "
+                           "nothing fits (see the next line)")
+
+
+def test_fewest_gpus_are_counted_on_nodes_of_the_size_asked_for():
+    result = mp.plan("flan-t5-xxl", nodes=1, gpus_per_node=4, gradient_checkpointing=True)
+    fewest = mp.fewest_line(result, gpu_gib=40, ram_gib=64)
+    # eight 4-GPU nodes' worth of memory: two nodes, never one node of eight GPUs
+    assert fewest == ("fewest that fit, nodes of 4 GPUs: ZeRO-3: 8 x 40 GiB GPUs, 2 nodes with 15 GiB RAM each "
+                      "(peak 26.6 GiB per GPU)")
+
+
+def test_every_memory_column_of_the_table_names_its_unit():
+    rendered = mp.render_plan(mp.plan("gpt2"))
+    header = next(line for line in rendered.splitlines() if line.startswith("| setting |"))
+    columns = header.strip("|").split(" | ")[1:]
+    assert len(columns) == 5
+    assert all("GiB per GPU" in c or "GiB per node" in c for c in columns), columns
+
+
 def test_cli_prints_the_table(tmp_path):
     done = subprocess.run([str(CLI), "plan-memory", "--model", "gpt2-large", "--nodes", "1", "--gpus-per-node", "2"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=300)

@@ -1,7 +1,8 @@
 """ZeRO-3 with parameters and optimizer states swapped to disk (ds_configs/zero3_nvme.json), for real.
 
 DeepSpeed builds its async I/O op on first use, which needs libaio's headers: installed with apt-get when
-missing and running as root (as in CI here), else the test is skipped with that reason.
+missing and running as root (as in CI here), else the test is skipped with that reason (in CI, `CI=true`, it
+fails instead: `conftest.skip_or_fail`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY_RUN, apt_install, launch, read_losses, synthetic_texts
+from conftest import REPO, TINY_RUN, apt_install, launch, read_losses, skip_or_fail, synthetic_texts
 
 pytestmark = pytest.mark.distributed
 
@@ -27,7 +28,7 @@ def require_libaio() -> None:
     if not LIBAIO_HEADER.is_file():
         reason = "DeepSpeed's async I/O op needs libaio's headers: apt-get install libaio-dev"
         print(f"SKIP nvme test: {reason}", flush=True)
-        pytest.skip(reason)
+        skip_or_fail(reason)
 
 
 def nvme_template(folder: Path) -> Path:

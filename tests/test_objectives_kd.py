@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cotdistill.batching import tokenize_examples
+from cotdistill.formats import Example
 from cotdistill.objectives import (
     IGNORE_INDEX,
     distill_loss,
@@ -220,3 +222,45 @@ def test_an_all_ignored_batch_gives_zero_loss_and_count():
     ids, probs = one_hot_targets(labels)
     loss, count = distill_loss(logits, labels, ids, probs, None, 0.5, False)
     assert count == 0 and loss.item() == 0.0
+
+
+# --- counting the target tokens that carry the teacher's distribution (the trainer's "tokens:" line) ----------
+
+
+class WordTokenizer:
+    """One id per word (its length + 10), eos 1: enough for tokenize_examples."""
+
+    eos_token_id = 1
+
+    def __call__(self, texts, add_special_tokens=True):
+        return {"input_ids": [[len(word) + 10 for word in text.split()] for text in texts]}
+
+
+TRACED = (("five", -0.1, [["five", -0.1]]),)  # any teacher tokens: the stub teacher_fn below ignores them
+
+
+def kd_examples() -> list[Example]:
+    return [Example("p0", "cot", "Q: one two", "a bb ccc dddd", TRACED),  # 4 target words + eos
+            Example("p1", "cot", "Q: three", "ee ff", TRACED),  # 2 + eos
+            Example("p2", "cot", "Q: four", "g hh iii", None)]  # no teacher tokens: not counted
+
+
+def even_ids_aligned(teacher_tokens, target_ids):
+    """A teacher distribution on every even target id, one-hot (None) elsewhere."""
+    return [((i,), (1.0,)) if i % 2 == 0 else None for i in target_ids]
+
+
+def test_tokenizing_counts_the_target_tokens_that_carry_a_teacher_distribution():
+    tokenized, stats = tokenize_examples(kd_examples(), WordTokenizer(), True, 64, 64, teacher_fn=even_ids_aligned)
+    # Targets with eos: [11, 12, 13, 14, 1] and [12, 12, 1]; even ids 12, 14 and 12, 12 carry the teacher's.
+    assert (stats.teacher_tokens, stats.target_tokens_with_teacher) == (4, 8)
+    assert [sum(t is not None for t in e.teacher) if e.teacher else 0 for e in tokenized] == [2, 2, 0]
+    assert "4 of 8 target tokens of traced examples carry the teacher's distribution" in stats.summary()
+
+
+def test_a_teacher_that_aligns_nothing_reports_zero_tokens_with_its_distribution():
+    """What the end-to-end KD tests guard against: traced examples, yet every target token learns one-hot."""
+    _, stats = tokenize_examples(kd_examples(), WordTokenizer(), True, 64, 64,
+                                 teacher_fn=lambda tokens, ids: [None] * len(ids))
+    assert (stats.teacher_tokens, stats.target_tokens_with_teacher) == (0, 8)
+    assert "0 of 8 target tokens" in stats.summary()

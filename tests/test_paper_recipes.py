@@ -8,6 +8,7 @@ ZeRO stage) is the recipe's own. One rank, three optimizer steps each.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -52,15 +53,31 @@ def teacher_cot(tmp_path_factory) -> Path:
     return out
 
 
+# The trainer's "tokens: ..." line (TruncationStats.summary): how many target tokens got a teacher distribution.
+TEACHER_TOKENS = re.compile(r"(\d+) of (\d+) target tokens of traced examples carry the teacher's distribution")
+
+
+def teacher_token_counts(output: str) -> tuple[int, int] | None:
+    """(tokens with a teacher distribution, target tokens of examples with teacher tokens) from a run's log."""
+    found = TEACHER_TOKENS.search(output)
+    return (int(found[1]), int(found[2])) if found else None
+
+
 def run_recipe(recipe: Path, model: Path, out: Path, *data: str) -> dict[int, float]:
+    launch_recipe(recipe, model, out, *data)
+    return read_losses(out)
+
+
+def launch_recipe(recipe: Path, model: Path, out: Path, *data: str) -> str:
+    """Train ``recipe`` with its model and data swapped; returns the launcher's output."""
     config = load_config(recipe)
     swaps = [f"model.name_or_path={model}", f"output_dir={out}", *data, f"train.max_steps={STEPS}",
              "train.micro_batch_size=4", "train.gradient_accumulation=1", "train.warmup_steps=1",
              "checkpoint.every=0", "checkpoint.export_final=false", "eval.at_end=false", "eval.datasets=[]"]
     if "nvme" in config.deepspeed_config:
         swaps.append(f"deepspeed_config={NVME_STAND_IN}")
-    launch("launchers/train.py", ["--config", str(recipe.relative_to(REPO)), *swaps], ranks=1)
-    return read_losses(out)
+    proc = launch("launchers/train.py", ["--config", str(recipe.relative_to(REPO)), *swaps], ranks=1)
+    return proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("recipe", SPECIALIZE, ids=lambda p: p.stem)
@@ -68,7 +85,11 @@ def test_a_specialization_recipe_trains_its_mixture_with_distribution_matching(r
                                                                                 tmp_path):
     config = load_config(recipe)
     assert config.train.kd_weight > 0 and config.data.single_format_batches and len(config.data.formats) == 3
-    losses = run_recipe(recipe, tiny_models["t5"], tmp_path / "run", f"data.path={teacher_cot}")
+    output = launch_recipe(recipe, tiny_models["t5"], tmp_path / "run", f"data.path={teacher_cot}")
+    # Distribution matching really had teacher distributions to match, not only one-hot targets.
+    counts = teacher_token_counts(output)
+    assert counts is not None and 0 < counts[0] <= counts[1], counts or output[-3000:]
+    losses = read_losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert all(0 < v < 20 for v in losses.values()), losses
     saved = json.loads((tmp_path / "run" / "checkpoints" / f"step-{STEPS:06d}" / "COMPLETE").read_text())

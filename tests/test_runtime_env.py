@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 
-from conftest import REPO
-from cotdistill.runtime_env import DEFAULT_EXTENSIONS_DIR, ops_to_build, prepare_environment
+import pytest
+
+from conftest import REPO, free_port
+from cotdistill.runtime_env import DEFAULT_EXTENSIONS_DIR, launcher_args, ops_to_build, prepare_environment
 
 
 def test_the_package_defaults_the_compiled_ops_folder_and_keeps_a_users_choice(tmp_path):
@@ -52,3 +56,59 @@ def test_importing_deepspeed_through_the_package_prints_no_accelerator_warning_o
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "cpu"
     assert "Setting accelerator to CPU" not in proc.stderr + proc.stdout
+
+
+# --- DeepSpeed's own start-up lines: out of a normal run, back with COTDISTILL_VERBOSE=1 ---------------------
+
+DEEPSPEED_LINE = re.compile(r"^\[[0-9-]+ [0-9:,]+\] \[(INFO|WARNING)\] \[", re.MULTILINE)
+
+
+def test_verbose_leaves_the_accelerator_to_deepspeeds_detection_and_its_warning(tmp_path):
+    verbose = {"COTDISTILL_VERBOSE": "1"}
+    prepare_environment(verbose, dev=tmp_path)
+    assert "DS_ACCELERATOR" not in verbose
+    off = {"COTDISTILL_VERBOSE": "0"}
+    prepare_environment(off, dev=tmp_path)
+    assert off["DS_ACCELERATOR"] == "cpu"
+
+
+def test_the_launcher_runs_at_error_level_unless_verbose_and_a_users_own_level_wins():
+    script = ["--num_gpus", "2", "launchers/train.py", "--config", "r.yaml"]
+    assert launcher_args(script, {}) == ["--log_level", "error", *script]
+    assert launcher_args(script, {"COTDISTILL_VERBOSE": "yes"}) == ["--log_level", "info", *script]
+    assert launcher_args(["--log_level=debug", *script], {}) == ["--log_level=debug", *script]
+    assert launcher_args(["-q", *script], {"COTDISTILL_VERBOSE": "1"}) == ["-q", *script]
+    theirs = ["--num_gpus", "2", "other.py", "--log_level", "debug"]  # the script's own flag, not the launcher's
+    assert launcher_args(theirs, {}) == ["--log_level", "error", *theirs]
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_deepspeeds_info_lines_in_a_rank_show_only_when_verbose(verbose):
+    code = ("import cotdistill, deepspeed; from deepspeed.utils import logger;"
+            "from cotdistill.runtime_env import set_deepspeed_log_level;"
+            "set_deepspeed_log_level(); logger.info('engine configuration dump')")
+    env = {k: v for k, v in os.environ.items() if k not in ("DS_ACCELERATOR", "COTDISTILL_VERBOSE")}
+    env.update({"COTDISTILL_VERBOSE": "1"} if verbose else {})
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert ("engine configuration dump" in output) is verbose
+    assert ("Setting accelerator to CPU" in output) is verbose
+
+
+def test_a_launch_through_launchers_launch_prints_no_deepspeed_start_up_lines(tmp_path):
+    """A user's shell: no DS_ACCELERATOR, no COTDISTILL_VERBOSE; a two-step run of a tiny GPT-2 on 2 ranks."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DS_ACCELERATOR", "COTDISTILL_VERBOSE")}
+    run = ["--config", "recipes/demo-gpt2-synthetic.yaml", f"output_dir={tmp_path / 'run'}",
+           f"model.name_or_path={tmp_path / 'tiny'}", "model.tiny.d_model=32", "model.tiny.num_layers=1",
+           "model.tiny.d_ff=64", "model.tiny.n_positions=256", "data.synthetic.train_size=32", "train.max_steps=2",
+           "train.micro_batch_size=4", "checkpoint.every=0", "checkpoint.export_final=false", "eval.at_end=false"]
+    cmd = [sys.executable, "launchers/launch.py", "--num_gpus", "2", "--master_port", str(free_port()),
+           "launchers/train.py", *run]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "data: 32 training problems -> 32 examples (zero_shot_cot 32 (100%))" in output
+    assert DEEPSPEED_LINE.findall(output) == [], [line for line in output.splitlines() if "] [" in line][:5]
+    assert "Setting accelerator to CPU" not in output

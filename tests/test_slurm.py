@@ -7,7 +7,9 @@ what they left behind:
 - one node: a training job (checkpoints, TensorBoard, held-out metrics, final export), an evaluation job
   chained on it (--dependency=afterok), the same training job preempted twice by USR1, during start-up and
   mid-run (each time it checkpoints, requeues itself and resumes; it ends with exactly the uninterrupted
-  job's steps and losses), and a teacher-data build against a loopback fake OpenAI server, preempted and
+  job's steps and losses), the same training job cancelled mid-run with a plain `scancel` (TERM: it
+  checkpoints at the next step and is not requeued) and then submitted again with the same command (it
+  resumes from that checkpoint), and a teacher-data build against a loopback fake OpenAI server, preempted and
   requeued.
 - two nodes: the same training as one rank per namespace; gloo traffic crosses the bridge.
 """
@@ -108,6 +110,11 @@ def one_node(request, tmp_path_factory):
                                                           "OUTPUT_DIR": str(root / "eval")},
                               *EVAL_ARGS, options=(f"--dependency=afterok:{jobs['train']}",))
         jobs["preempt"] = submit("train.sbatch", "preempt", {**train_env, "OUTPUT_DIR": str(root / "preempt")})
+        # Cancelled mid-run, then the same command again once the cancelled job has ended.
+        cancel_env = {**train_env, "OUTPUT_DIR": str(root / "cancel")}
+        jobs["cancel"] = submit("train.sbatch", "cancel", cancel_env)
+        jobs["rerun"] = submit("train.sbatch", "rerun", cancel_env,
+                               options=(f"--dependency=afterany:{jobs['cancel']}",))
         data_overrides = [
             "problems.dataset=synthetic", f"problems.synthetic.train_size={QUESTIONS}",
             "problems.synthetic.max_steps=2",
@@ -133,6 +140,9 @@ def one_node(request, tmp_path_factory):
         records = wait_for_jobs(cluster, jobs, logs, triggers={
             "preempt at start-up": (lambda: "node_rank=" in read_log(preempt_log), stop("preempt")),
             "preempt mid-run": (restarted_and_trained_two_steps, stop("preempt")),
+            # A plain scancel, as a user stops a job: TERM to the batch shell and every process of the job.
+            "cancel mid-run": (lambda: log_rows(root / "cancel") >= 1,
+                               lambda: cluster.command("scancel", str(jobs["cancel"]))),
             "data": (lambda: cached_lines(root / "data") >= 20, stop("data"))})
         print(f"one-node jobs took {time.monotonic() - started:.0f} s", flush=True)
         logs_by_job = {name: logs / f"{name}-{job_id}.out" for name, job_id in jobs.items()}
@@ -212,6 +222,30 @@ def test_a_preempted_training_job_checkpoints_requeues_and_resumes_to_the_same_s
         assert resumed[step] == pytest.approx(full[step], rel=1e-3, abs=1e-3), (step, full, resumed)
     assert (run / "final" / "model.safetensors").is_file()
     assert json.loads((run / "eval" / "held-out" / "metrics.json").read_text())["total"] == 6
+
+
+def test_a_cancelled_training_job_checkpoints_is_not_requeued_and_the_same_command_resumes(one_node):
+    from cotdistill.checkpoints import complete_checkpoints
+
+    record, log = one_node["records"]["cancel"], one_node["logs"]["cancel"]
+    text = read_log(log)
+    assert record["JobState"] == "CANCELLED" and record["Restarts"] == "0", (record, text[-4000:])
+    assert "received SIGTERM" in text, text[-4000:]
+    assert "requeueing job" not in text and "SLURM_RESTART_COUNT=1" not in text
+    stop = stopped_step(text)
+    assert stop is not None and 1 <= stop < MAX_STEPS, text[-4000:]
+    run = one_node["root"] / "cancel"
+    assert stop in [c.step for c in complete_checkpoints(run)]
+    # The same command again: a fresh job (no restart) that resumes from the cancelled job's checkpoint.
+    rerun, rerun_log = one_node["records"]["rerun"], one_node["logs"]["rerun"]
+    assert_completed(rerun, rerun_log)
+    rerun_text = read_log(rerun_log)
+    assert "SLURM_RESTART_COUNT=0" in rerun_text and rerun["Restarts"] == "0"
+    assert resumed_step(rerun_text) == stop, rerun_text[-4000:]
+    rows = [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert rows == list(range(1, MAX_STEPS + 1)), "every optimizer step logged exactly once"
+    assert complete_checkpoints(run)[-1].step == MAX_STEPS
+    assert (run / "final" / "model.safetensors").is_file()
 
 
 def test_a_preempted_data_build_requeues_and_ends_with_every_sample_once(one_node):

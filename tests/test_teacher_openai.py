@@ -9,7 +9,9 @@ import random
 import pytest
 
 from conftest import free_port
+from cotdistill.errors import ConfigError
 from cotdistill.teacher.openai_backend import QUIET_LOGGERS, OpenAITeacher, retry_after_seconds
+from cotdistill.teacher.probe import Capabilities, ProtocolMismatch, probe_capabilities
 from cotdistill.teacher.retry import RetryPolicy, call_with_retries
 from cotdistill.teacher.types import SampleRequest, Sampling, TeacherError, TransientTeacherError
 from fake_openai import FakeOpenAIServer, Fault, echo_responder, pieces, question_of
@@ -125,19 +127,82 @@ def test_seed_picks_the_sample_numbers(serve):
     assert [c.text for c in unseeded.completions] == [labelled("What is 40 + 2?", PROMPT, s) for s in (0, 1)]
 
 
-def test_a_wrong_number_of_choices_is_malformed(serve):
-    class Stingy(FakeOpenAIServer):
-        def _samples(self, prompt, body):
-            samples, prompt_tokens, completion_tokens = super()._samples(prompt, body)
-            return samples[:-1], prompt_tokens, completion_tokens
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_an_answer_with_fewer_choices_than_n_is_returned_as_is_for_the_builder_to_judge(serve, api):
+    server = serve(ignores=["n"])  # as transformers serve: one choice whatever n says
+    (response,) = ask(teacher_for(server, api=api), request(n=3, seed=5))
+    assert [c.text for c in response.completions] == [labelled("What is 40 + 2?", PROMPT, 5)]
+    assert server.requests == 1
 
-    server = Stingy(responder=labelled).start()
+
+# -- the capability probe -------------------------------------------------------------------------------
+
+
+def probe(server: FakeOpenAIServer, api: str = "completions", **sampling) -> Capabilities:
+    async def go() -> Capabilities:
+        teacher = teacher_for(server, api=api)
+        try:
+            return await probe_capabilities(teacher, PROMPT, Sampling(**sampling), 7, "the teacher at URL",
+                                            RetryPolicy(initial=0.0, maximum=0.0))
+        finally:
+            await teacher.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize(("ignores", "expected"), [
+    ((), {"n": True, "seed": True, "samples_vary": True}),
+    (("n",), {"n": False, "seed": True, "samples_vary": True}),
+    (("seed",), {"n": True, "seed": False, "samples_vary": True}),
+])
+def test_the_probe_measures_what_the_server_honours_in_three_requests(serve, api, ignores, expected):
+    server = serve(ignores=ignores)
+    capabilities = probe(server, api)
+    assert {k: getattr(capabilities, k) for k in expected} == expected
+    assert capabilities.logprobs is None and capabilities.probed == "this run"
+    assert capabilities.probe_requests == server.requests == 3
+
+
+def test_the_probe_finds_a_greedy_server_and_skips_seeds_at_temperature_zero(serve):
+    greedy = serve(responder=lambda question, prompt, sample: "The same answer every time.")
+    assert probe(greedy).samples_vary is False
+    server = serve()
+    capabilities = probe(server, temperature=0.0, logprobs=2)
+    assert (capabilities.seed, capabilities.samples_vary, capabilities.logprobs) == (None, None, True)
+    assert server.requests == 1
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_the_probe_stops_a_build_that_asks_logprobs_of_a_server_that_ignores_them(serve, api):
+    server = serve(ignores=["logprobs"])
+    with pytest.raises(ConfigError, match="the teacher at URL does not return token log-probs") as caught:
+        probe(server, api, logprobs=3)
+    assert "sampling.logprobs=0" in str(caught.value)
+    assert server.requests == 1
+
+
+def test_the_probe_refuses_a_choice_count_that_is_neither_n_nor_one_without_retrying(serve):
+    class Generous(FakeOpenAIServer):
+        def _samples(self, prompt, body):
+            samples, prompt_tokens, completion_tokens = super()._samples(prompt, {**body, "n": 3})
+            return samples, prompt_tokens, completion_tokens
+
+    server = Generous(responder=labelled).start()
     try:
-        (err,) = ask(teacher_for(server), request(n=3))
+        with pytest.raises(ProtocolMismatch, match="3 choices to a request for n=2"):
+            probe(server)
     finally:
         server.stop()
-    assert isinstance(err, TransientTeacherError) and err.cause == "malformed"
-    assert "2 choices for n=3" in str(err)
+    assert server.requests == 1
+
+
+def test_the_probe_retries_transient_failures_then_names_the_server_that_never_answered(serve):
+    server = serve(faults=[Fault("503", 2)])
+    assert probe(server).n is True and server.requests == 2 + 3
+    down = serve(faults=[Fault("500", 100)])
+    with pytest.raises(TeacherError, match="the teacher at URL did not answer the capability probe"):
+        probe(down)
 
 
 # -- failures -------------------------------------------------------------------------------------------

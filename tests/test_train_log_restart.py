@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from cotdistill.config import RunConfig
+from cotdistill.run_folder import RunFolder
 from cotdistill.train import _forget_logged_steps_after, _tensorboard
 
 
@@ -64,7 +65,7 @@ def test_tensorboard_after_a_restart_shows_each_step_once(tmp_path):
 
     config = RunConfig(output_dir=str(tmp_path))
     for start, steps in ((0, (1, 2, 3, 4)), (2, (3, 4, 5))):
-        writer = _tensorboard(tmp_path, config, start)
+        writer = _tensorboard(RunFolder(tmp_path), config, start)
         for step in steps:
             writer.add_scalar("train/loss", float(start), step)
         writer.close()

@@ -16,17 +16,17 @@ from __future__ import annotations
 import errno
 import json
 import os
-import random
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cotdistill.errors import CotDistillError
+from cotdistill.rng import capture_rng, restore_rng  # noqa: F401 (part of this module's API)
+from cotdistill.run_folder import RunFolder
 
 MARKER = "COMPLETE"
 TAG = "state"
@@ -50,11 +50,11 @@ class Checkpoint:
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
-    return Path(output_dir) / "checkpoints"
+    return RunFolder(output_dir).checkpoints
 
 
 def checkpoint_path(output_dir: str | Path, step: int) -> Path:
-    return checkpoint_root(output_dir) / f"step-{step:06d}"
+    return RunFolder(output_dir).checkpoint(step)
 
 
 def _scan(output_dir: str | Path) -> list[tuple[Path, int, bool]]:
@@ -118,22 +118,6 @@ def load_data_state(folder: Path) -> dict[str, Any] | None:
     """The saved data position, or None for a checkpoint written before it was saved."""
     path = folder / DATA_STATE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
-def capture_rng() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_rng(folder: Path, rank: int) -> None:

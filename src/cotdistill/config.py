@@ -13,6 +13,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,31 @@ from cotdistill.formats import FORMATS
 from cotdistill.profiling import parse_step_range
 
 
-def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field carrying its help text (shown by ``describe_config``)."""
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING,
+          choices: Callable[[], tuple[str, ...]] | None = None) -> Any:
+    """A dataclass field carrying its help text (shown by ``describe_config`` and ``cotdistill <command> --help``).
+
+    ``choices`` returns the accepted values from the registry that validates them, so the help lists exactly
+    what validation accepts and never drifts from it.
+    """
+    metadata = {"help": text, "choices": choices}
     if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _dataset_names() -> tuple[str, ...]:
+    """The names ``data.dataset`` and ``problems.dataset`` accept: the loaders' registry and ``synthetic``."""
+    from cotdistill.run_data import RUN_DATASETS
+
+    return RUN_DATASETS
+
+
+def _eval_set_names() -> tuple[str, ...]:
+    """The data set names evaluation accepts (besides .json/.jsonl files): the registry ``check_eval_set`` reads."""
+    from cotdistill.eval_sets import EVAL_SETS
+
+    return tuple(EVAL_SETS)
 
 
 @dataclass
@@ -70,8 +91,8 @@ class SyntheticDataConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = _help(
-        "synthetic, or a loader name (gsm8k, svamp, asdiv, multiarith, strategyqa, traces, jsonl)", "synthetic")
+    dataset: str = _help("synthetic (the embedded generator) or a named data set (traces, jsonl and teacher_data "
+                         "read data.path)", "synthetic", choices=_dataset_names)
     split: str = _help("split of the dataset to train on", "train")
     path: str = _help("file for the traces/jsonl loaders", "")
     data_dir: str = _help("folder laid out like shared/data (default: $COTDISTILL_DATA_DIR)", "")
@@ -161,7 +182,8 @@ class EvalSpec:
     max_subquestions: int = _help("socratic: most sub-questions answered per problem", 8)
     k_shot: int = _help("demonstrations for few_shot_cot (cotdistill: drawn with seed from the demo pool; "
                         "lm-eval: the first k)", 4)
-    seed: int = _help("seed for demonstration draws", 0)
+    seed: int = _help("seed for demonstration draws and sampled generations (rank r samples with seed + 1000003 r)",
+                      0)
     demos: str = _help("a .json/.jsonl file of question/answer records to draw few-shot demonstrations from "
                        "('': the data set's training split)", "")
     max_new_tokens: int = _help("generation budget per problem (socratic: for the sub-questions; kojima: for the "
@@ -187,8 +209,9 @@ class EvalConfig(EvalSpec):
 
     at_end: bool = _help("evaluate greedy accuracy on the dev sets after training", True)
     every: int = _help("also evaluate every N optimizer steps (0: only at the end)", 0)
-    datasets: list[str] = _help("dev sets besides the synthetic held-out problems, as in cotdistill eval "
-                                "(e.g. gsm8k, svamp:test); capped at eval.limit problems each", factory=list)
+    datasets: list[str] = _help("dev sets besides the synthetic held-out problems, name[:split] as in cotdistill "
+                                "eval (e.g. gsm8k, svamp:test) or a .json/.jsonl file; capped at eval.limit problems "
+                                "each", factory=list, choices=_eval_set_names)
 
 
 @dataclass
@@ -208,9 +231,8 @@ class EvalRunConfig(EvalSpec):
 
     model: str = _help("exported Hugging Face folder, hub id, run folder or one of its checkpoint folders", "")
     datasets: list[str] = _help(
-        "name[:split] of gsm8k, svamp, asdiv, multiarith, strategyqa, bbh (all 27 tasks, or bbh:<task>), "
-        "synthetic, or a .json/.jsonl file",
-        factory=lambda: ["gsm8k"])
+        "comma-separated name[:split] (bbh: all 27 tasks, or bbh:<task>) or .json/.jsonl files of question/answer "
+        "records", factory=lambda: ["gsm8k"], choices=_eval_set_names)
     output_dir: str = _help("folder for predictions, metrics.json and summary.md", "runs/eval")
     decomposer: str = _help("socratic: the decomposer model ('': model, a unified Socratic model)", "")
     solver: str = _help("socratic: the solver model ('': model)", "")
@@ -229,8 +251,8 @@ def eval_spec(config: EvalSpec, **changes: Any) -> EvalSpec:
 class ProblemsConfig:
     """The questions a teacher answers, with their gold answers (the builder never trusts the teacher)."""
 
-    dataset: str = _help("synthetic, or a loader name (gsm8k, svamp, strategyqa, gsm8k_socratic, jsonl, ...)",
-                         "gsm8k")
+    dataset: str = _help("synthetic (the embedded generator) or a named data set (traces, jsonl and teacher_data "
+                         "read problems.path)", "gsm8k", choices=_dataset_names)
     split: str = _help("split of the dataset", "train")
     path: str = _help("file for the jsonl loader", "")
     data_dir: str = _help("folder laid out like shared/data (default: $COTDISTILL_DATA_DIR)", "")
@@ -500,18 +522,38 @@ def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False)
 
 
-def describe_config(cls: type = RunConfig, prefix: str = "") -> list[str]:
-    """One line per key with its default and help text (for --help and docs)."""
-    lines = []
+class ConfigKey(typing.NamedTuple):
+    """One leaf key of a config dataclass: dotted name, default and help (choices included)."""
+
+    name: str
+    default: Any
+    help: str
+
+
+def _field_help(f: dataclasses.Field) -> str:
+    """A field's help text, with the values its registry accepts when it names one."""
+    text = f.metadata.get("help", "")
+    choices = f.metadata.get("choices")
+    return f"{text}; one of: {', '.join(choices())}" if choices else text
+
+
+def config_keys(cls: type, prefix: str = "") -> list[ConfigKey]:
+    """Every leaf key of ``cls`` (nested sections flattened to dotted names) with its default and help: the one
+    listing behind ``--keys`` and the CLI's ``--help``, read from the dataclasses themselves."""
+    keys = []
     defaults = cls()
     for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
         value = getattr(defaults, f.name)
         if dataclasses.is_dataclass(value):
-            lines.extend(describe_config(type(value), f"{key}."))
+            keys.extend(config_keys(type(value), f"{prefix}{f.name}."))
         else:
-            lines.append(f"{key} = {value!r}  # {f.metadata.get('help', '')}")
-    return lines
+            keys.append(ConfigKey(f"{prefix}{f.name}", value, _field_help(f)))
+    return keys
+
+
+def describe_config(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """One line per key with its default and help text (for --keys and docs)."""
+    return [f"{key.name} = {key.default!r}  # {key.help}" for key in config_keys(cls, prefix)]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from cotdistill.ds_config import zero_stage
-from cotdistill.runtime_env import ops_to_build
+from cotdistill.runtime_env import ops_to_build, set_deepspeed_log_level
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Engine:
         share_cpu_threads()
         import deepspeed
 
+        set_deepspeed_log_level()  # WARNING, or INFO (config dumps) with COTDISTILL_VERBOSE=1
         self._deepspeed = deepspeed
         _disable_cpu_shm_allreduce()
         deepspeed.init_distributed(verbose=False, timeout=timedelta(minutes=timeout_minutes))
@@ -340,7 +341,31 @@ class Engine:
             config.load_universal_checkpoint = before
         if path is None:
             raise FileNotFoundError(f"DeepSpeed could not load checkpoint {folder}/{tag}")
+        self._replay_adam_step_products()
         return client_state or {}
+
+    def _replay_adam_step_products(self) -> None:
+        """Put DeepSpeed's CPU Adam kernel where an uninterrupted run's would be after the restored step.
+
+        The kernel (CPU offload; 0.19.8 ``Adam_Optimizer::IncrementStep``) keeps beta^t for the bias correction
+        as a float running product, one multiplication per step, and recomputes it with ``pow`` when it meets a
+        step that is not the next one, as the first step after a resume is. The two round differently at most
+        steps, so a resumed run updated the weights a few ulps differently from the second step on, and the
+        difference grew (5e-6 in the loss one step later, 4e-2 sixty steps later). Replaying the steps 1..t on a
+        one-element scratch tensor (learning rate 0) rebuilds the same product. Other optimizers (torch's,
+        fused GPU Adam) compute the correction from the saved step alone and need nothing.
+        """
+        base = getattr(self.ds.optimizer, "optimizer", self.ds.optimizer)
+        kernel = getattr(base, "ds_opt_adam", None)
+        steps = [int(state["step"]) for state in getattr(base, "state", {}).values() if "step" in state]
+        if kernel is None or not hasattr(base, "opt_id") or not steps:
+            return
+        group = base.param_groups[0]
+        beta1, beta2 = group["betas"]
+        scratch = [torch.zeros(1, dtype=torch.float32) for _ in range(4)]  # params, grads, moments
+        for step in range(1, max(steps) + 1):
+            kernel.adam_update(base.opt_id, step, 0.0, beta1, beta2, group["eps"], 0.0, group["bias_correction"],
+                               *scratch)
 
     def universal_checkpoint(self, folder: Path, tag: str) -> str:
         """Collective: make sure ``folder/universal`` holds the universal form of folder/tag; return its tag.

@@ -27,6 +27,7 @@ from cotdistill.outputs import check_output_dir
 from cotdistill.problems.record import Problem
 from cotdistill.protocols import PROTOCOLS, Protocol, get_protocol
 from cotdistill.report import markdown_table
+from cotdistill.rng import isolated_rng
 from cotdistill.runs import resolve_strategy
 from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded, evaluate_socratic_sets
 from cotdistill.student import Student, open_student
@@ -121,16 +122,24 @@ def evaluate_set(engine: Engine, student: Student, eval_set: EvalSet, spec: Eval
     The one evaluation every caller shares: training's dev sets, ``cotdistill eval`` and ``eval-checkpoints``.
     """
     desc = desc or eval_set.name
-    if spec.strategy == "socratic":
-        settings = SocraticSettings.from_spec(spec, student.model_path)
-        report = evaluate_socratic_loaded(engine, student, eval_set.problems, settings, name=desc)
-    else:
-        report = evaluate_problems(engine, student, eval_set.problems, spec, demo_pool=eval_set.demo_pool,
-                                   prompts=eval_set.prompts, desc=desc)
+    # Sampling draws from streams seeded by the spec (the same figure whenever it runs), and training's own
+    # streams (dropout) come back untouched, so a dev eval never changes the run it interrupts.
+    with isolated_rng(eval_seed(spec, engine.rank)):
+        if spec.strategy == "socratic":
+            settings = SocraticSettings.from_spec(spec, student.model_path)
+            report = evaluate_socratic_loaded(engine, student, eval_set.problems, settings, name=desc)
+        else:
+            report = evaluate_problems(engine, student, eval_set.problems, spec, demo_pool=eval_set.demo_pool,
+                                       prompts=eval_set.prompts, desc=desc)
     report.settings["zero_stage"] = student.zero_stage
     if student.checkpoint is not None:
         report.settings["checkpoint"] = str(student.checkpoint)  # the exact weights behind the figure
     return report
+
+
+def eval_seed(spec: EvalSpec, rank: int) -> int:
+    """The seed of one rank's sampling streams: ``eval.seed``, distinct per rank (each samples its own shard)."""
+    return spec.seed + 1_000_003 * rank
 
 
 def bbh_average(reports: dict[str, EvalReport]) -> float | None:

@@ -15,8 +15,9 @@ import torch
 from cotdistill.engine import Engine, state_dict_from_checkpoint
 from cotdistill.errors import ConfigError
 from cotdistill.modeling import build_from_config
+from cotdistill.run_folder import RunFolder
 
-META_DIR = "hf_meta"
+META_DIR = RunFolder.META
 
 
 def _publish(tmp: Path, out_dir: Path) -> Path:
@@ -53,7 +54,7 @@ def save_run_meta(model_path: str, tokenizer, run_dir: Path) -> Path:
     """Keep the model config and tokenizer beside the checkpoints, so any checkpoint can be exported."""
     from transformers import AutoConfig
 
-    meta = Path(run_dir) / META_DIR
+    meta = RunFolder(run_dir).hf_meta
     tmp = meta.with_name(META_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     AutoConfig.from_pretrained(model_path).save_pretrained(str(tmp))
@@ -73,7 +74,7 @@ def export_checkpoint(checkpoint_dir: str | Path, out_dir: str | Path, dtype: st
     folder = Path(checkpoint_dir).resolve()
     if not (folder / MARKER).is_file():
         raise ConfigError(f"{folder} is not a complete cotdistill checkpoint (no {MARKER} marker)")
-    meta = folder.parent.parent / META_DIR
+    meta = RunFolder.of_checkpoint(folder).hf_meta
     if not meta.is_dir():
         raise ConfigError(f"{meta} is missing: the run folder should hold the model config and tokenizer")
     config = AutoConfig.from_pretrained(str(meta))

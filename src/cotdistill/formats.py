@@ -208,6 +208,23 @@ def build_examples(
     return examples
 
 
+def format_split(examples: Sequence[Example]) -> str:
+    """How many of the built examples each format has, e.g. "decomposer 2,000 (33%), solver 4,042 (67%)".
+
+    Counted from the examples themselves, not the mixture's weights: a Socratic problem makes one decomposer
+    example but one solver example per sub-question, and the draw per problem is random, so the weights
+    alone misstate what a run trains on.
+    """
+    counts = Counter(example.format for example in examples)
+    total = sum(counts.values())
+    return ", ".join(f"{fmt} {n:,} ({n / total:.0%})" for fmt, n in sorted(counts.items(), key=_by_format_order))
+
+
+def _by_format_order(item: tuple[str, int]) -> int:
+    """Formats in their FORMATS order, so the split reads the same in every run."""
+    return FORMATS.index(item[0]) if item[0] in FORMATS else len(FORMATS)
+
+
 def _examples_for(problem: Problem, fmt: str, sampler: _DemoSampler, k_shot: int,
                   rng: random.Random) -> list[Example]:
     if fmt in SOCRATIC_FORMATS:

@@ -636,7 +636,8 @@ def _count(n: int) -> str:
 
 
 def render_plan(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None = None) -> str:
-    """The plan as a few lines of context and a markdown table in GiB (1 decimal)."""
+    """The plan as a few lines of context, a markdown table in GiB (1 decimal), the recommendation for the
+    machines asked for and the fewest GPUs that fit."""
     from cotdistill.report import markdown_table
 
     facts, work, acts = result.model, result.workload, result.activations
@@ -666,9 +667,14 @@ def render_plan(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None =
             continue
         rows.append([label, _gib(row.gpu_model_states), _gib(row.gpu_bytes), _gib(row.gpu_bytes_checkpointing),
                      _gib(row.cpu_bytes_per_node), _gib(row.nvme_bytes_per_node) if row.offload == "nvme" else "-"])
-    table = markdown_table(["setting", "GPU model states", "GPU peak", "GPU peak, checkpointing", "CPU RAM per node",
-                            "NVMe per node"], rows)
-    return "\n".join(lines) + "\n\n" + table + f"\n\non {gpu_gib:g} GiB GPUs: {hardware_line(result, gpu_gib, ram_gib)}"
+    table = markdown_table(list(TABLE_HEADERS), rows)
+    advice = [layout_line(result, gpu_gib, ram_gib), fewest_line(result, gpu_gib, ram_gib)]
+    return "\n".join([*lines, "", table, "", *advice])
+
+
+# Every memory column is in GiB (2^30 bytes), per GPU or per node as its header says.
+TABLE_HEADERS = ("setting", "GPU model states (GiB per GPU)", "GPU peak (GiB per GPU)",
+                 "GPU peak with checkpointing (GiB per GPU)", "CPU RAM (GiB per node)", "NVMe (GiB per node)")
 
 
 def _layouts(max_gpus_per_node: int, max_nodes: int) -> list[tuple[int, int]]:
@@ -680,6 +686,45 @@ def _layouts(max_gpus_per_node: int, max_nodes: int) -> list[tuple[int, int]]:
     return single + [(n, max_gpus_per_node) for n in range(1, max_nodes + 1)]
 
 
+def fitting_row(layout: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None = None) -> SettingRow | None:
+    """The least-offloaded setting that fits ``layout``'s own machines (None: none fits)."""
+    for setting in CHEAPEST_FIRST:
+        row = layout.row(*setting)
+        if row.gpu_for(layout.workload.gradient_checkpointing) > gpu_gib * GIB:
+            continue
+        if ram_gib is not None and row.cpu_bytes_per_node > ram_gib * GIB:
+            continue
+        return row
+    return None
+
+
+def _host_needs(row: SettingRow) -> str:
+    """A setting's host memory per node, and its NVMe when it offloads there, in whole GiB."""
+    needs = f"{math.ceil(row.cpu_bytes_per_node / GIB)} GiB RAM"
+    return needs + (f" and {math.ceil(row.nvme_bytes_per_node / GIB)} GiB NVMe" if row.offload == "nvme" else "")
+
+
+def layout_line(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None = None) -> str:
+    """The recommendation for the machines asked for (``nodes`` x ``gpus_per_node``), in one line, so the
+    setting it names is the one the table shows for that GPU count."""
+    gpus = result.nodes * result.gpus_per_node
+    asked = (f"{result.nodes} node{'s' if result.nodes > 1 else ''} x {result.gpus_per_node} GPU"
+             f"{'s' if result.gpus_per_node > 1 else ''} of {gpu_gib:g} GiB")
+    asked += f" ({gpus} in all)" if gpus > 1 else ""
+    row = fitting_row(result, gpu_gib, ram_gib)
+    if row is None:
+        ram = f" with {ram_gib:g} GiB RAM per node" if ram_gib is not None else ""
+        return f"recommended on {asked}{ram}: nothing fits (see the next line)"
+    peak = row.gpu_for(result.workload.gradient_checkpointing)
+    return f"recommended on {asked}: {row.label} (peak {_gib(peak)} GiB per GPU; {_host_needs(row)} per node)"
+
+
+def fewest_line(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None = None) -> str:
+    """The fewest GPUs that fit, on nodes of the asked ``gpus_per_node`` (8 when one GPU was asked for)."""
+    per_node = result.gpus_per_node if result.gpus_per_node > 1 else 8
+    return f"fewest that fit, nodes of {per_node} GPUs: {hardware_line(result, gpu_gib, ram_gib, per_node)}"
+
+
 def hardware_line(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None = None,
                   max_gpus_per_node: int = 8, max_nodes: int = 64) -> str:
     """The fewest GPUs of ``gpu_gib`` GiB that fit this plan, with its least-offloaded setting, in one line.
@@ -688,23 +733,18 @@ def hardware_line(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None
     memory per node) rules out settings that need more. Gradient checkpointing is as in the plan's workload.
     Example: "ZeRO-3 + CPU offload: 8 x 80 GiB GPUs, 1 node with 210 GiB RAM (peak 61.2 GiB per GPU)".
     """
-    checkpointing = result.workload.gradient_checkpointing
     for nodes, per_node in _layouts(max_gpus_per_node, max_nodes):
-        layout = result.relaid(nodes, per_node)
-        for setting in CHEAPEST_FIRST:
-            row = layout.row(*setting)
-            peak = row.gpu_for(checkpointing)
-            if peak > gpu_gib * GIB or (ram_gib is not None and row.cpu_bytes_per_node > ram_gib * GIB):
-                continue
-            gpus, each = nodes * per_node, " each" if nodes > 1 else ""
-            place = f"{nodes} node{'s' if nodes > 1 else ''} with {math.ceil(row.cpu_bytes_per_node / GIB)} GiB RAM"
-            if row.offload == "nvme":
-                place += f" and {math.ceil(row.nvme_bytes_per_node / GIB)} GiB NVMe"
-            return (f"{row.label}: {gpus} x {gpu_gib:g} GiB GPU{'s' if gpus > 1 else ''}, {place}{each} "
-                    f"(peak {_gib(peak)} GiB per GPU)")
+        row = fitting_row(result.relaid(nodes, per_node), gpu_gib, ram_gib)
+        if row is None:
+            continue
+        gpus, each = nodes * per_node, " each" if nodes > 1 else ""
+        place = f"{nodes} node{'s' if nodes > 1 else ''} with {_host_needs(row)}"
+        return (f"{row.label}: {gpus} x {gpu_gib:g} GiB GPU{'s' if gpus > 1 else ''}, {place}{each} "
+                f"(peak {_gib(row.gpu_for(result.workload.gradient_checkpointing))} GiB per GPU)")
     limits = f"{gpu_gib:g} GiB GPUs" + (f" and {ram_gib:g} GiB RAM per node" if ram_gib is not None else "")
     return (f"does not fit {max_nodes} nodes x {max_gpus_per_node} {limits}: lower the micro-batch or the "
-            "sequence lengths" + ("" if checkpointing else ", or turn on gradient checkpointing"))
+            "sequence lengths" + ("" if result.workload.gradient_checkpointing else ", or turn on gradient "
+                                   "checkpointing"))
 
 
 HARDWARE_COMMENT = "# Hardware (cotdistill plan-memory): "

@@ -1,8 +1,8 @@
 """What a run folder tells an evaluation: its resolved config, and from it how its student is evaluated.
 
-A run folder holds ``run_config.yaml`` (written by training), ``checkpoints/step-*``, ``hf_meta`` and
-``final/``. Evaluating anything inside a run (the run, one checkpoint, its ``final/``) should score the
-student the way the run's own dev evaluation did, so the strategy comes from the run's training mixture.
+A run folder's layout is ``cotdistill.run_folder.RunFolder``. Evaluating anything inside a run (the run, one
+checkpoint, its ``final/``) should score the student the way the run's own dev evaluation did, so the strategy
+comes from the run's training mixture and ``synthetic`` is generated with the run's settings.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 from cotdistill.config import RunConfig, SyntheticDataConfig, load_config
 from cotdistill.errors import ConfigError
 from cotdistill.formats import PROMPT_FORMATS, validate_mixture
+from cotdistill.run_folder import RunFolder
 
-RUN_CONFIG = "run_config.yaml"  # not config.json: a run folder must never look like a Hugging Face model
 FALLBACK_STRATEGY = "zero_shot_cot"
 
 
@@ -38,29 +38,20 @@ def mixture_strategy(config: RunConfig) -> tuple[str, str]:
     return (max(prompt_formats, key=prompt_formats.get) if prompt_formats else ""), config.eval.subquestions
 
 
-def run_folder_of(target: str | Path) -> Path | None:
-    """The run folder holding ``target`` (the run itself, a checkpoint, ``final/`` or another export in it)."""
-    path = Path(target)
-    for candidate in (path, path.parent, path.parent.parent):
-        if (candidate / RUN_CONFIG).is_file():
-            return candidate
-    return None
-
-
 def resolve_strategy(target: str | Path, subquestions: str = "model") -> tuple[str, str, str]:
     """(strategy, subquestions, where they came from) for evaluating ``target`` when no strategy was given."""
-    run = run_folder_of(target)
+    run = RunFolder.containing(target)
     if run is None:
         return FALLBACK_STRATEGY, subquestions, "the default for a model outside a run"
     try:
-        strategy, subquestions = mixture_strategy(load_config(run / RUN_CONFIG))
+        strategy, subquestions = mixture_strategy(load_config(run.config_file))
     except ConfigError as err:
-        raise ConfigError(f"{run / RUN_CONFIG} cannot be read to choose the strategy ({err}); "
+        raise ConfigError(f"{run.config_file} cannot be read to choose the strategy ({err}); "
                           "give --strategy") from None
     if not strategy:
-        raise ConfigError(f"{run} trained a decomposer alone, which cannot be scored by itself: evaluate it with "
+        raise ConfigError(f"{run.root} trained a decomposer alone, which cannot be scored by itself: evaluate it with "
                           "its solver (--strategy socratic --decomposer ... --solver ...)")
-    return strategy, subquestions, f"from the training mixture in {run / RUN_CONFIG}"
+    return strategy, subquestions, f"from the training mixture in {run.config_file}"
 
 
 def _names_synthetic(datasets: Any) -> bool:
@@ -81,10 +72,10 @@ def with_run_synthetic(model: str, options: Mapping[str, Any]) -> tuple[dict[str
         return options, None
     if any(key.replace("-", "_").startswith("synthetic.") for key in options):
         return options, "synthetic problems from the --synthetic.* options given"
-    run = run_folder_of(model)
+    run = RunFolder.containing(model)
     if run is None:
         return options, "synthetic problems from the generator's defaults (the model is not inside a run)"
-    settings = load_config(run / RUN_CONFIG).data.synthetic
+    settings = load_config(run.config_file).data.synthetic
     for field in dataclasses.fields(SyntheticDataConfig):
         options[f"synthetic.{field.name}"] = getattr(settings, field.name)
-    return options, f"synthetic problems generated as {run / RUN_CONFIG} says (--synthetic.<key> overrides)"
+    return options, f"synthetic problems generated as {run.config_file} says (--synthetic.<key> overrides)"

@@ -30,11 +30,11 @@ from pathlib import Path
 from cotdistill.config import EvalRunConfig, EvalSpec
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError, DataError
-from cotdistill.export import META_DIR
 from cotdistill.generation import ContextFit, EvalReport, Prediction, generate_all, prompt_hash
 from cotdistill.modeling import detect_kind
 from cotdistill.problems.record import Problem, Step
 from cotdistill.protocols import score_answer
+from cotdistill.run_folder import RunFolder
 from cotdistill.socratic import (
     DECOMPOSER_STOPS,
     SOLVER_STOPS,
@@ -144,7 +144,7 @@ class ModelSlot:
 def check_model(name: str) -> None:
     """Fail early (ConfigError) when ``name`` is not a loadable model, before a long phase with another one."""
     found = resolve_checkpoint(name)
-    detect_kind(found[0] / META_DIR if found else name)
+    detect_kind(RunFolder(found[0]).hf_meta if found else name)
 
 
 def gold_decompositions(problems: Sequence[Problem], max_subquestions: int, name: str) -> list[Decomposition]:

@@ -17,8 +17,8 @@ import torch
 from cotdistill import checkpoints as ckpt
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
-from cotdistill.export import META_DIR
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer, model_skeleton
+from cotdistill.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ def resolve_checkpoint(target: str | Path) -> tuple[Path, ckpt.Checkpoint] | Non
         step = ckpt.Checkpoint(path, 0).meta.get("step")
         if not isinstance(step, int):
             raise ConfigError(f"{path / ckpt.MARKER} does not record the checkpoint's step")
-        return path.parent.parent, ckpt.Checkpoint(path, step)
-    if (path / "checkpoints").is_dir():
+        return RunFolder.of_checkpoint(path).root, ckpt.Checkpoint(path, step)
+    if RunFolder(path).checkpoints.is_dir():
         latest = ckpt.latest_checkpoint(path)
         if latest is None:
             raise ConfigError(f"{path} holds no complete checkpoint (checkpoints/step-*/COMPLETE)")
@@ -98,7 +98,7 @@ def open_student(engine: Engine, target: str | Path, precision: str = "bf16", ze
     model_path = str(target)
     if found is not None:
         run_dir, checkpoint = found
-        model_path = str(run_dir / META_DIR)
+        model_path = str(RunFolder(run_dir).hf_meta)
         if not Path(model_path).is_dir():
             raise ConfigError(f"{model_path} is missing: the run folder should hold the model config and tokenizer")
     elif Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():

@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import time
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cotdistill import checkpoints as ckpt
@@ -39,8 +37,8 @@ from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
 from cotdistill.eval_sets import EvalSet, folder_name, resolve_eval_sets
 from cotdistill.evaluate import evaluate_set
-from cotdistill.export import META_DIR, export_from_engine, save_run_meta
-from cotdistill.formats import validate_mixture
+from cotdistill.export import export_from_engine, save_run_meta
+from cotdistill.formats import format_split, validate_mixture
 from cotdistill.generation import EvalReport
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
@@ -48,13 +46,14 @@ from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
 from cotdistill.outputs import check_output_dir, removed_on_failure
 from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, can_pack
 from cotdistill.profiling import StepProfiler, parse_step_range
+from cotdistill.rng import seed_everything
 from cotdistill.run_data import load_run_problems, run_examples
-from cotdistill.runs import RUN_CONFIG, mixture_strategy
+from cotdistill.run_folder import RunFolder
+from cotdistill.runs import mixture_strategy
 from cotdistill.schedule import lr_at
 from cotdistill.student import Student
 from cotdistill.tiny import build_tiny_model
 
-TRAIN_LOG = "train_log.jsonl"
 HELD_OUT = "held-out"
 
 
@@ -66,12 +65,6 @@ class TrainResult:
     export_dir: Path | None = None
     eval: EvalReport | None = None
     losses: list[float] = field(default_factory=list)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def prepare_output_dir(output_dir: str, engine: Engine) -> Path:
@@ -139,9 +132,6 @@ def _eval_spec(config: RunConfig) -> EvalSpec:
     return eval_spec(config.eval, strategy=strategy, subquestions=subquestions)
 
 
-# What a run writes before its first logged step (train_log.jsonl is not among them): a folder holding only these
-# is removed when the run fails, since nothing in it can be resumed.
-STARTUP_FILES = (META_DIR, META_DIR + ".tmp", RUN_CONFIG, "tensorboard")
 
 
 def train(config: RunConfig) -> TrainResult:
@@ -154,7 +144,7 @@ def train(config: RunConfig) -> TrainResult:
     stop = StopRequest()
     engine = Engine()
     try:
-        with removed_on_failure(config.output_dir, scratch=STARTUP_FILES, enabled=engine.is_main):
+        with removed_on_failure(config.output_dir, scratch=RunFolder.STARTUP, enabled=engine.is_main):
             return _train(engine, config, stop)
     finally:
         stop.release()
@@ -166,13 +156,14 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     t = config.train
     seed_everything(t.seed)
     out = prepare_output_dir(config.output_dir, engine)
+    run = RunFolder(out)
     template = read_template(config.deepspeed_config)
 
     train_problems, held_out = load_run_problems(config.data)
-    mixture = validate_mixture(config.data.formats)
+    validate_mixture(config.data.formats)
     examples = run_examples(config, train_problems)
     log.info("data: %d training problems -> %d examples (%s); %d held-out problems", len(train_problems),
-             len(examples), ", ".join(f"{k} {v:.0%}" for k, v in mixture.items()), len(held_out))
+             len(examples), format_split(examples), len(held_out))
 
     dev_sets = _dev_sets(config, train_problems, held_out)  # resolved now: a bad name fails before the model
     if dev_sets and not _eval_spec(config).strategy:
@@ -217,19 +208,19 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
         for stale in ckpt.remove_incomplete(out):
             log.info("removed incomplete checkpoint %s", stale)
     if engine.is_main:  # every start, with or without a checkpoint: steps after `step` are trained again
-        dropped = _forget_logged_steps_after(out / TRAIN_LOG, step)
+        dropped = _forget_logged_steps_after(run.train_log, step)
         if dropped:
-            log.info("%s: dropped %d row%s of steps after %d (they are trained again)", TRAIN_LOG, dropped,
+            log.info("%s: dropped %d row%s of steps after %d (they are trained again)", run.TRAIN_LOG, dropped,
                      "s" * (dropped > 1), step)
 
-    writer = _tensorboard(out, config, step) if engine.is_main else None
+    writer = _tensorboard(run, config, step) if engine.is_main else None
     stop_at = min(total_steps, step + t.stop_after_steps) if t.stop_after_steps else total_steps
     batches = order.stream(data)
     pad_id = tokenizer.pad_token_id
     losses: list[float] = []
     last_saved = step if latest is not None else -1
     progress = _progress_bar(engine, total_steps, step)
-    profiler = StepProfiler(parse_step_range(t.profile_steps), out / "profile", engine.rank)
+    profiler = StepProfiler(parse_step_range(t.profile_steps), run.profile, engine.rank)
     engine.train()
 
     try:
@@ -271,7 +262,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
                            "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed}
                 for name, value in scalars.items():
                     writer.add_scalar(name, value, step)
-                with open(out / TRAIN_LOG, "a", encoding="utf-8") as fh:
+                with open(run.train_log, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": step, **{k.split("/")[1]: v for k, v in scalars.items()},
                                          "time": time.time()}) + "\n")
             if progress is not None:
@@ -291,7 +282,7 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
                 break
             if config.eval.every and step % config.eval.every == 0 and step < total_steps and dev_sets:
                 _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer,
-                                   out / "eval" / f"step-{step:06d}", log)
+                                   run.eval_dir(step), log)
     finally:  # also on an error (a full disk), so its `error:` line starts a line of its own
         if progress is not None:
             progress.close()
@@ -306,10 +297,10 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
             writer.close()
         return result
     if config.checkpoint.export_final:
-        result.export_dir = export_from_engine(engine, tokenizer, out / "final")
+        result.export_dir = export_from_engine(engine, tokenizer, run.final)
         log.info("exported Hugging Face weights to %s", result.export_dir)
     if config.eval.at_end and dev_sets:
-        reports = _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer, out / "eval", log)
+        reports = _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer, run.eval_dir(), log)
         result.eval = reports.get(HELD_OUT)
     if writer is not None:
         writer.close()
@@ -552,14 +543,14 @@ def _forget_logged_steps_after(path: Path, step: int) -> int:
     return len(lines) - len(kept)
 
 
-def _tensorboard(out: Path, config: RunConfig, step: int):
+def _tensorboard(run: RunFolder, config: RunConfig, step: int):
     """The run's TensorBoard writer; events of steps after ``step`` from earlier starts are purged (trained
     again), as in the JSONL log."""
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)
+    writer = SummaryWriter(str(run.tensorboard), purge_step=step + 1)
     writer.add_text("config", "```yaml\n" + to_yaml(config) + "\n```")
-    (out / RUN_CONFIG).write_text(to_yaml(config), encoding="utf-8")
+    run.config_file.write_text(to_yaml(config), encoding="utf-8")
     return writer
 
 

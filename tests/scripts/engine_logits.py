@@ -1,6 +1,9 @@
 """Logits of a student opened through cotdistill's inference path, saved by rank 0 (for tests).
 
-deepspeed --num_gpus 2 tests/scripts/engine_logits.py TARGET OUT.pt "text one" "text two" ...
+deepspeed --num_gpus 2 tests/scripts/engine_logits.py [--precision=fp32] TARGET OUT.pt "text one" "text two" ...
+
+--precision: the inference engine's precision (bf16 | fp16 | fp32; default bf16, as cotdistill eval). In fp32 a
+checkpoint's fp32 master weights are loaded as they are, not rounded to 16 bits.
 """
 
 import sys
@@ -14,18 +17,21 @@ from cotdistill.student import open_student
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    precision = next((a.split("=", 1)[1] for a in args if a.startswith("--precision=")), "bf16")
+    args = [a for a in args if not a.startswith("--precision=")]
     target, out, texts = args[0], args[1], args[2:]
     engine = Engine()
-    student = open_student(engine, target)
+    student = open_student(engine, target, precision=precision)
     tok = student.tokenizer
     ids = tok(texts, add_special_tokens=not student.causal)["input_ids"]
     batch = padded_prompts(ids, tok.pad_token_id, left=True)
     if not student.causal:
         batch["decoder_input_ids"] = torch.zeros_like(batch["input_ids"][:, :4]) + tok.pad_token_id
     with torch.no_grad():
-        logits = engine.forward(**batch).logits.float().cpu()
+        raw = engine.forward(**batch).logits
+    logits = raw.float().cpu()
     if engine.is_main:
-        torch.save({"logits": logits, "batch": batch}, out)
+        torch.save({"logits": logits, "batch": batch, "dtype": str(raw.dtype)}, out)
     engine.close()
 
 

@@ -2,7 +2,9 @@
 
 Requests go out through at most `workers` coroutines; each answer is appended to the cache the moment it
 arrives, with its token usage, time and retry causes. A request that still fails after all retries is
-counted and logged, not fatal; a permanent teacher error (bad key, unknown model) stops every worker.
+counted, logged and kept in the cache with its retries (each retry is written as it happens), not
+fatal; a permanent teacher error (bad key, unknown model, an answer that lacks what was asked) stops every
+worker, unretried.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import logging
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +24,10 @@ from tqdm import tqdm
 
 from cotdistill.problems.record import Problem
 from cotdistill.teacher.cache import SampleCache
+from cotdistill.teacher.probe import check_response
 from cotdistill.teacher.prompts import PromptSpec
 from cotdistill.teacher.retry import RetriesExhausted, RetryPolicy, call_with_retries
-from cotdistill.teacher.types import Completion, SampleRequest, Sampling, Teacher, TeacherError
+from cotdistill.teacher.types import Completion, SampleRequest, Sampling, Teacher
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class Job:
 class RunCounters:
     """What happened in this invocation (the cache holds the rest)."""
 
+    probe_requests: int = 0  # the capability probe's, before sampling (not cached)
     requests_planned: int = 0
     requests_sent: int = 0
     requests_failed: int = 0
@@ -87,7 +92,7 @@ def plan_jobs(plans: Sequence[TaskPlan], problems: Sequence[Problem], caches: di
 
 
 async def ask_all(teacher: Teacher, jobs: list[Job], sampling: Sampling, caches: dict[str, SampleCache],
-                   policy: RetryPolicy, workers: int, counters: RunCounters) -> None:
+                   policy: RetryPolicy, workers: int, counters: RunCounters, where: str = "the teacher") -> None:
     """Send the jobs with at most `workers` in flight; a permanent teacher error stops the build."""
     pending = iter(jobs)
     rng = random.Random()  # jitter only: never affects what is asked or stored
@@ -96,7 +101,7 @@ async def ask_all(teacher: Teacher, jobs: list[Job], sampling: Sampling, caches:
 
     async def worker() -> None:
         for job in pending:
-            await ask_one(teacher, job, sampling, caches[job.plan.task], policy, rng, counters, retries)
+            await ask_one(teacher, job, sampling, caches[job.plan.task], policy, rng, counters, retries, where)
             progress.update(1)
             if retries or counters.requests_failed:
                 progress.set_postfix(retries=sum(retries.values()), failed=counters.requests_failed, refresh=False)
@@ -115,37 +120,51 @@ async def ask_all(teacher: Teacher, jobs: list[Job], sampling: Sampling, caches:
 
 
 async def ask_one(teacher: Teacher, job: Job, sampling: Sampling, cache: SampleCache, policy: RetryPolicy,
-                   rng: random.Random, counters: RunCounters, all_retries: Counter) -> None:
+                  rng: random.Random, counters: RunCounters, all_retries: Counter, where: str = "the teacher") -> None:
+    """Ask one job; a deterministic mismatch (wrong choice count, missing log-probs) stops the build unretried.
+
+    Each retry is written to the cache as it happens, tied to the request's final line by a request id:
+    a build killed while retrying (even with SIGKILL) leaves its retries for the next run to count.
+    """
     request = SampleRequest(prompt=job.plan.prompt.render(job.problem.question), n=len(job.group),
                             sampling=sampling, seed=job.seed)
     retries: Counter = Counter()
+    key = uuid.uuid4().hex[:16]
 
     def on_retry(cause: str) -> None:
         retries[cause] += 1
         all_retries[cause] += 1
+        cache.append_note(job.problem.id, job.plan.prompt.hash, {"retried": list(job.missing), "cause": cause,
+                                                                 "request": key})
 
     started = time.monotonic()
     try:
         response = await call_with_retries(lambda: teacher.sample(request), policy, on_retry=on_retry, rng=rng)
     except RetriesExhausted as err:
-        counters.requests_failed += 1
-        counters.retries_of_failed.update(retries)
-        if counters.failures_logged < MAX_FAILURE_LINES:
-            counters.failures_logged += 1
-            log.warning("request for %s (%s, samples %d-%d) failed after %d attempts: %s: %s", job.problem.id,
-                        job.plan.task, job.group[0], job.group[-1], err.attempts, err.cause, err.message)
-            if counters.failures_logged == MAX_FAILURE_LINES:
-                log.warning("further failed requests are counted, not logged")
+        cache.append_note(job.problem.id, job.plan.prompt.hash, {
+            "failed": list(job.missing), "cause": err.cause, "seed": job.seed, "retries": dict(retries),
+            "seconds": round(time.monotonic() - started, 4), "request": key})
+        _count_failure(job, err, retries, counters)
         return
-    if len(response.completions) != len(job.group):
-        raise TeacherError(f"the teacher answered {len(response.completions)} completions to a request for "
-                           f"{len(job.group)} ({job.problem.id}); the backend must return exactly n")
+    check_response(response, len(job.group), sampling.logprobs, f"{where} ({job.problem.id})")
     by_index = dict(zip(job.group, response.completions, strict=True))
     cache.append(job.problem.id, job.plan.prompt.hash, list(job.missing),
                  [_serialize(by_index[i]) for i in job.missing],
                  {"seed": job.seed, "usage": dataclasses.asdict(response.usage),
-                  "seconds": round(time.monotonic() - started, 4), "retries": dict(retries)})
+                  "seconds": round(time.monotonic() - started, 4), "retries": dict(retries), "request": key})
     counters.requests_sent += 1
+
+
+def _count_failure(job: Job, err: RetriesExhausted, retries: Counter, counters: RunCounters) -> None:
+    """Count a request that failed after all retries; log the first few, one line each."""
+    counters.requests_failed += 1
+    counters.retries_of_failed.update(retries)
+    if counters.failures_logged < MAX_FAILURE_LINES:
+        counters.failures_logged += 1
+        log.warning("request for %s (%s, samples %d-%d) failed after %d attempts: %s: %s", job.problem.id,
+                    job.plan.task, job.group[0], job.group[-1], err.attempts, err.cause, err.message)
+        if counters.failures_logged == MAX_FAILURE_LINES:
+            log.warning("further failed requests are counted, not logged")
 
 
 def _serialize(completion: Completion) -> dict[str, Any]:

@@ -9,12 +9,14 @@ exactly what an uninterrupted build writes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,11 +30,12 @@ from cotdistill.problems.loaders import load_problems
 from cotdistill.problems.record import Problem
 from cotdistill.problems.synthetic import generate_problems
 from cotdistill.run_data import synthetic_spec
-from cotdistill.teacher.asking import RunCounters, TaskPlan, ask_all, plan_jobs
+from cotdistill.teacher.asking import Job, RunCounters, TaskPlan, ask_all, plan_jobs
 from cotdistill.teacher.cache import SampleCache
 from cotdistill.teacher.files import import_trace_files
 from cotdistill.teacher.grading import Graded, grade_cot, grade_decompositions, grade_gold_steps
 from cotdistill.teacher.output import DATA_DIR, MANIFEST, write_manifest, write_shards
+from cotdistill.teacher.probe import LOCAL, Capabilities, probe_capabilities, where_is
 from cotdistill.teacher.prompts import (
     COT_TEMPLATE,
     DECOMPOSE_TEMPLATE,
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PRODUCTS = {"cot": "cot", "decompose": "decompositions"}  # task -> output file prefix
 CACHE_DIR = "cache"
+CAPABILITIES = "capabilities.json"  # in CACHE_DIR: the last capability probe of the teacher
 
 
 def build_dataset(config: BuildConfig) -> Path:
@@ -121,38 +125,189 @@ def make_teacher(config: TeacherConfig) -> Teacher:
 
 def _ask_and_grade(config: BuildConfig, problems: list[Problem], plans: list[TaskPlan], out: Path,
                    counters: RunCounters, graded: dict[str, Graded]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Probe an HTTP teacher (once, if anything is to be asked), ask what the cache lacks, grade the cache."""
     sampling = Sampling(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
                         max_tokens=config.sampling.max_tokens, stop=tuple(config.sampling.stop),
                         logprobs=config.sampling.logprobs)
-    with ExitStack() as stack:
-        caches = {plan.task: stack.enter_context(SampleCache(_cache_path(out, config, plan))) for plan in plans}
-        jobs = plan_jobs(plans, problems, caches, config.sampling.seed)
+    description: dict[str, Any] = {"backend": config.teacher.backend, "model": config.teacher.model}
+    capabilities = LOCAL if config.teacher.backend == "hf" else _earlier_capabilities(out, config.teacher)
+    made = [folder for folder in (out / CACHE_DIR, out) if not folder.exists()]  # removed again if left empty
+    with _TaskCaches(out, config, _prefer_earlier_layout(out, config, plans)) as caches:
+        jobs = caches.jobs(problems)
+        if jobs and config.teacher.backend == "openai":
+            try:
+                capabilities, description = _probe(config, jobs[0], sampling)
+            except BaseException:  # stopped before asking anything: leave no empty cache behind
+                caches.close(drop_empty=True)
+                _remove_empty_folders(made)
+                raise
+            _save_capabilities(out, capabilities, description)
+            counters.probe_requests = capabilities.probe_requests
+            if not capabilities.n and any(plan.per_request > 1 for plan in caches.plans):
+                # One sample per request, in its own cache file (the seeds of a grouping never move).
+                caches.open([dataclasses.replace(plan, per_request=1) for plan in caches.plans])
+                jobs = caches.jobs(problems)
         counters.requests_planned = len(jobs)
-        total = sum(len(problems) * len(plan.groups()) for plan in plans)
-        description: dict[str, Any] = {"backend": config.teacher.backend, "model": config.teacher.model}
+        total = sum(len(problems) * len(plan.groups()) for plan in caches.plans)
         if jobs:
             log.info("%d of %d requests to send (%d answered in the cache)", len(jobs), total, total - len(jobs))
-            teacher = make_teacher(config.teacher)
-            description = teacher.describe()
-            # A local model batches what is waiting: keep two batches queued so the next one is ready.
-            local = config.teacher.backend == "hf"
-            workers = 2 * config.teacher.batch_size if local else config.teacher.concurrency
-            asked = time.monotonic()
-            try:
-                asyncio.run(ask_all(teacher, jobs, sampling, caches, _retry_policy(config.teacher), workers,
-                                     counters))
-            finally:
-                counters.ask_seconds = time.monotonic() - asked
+            description = _ask(config, jobs, sampling, caches.by_task, counters)
         else:
             log.info("all %d requests are answered in the cache; grading only", total)
-        cache_stats = {}
-        for plan in plans:
-            cache = caches[plan.task]
-            grade = grade_cot if plan.task == "cot" else grade_decompositions
-            graded[plan.task] = _merge(
-                grade(p, _cached_samples(cache, p, plan), plan.samples) for p in problems)
-            cache_stats[plan.task] = _cache_totals(cache, problems, plan)
-    return description, cache_stats
+        cache_stats = _grade_cached(caches.plans, caches.by_task, problems, graded)
+    return {**description, "capabilities": capabilities.as_dict() if capabilities else None}, cache_stats
+
+
+class _TaskCaches:
+    """The open cache files of a build's tasks, reopened when the probe changes how samples are grouped."""
+
+    def __init__(self, out: Path, config: BuildConfig, plans: list[TaskPlan]) -> None:
+        self.out, self.config = out, config
+        self.plans: list[TaskPlan] = []
+        self.by_task: dict[str, SampleCache] = {}
+        self._stack = ExitStack()
+        self.open(plans)
+
+    def open(self, plans: list[TaskPlan]) -> None:
+        """Close the open caches (dropping any left empty) and open those of `plans`."""
+        self.close(drop_empty=True)
+        self._stack = ExitStack()
+        self.plans = plans
+        try:
+            for plan in plans:
+                cache = SampleCache(_cache_path(self.out, self.config, plan))
+                self.by_task[plan.task] = self._stack.enter_context(cache)
+        except BaseException:  # one cache in use by another build: release those already locked
+            self._stack.close()
+            raise
+
+    def jobs(self, problems: list[Problem]) -> list[Job]:
+        return plan_jobs(self.plans, problems, self.by_task, self.config.sampling.seed)
+
+    def close(self, drop_empty: bool = False) -> None:
+        self._stack.close()
+        if drop_empty:
+            _remove_if_empty(cache.path for cache in self.by_task.values())
+
+    def __enter__(self) -> _TaskCaches:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ask(config: BuildConfig, jobs: list[Job], sampling: Sampling, caches: dict[str, SampleCache],
+         counters: RunCounters) -> dict[str, Any]:
+    """Send the jobs into the caches; returns the teacher's description."""
+    teacher = make_teacher(config.teacher)
+    description = teacher.describe()
+    # A local model batches what is waiting: keep two batches queued so the next one is ready.
+    local = config.teacher.backend == "hf"
+    workers = 2 * config.teacher.batch_size if local else config.teacher.concurrency
+    asked = time.monotonic()
+    try:
+        asyncio.run(ask_all(teacher, jobs, sampling, caches, _retry_policy(config.teacher), workers, counters,
+                            where_is(description)))
+    finally:
+        counters.ask_seconds = time.monotonic() - asked
+    return description
+
+
+def _grade_cached(plans: list[TaskPlan], caches: dict[str, SampleCache], problems: list[Problem],
+                  graded: dict[str, Graded]) -> dict[str, Any]:
+    """Grade every task from its cache alone; returns the cache statistics per task."""
+    cache_stats = {}
+    for plan in plans:
+        cache = caches[plan.task]
+        grade = grade_cot if plan.task == "cot" else grade_decompositions
+        graded[plan.task] = _merge(grade(p, _cached_samples(cache, p, plan), plan.samples) for p in problems)
+        cache_stats[plan.task] = {**_cache_totals(cache, problems, plan), "samples_per_request": plan.per_request}
+    return cache_stats
+
+
+def _probe(config: BuildConfig, job: Job, sampling: Sampling) -> tuple[Capabilities, dict[str, Any]]:
+    """Probe the server with the build's first prompt; log one line with what it honours."""
+    teacher = make_teacher(config.teacher)  # its own client: a client lives in one event loop
+    description = teacher.describe()
+    where = where_is(description)
+
+    async def go() -> Capabilities:
+        try:
+            return await probe_capabilities(teacher, job.plan.prompt.render(job.problem.question), sampling,
+                                            config.sampling.seed, where, _retry_policy(config.teacher))
+        finally:
+            await teacher.close()
+
+    capabilities = asyncio.run(go())
+    log.info("teacher capabilities of %s: %s", where, capabilities.summary())
+    if not capabilities.n:
+        log.info("%s ignores n: asking one sample per request (seed sampling.seed + sample index)", where)
+    if capabilities.seed is False:
+        log.warning("%s ignores seed: samples asked again after an interruption will differ from those of an "
+                    "uninterrupted build", where)
+    if capabilities.samples_vary is False:
+        log.warning("%s gave the same text for two seeds at temperature %g: it may decode greedily, which makes "
+                    "every sample of a question a duplicate (transformers serve samples only when the model's "
+                    "generation_config.json says do_sample=true)", where, sampling.temperature)
+    return capabilities, description
+
+
+def _prefer_earlier_layout(out: Path, config: BuildConfig, plans: list[TaskPlan]) -> list[TaskPlan]:
+    """Resume in the one-sample-per-request cache an earlier run adapted to, rather than probe again to find it."""
+    preferred = []
+    for plan in plans:
+        single = dataclasses.replace(plan, per_request=1)
+        if plan.per_request > 1 and _has_lines(_cache_path(out, config, single)) \
+                and not _has_lines(_cache_path(out, config, plan)):
+            plan = single
+        preferred.append(plan)
+    return preferred
+
+
+def _remove_if_empty(paths: Iterable[Path]) -> None:
+    """Drop the empty cache files (and their locks) opened before the probe changed the plan."""
+    for path in paths:
+        if path.is_file() and path.stat().st_size == 0:
+            path.unlink()
+            path.with_name(path.name + ".lock").unlink(missing_ok=True)
+
+
+def _remove_empty_folders(folders: list[Path]) -> None:
+    """Remove each folder, innermost first, if it is empty (a folder holding anything is kept)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _has_lines(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _save_capabilities(out: Path, capabilities: Capabilities, description: dict[str, Any]) -> None:
+    """Kept beside the cache, so a later run that asks nothing still reports what the server honours."""
+    record = {"model": description.get("model"), "base_url": description.get("base_url"),
+              "api": description.get("api"), **capabilities.as_dict()}
+    path = out / CACHE_DIR / CAPABILITIES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{CAPABILITIES}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _earlier_capabilities(out: Path, teacher: TeacherConfig) -> Capabilities | None:
+    """The last probe of this output folder's teacher (same model and API), if any."""
+    path = out / CACHE_DIR / CAPABILITIES
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("model") != teacher.model or record.get("api") != teacher.api:
+            return None
+        fields = {f.name for f in dataclasses.fields(Capabilities)}
+        return Capabilities(**{**{k: v for k, v in record.items() if k in fields}, "probed": "an earlier run",
+                               "probe_requests": 0})
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _retry_policy(config: TeacherConfig) -> RetryPolicy:
@@ -165,19 +320,36 @@ def _cached_samples(cache: SampleCache, problem: Problem, plan: TaskPlan) -> lis
 
 
 def _cache_totals(cache: SampleCache, problems: Sequence[Problem], plan: TaskPlan) -> dict[str, Any]:
-    """Requests, token usage, retries and teacher time of the cached answers this build uses."""
+    """Requests, token usage, retries and teacher time of the cached answers this build uses, with the retries of
+    requests that failed (`failed` lines) or were cut off by a kill (`retried` lines) in any run."""
     ids = {p.id for p in problems}
     usage: Counter = Counter()
     retries: Counter = Counter()
     requests, seconds = 0, 0.0
-    for line in cache.lines:
-        if line["qid"] in ids and line["prompt_hash"] == plan.prompt.hash and line["indices"][0] < plan.samples:
-            requests += 1
-            usage.update(line.get("usage", {}))
-            retries.update(line.get("retries", {}))
-            seconds += float(line.get("seconds", 0.0))
+    failed = 0
+    lines = [line for line in cache.lines if _counts_for(line, ids, plan)]
+    finished = {line.get("request") for line in lines if "retried" not in line}
+    for line in lines:
+        if "retried" in line:  # a retry line counts only where its request never finished (a killed run)
+            retries.update([line["cause"]] if line.get("request") not in finished else [])
+            continue
+        retries.update(line.get("retries", {}))  # failed requests' too: they cost the server as much
+        seconds += float(line.get("seconds", 0.0))
+        if "failed" in line:
+            failed += 1
+            continue
+        requests += 1
+        usage.update(line.get("usage", {}))
     return {"file": str(cache.path.relative_to(cache.path.parent.parent)), "requests": requests,
-            "usage": dict(usage), "retries": dict(retries), "teacher_seconds": round(seconds, 3)}
+            "failed_requests": failed, "usage": dict(usage), "retries": dict(retries),
+            "teacher_seconds": round(seconds, 3)}
+
+
+def _counts_for(line: dict[str, Any], ids: set[str], plan: TaskPlan) -> bool:
+    """Whether a cache line belongs to this build: its questions, prompt and sample range."""
+    indices = line.get("failed") or line.get("retried") or line["indices"]
+    return bool(line["qid"] in ids and line["prompt_hash"] == plan.prompt.hash and indices
+                and indices[0] < plan.samples)
 
 
 def _cache_path(out: Path, config: BuildConfig, plan: TaskPlan) -> Path:
@@ -242,7 +414,8 @@ def _manifest(config: BuildConfig, problems: list[Problem], plans: list[TaskPlan
         "sampling": to_dict(config.sampling),
         "prompts": {plan.task: plan.prompt.manifest_entry() for plan in plans},
         "tasks": tasks,
-        "this_run": {"requests_planned": counters.requests_planned, "requests_sent": counters.requests_sent,
+        "this_run": {"probe_requests": counters.probe_requests,
+                     "requests_planned": counters.requests_planned, "requests_sent": counters.requests_sent,
                      "requests_failed": counters.requests_failed,
                      "retries_of_failed_requests": dict(counters.retries_of_failed),
                      "ask_seconds": round(counters.ask_seconds, 3), "wall_seconds": round(seconds, 3)},

@@ -1,8 +1,10 @@
 """The append-only sample cache: every teacher answer is written once, as soon as it arrives.
 
 One JSON line per answered request, holding the question id, the prompt hash and the sample indices it
-answered. A build killed at any moment (kill -9 included) loses at most the request it was writing: on
-the next start a torn last line is cut off and its samples are asked again. Lines are only appended,
+answered. Retries (`retried`) and requests that failed after all their retries (`failed`) get lines too,
+with no samples, so the retries they cost are counted by every later build. A build killed at any moment
+(kill -9 included) loses at most the request it was writing: on the next start a torn last line is cut
+off and its samples are asked again. Lines are only appended,
 never rewritten; a sample key (question id, sample index, prompt hash) read twice keeps its first answer,
 so the cache can never yield a sample twice. An exclusive lock keeps two builds off one cache file.
 """
@@ -71,6 +73,11 @@ class SampleCache:
         if written != len(data):  # a short write to a regular file means the disk is full
             raise OSError(f"{self.path}: short write ({written} of {len(data)} bytes); is the disk full?")
         self._index(line)
+
+    def append_note(self, qid: str, prompt_hash: str, extra: dict[str, Any]) -> None:
+        """A line that answers nothing (no sample is indexed): a retry as it happens (`retried`) or a request that
+        failed after all its retries (`failed`), so what they cost counts in the manifests of later runs."""
+        self.append(qid, prompt_hash, [], [], extra)
 
     def iter_lines(self) -> Iterator[dict[str, Any]]:
         return iter(self.lines)
