@@ -218,8 +218,8 @@ def test_a_preempted_training_job_checkpoints_requeues_and_resumes_to_the_same_s
     assert complete_checkpoints(run)[-1].step == MAX_STEPS
     assert second_stop in [c.step for c in complete_checkpoints(run)]
     full, resumed = read_losses(one_node["root"] / "train"), read_losses(run)
-    for step in range(1, MAX_STEPS + 1):
-        assert resumed[step] == pytest.approx(full[step], rel=1e-3, abs=1e-3), (step, full, resumed)
+    # Exact: the same ranks and kernels on the same inputs (tests/test_resume_exact.py says what had to carry).
+    assert resumed == full, {step: resumed[step] - full[step] for step in full if resumed.get(step) != full[step]}
     assert (run / "final" / "model.safetensors").is_file()
     assert json.loads((run / "eval" / "held-out" / "metrics.json").read_text())["total"] == 6
 
@@ -276,7 +276,8 @@ def test_a_two_node_job_runs_one_rank_per_namespace_over_the_bridge(two_nodes, o
     run = two_nodes["run"]
     assert [c.meta["world_size"] for c in complete_checkpoints(run)] == [2, 2]
     assert json.loads((run / "eval" / "held-out" / "metrics.json").read_text())["world_size"] == 2
-    # Same world size and data order as the one-node job with two ranks: the same losses.
+    # Same world size and data order as the one-node job with two ranks: the same losses, up to float sums in
+    # another order (each namespace sees the machine's cores, so its rank runs more matmul threads).
     full, two = read_losses(one_node["root"] / "train"), read_losses(run)
     assert sorted(two) == list(range(1, MAX_STEPS + 1))
     for step in two:
