@@ -43,13 +43,16 @@ def synthetic_texts(architecture: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    """A tiny T5 and a tiny GPT-2 (random weights, tokenizers trained on synthetic data), made once."""
+    """A tiny T5, GPT-2 and Llama (random weights, tokenizers trained on synthetic data), made once."""
     from cotdistill.config import TinyModelConfig
     from cotdistill.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     size = TinyModelConfig(d_model=64, num_layers=2, num_heads=2, d_ff=128, vocab_size=320)
-    return {arch: build_tiny_model(arch, root / arch, synthetic_texts(arch), size, seed=0) for arch in ("t5", "gpt2")}
+    # The Llama trains its tokenizer on the causal demo's texts (there is no Llama demo recipe).
+    texts = {"t5": "t5", "gpt2": "gpt2", "llama": "gpt2"}
+    return {arch: build_tiny_model(arch, root / arch, synthetic_texts(recipe), size, seed=0)
+            for arch, recipe in texts.items()}
 
 
 def skip_or_fail(reason: str) -> None:

@@ -361,7 +361,7 @@ def test_empty_model_name_override_is_refused():
     ("train.precision=fp8", "train.precision"),
     ("train.schedule=exponential", "train.schedule"),
     ("model.kind=encoder", "model.kind"),
-    ("model.make_tiny=llama", "model.make_tiny"),
+    ("model.make_tiny=mamba", "model.make_tiny"),
 ])
 def test_invalid_choice_is_refused_naming_key_and_choices(item, key):
     with pytest.raises(ConfigError) as info:

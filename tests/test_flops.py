@@ -10,6 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditional
 from cotdistill.flops import (
     DecoderOnlyShape,
     EncoderDecoderShape,
+    GatedDecoderShape,
     forward_flops,
     model_shape,
     packed_forward_flops,
@@ -153,8 +154,68 @@ def test_padding_is_hardware_work_not_model_work():
     assert per_token == pytest.approx(2 * (12 * 12 * 768 ** 2) + 4 * 768 * 12 + 2 * 768 * 50257, rel=1e-9)
 
 
+def small_llama_like(family: str) -> torch.nn.Module:
+    """GQA (4 query heads, 2 K/V heads), untied head; Qwen2 adds Q/K/V biases, Qwen3 Q/K norms and head_dim 24."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+    torch.manual_seed(0)
+    common = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+              "bos_token_id": 0, "eos_token_id": 0, "tie_word_embeddings": False}
+    config = {"llama": lambda: LlamaConfig(**common), "qwen2": lambda: Qwen2Config(**common),
+              "qwen3": lambda: Qwen3Config(**common, head_dim=24)}[family]()
+    # eager: without a padding mask SDPA runs the CPU flash kernel, whose products FlopCounterMode does not see
+    return AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_llama_like_training_flops_match_flop_counter(family):
+    model = small_llama_like(family)
+    rows, prompt, target = 3, 17, 23
+    ids = torch.randint(1, VOCAB, (rows, prompt + target))
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    measured = counted_training_flops(model, input_ids=ids, labels=labels)
+    shape = model_shape(model.config)
+    head_dim = 24 if family == "qwen3" else 16
+    assert shape == GatedDecoderShape(d_model=64, layers=2, d_ff=160, vocab=VOCAB, heads=4, kv_heads=2,
+                                      head_dim=head_dim)
+    assert measured == pytest.approx(training_flops(padded_forward_flops(shape, rows, prompt + target)), rel=0.02)
+    useful = training_flops(rows * forward_flops(shape, prompt, target))
+    assert useful == pytest.approx(measured - training_flops(rows * 2 * 64 * VOCAB * prompt), rel=0.02)
+
+
+def test_gated_decoder_flops_match_a_hand_count():
+    shape = GatedDecoderShape(d_model=64, layers=2, d_ff=160, vocab=300, heads=4, kv_heads=2, head_dim=16)
+    # per token and layer: Q 2*64*64 = 8192, K and V 2*64*32 = 4096 each, O 8192, gate/up/down 6*64*160 = 61440,
+    # so 86016; attention over 10 tokens 4*10*(4*16) = 2560. Two layers of 10 tokens: 2 * 10 * 88576 = 1771520;
+    # the LM head at 4 target positions: 2*64*300*4 = 153600.
+    assert forward_flops(shape, 6, 4) == 1_771_520 + 153_600
+    # the packed form of one example is the same work
+    assert packed_forward_flops(shape, [10], 4) == forward_flops(shape, 6, 4)
+
+
+def test_qwen25_token_flops_are_twice_the_matmul_parameters_plus_attention():
+    from transformers import AutoModelForCausalLM
+
+    from cotdistill.memory_plan import resolve_model_config
+
+    config = resolve_model_config("Qwen/Qwen2.5-0.5B")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    # the non-embedding matmul parameters: every Linear weight in the blocks (biases and norms are not products)
+    matmul = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
+    assert matmul == 24 * (2 * 896 * 896 + 2 * 896 * 128 + 3 * 896 * 4864)  # Q, O; K, V of 2 heads; gated MLP
+    shape = model_shape(config)
+    length = 512
+    attention = 4 * length * (14 * 64) * 24  # QK^T and PV per token, 14 query heads of 64, 24 layers
+    assert forward_flops(shape, length, 0) == length * (2 * matmul + attention)
+    # the tied LM head costs 2 d V per logit position on top
+    assert forward_flops(shape, length - 1, 1) - forward_flops(shape, length, 0) == 2 * 896 * 151936
+
+
 def test_unknown_model_type_is_refused():
-    with pytest.raises(ValueError, match="model_type"):
-        model_shape(type("Config", (), {"model_type": "llama"})())
+    with pytest.raises(ValueError, match="model_type"):  # no num_key_value_heads: not Llama-like
+        model_shape(type("Config", (), {"model_type": "gpt_neox", "intermediate_size": 64})())
     with pytest.raises(ValueError):
         forward_flops(DecoderOnlyShape(8, 1, 32, 10), -1, 3)

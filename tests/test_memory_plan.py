@@ -42,6 +42,94 @@ def test_shipped_configs_count_the_published_parameter_numbers(name):
     assert facts.largest_layer[1] == facts.embedding_params
 
 
+# Published sizes of the modern shipped configs: (parameters, rounding unit of the published figure). Exact counts
+# are the checkpoints' safetensors totals (tied embeddings counted once); the Qwen3 model cards round to 0.1B.
+MODERN_PUBLISHED = {
+    "qwen2.5-0.5b": (494_032_768, 1), "qwen2.5-1.5b": (1_543_714_304, 1), "qwen2.5-7b": (7_615_616_512, 1),
+    "qwen3-0.6b": (0.6e9, 0.1e9), "qwen3-1.7b": (1.7e9, 0.1e9), "qwen3-4b": (4.0e9, 0.1e9),
+    "qwen3-8b": (8.2e9, 0.1e9), "llama-3.2-1b": (1_235_814_400, 1), "llama-3.2-3b": (3_212_749_824, 1),
+    "smollm2-360m": (361_821_120, 1), "smollm2-1.7b": (1_711_376_384, 1),
+}
+# The Qwen3 cards' non-embedding counts, which pin the layers down where the totals are rounded.
+QWEN3_NON_EMBEDDING = {"qwen3-0.6b": 0.44e9, "qwen3-1.7b": 1.4e9, "qwen3-4b": 3.6e9, "qwen3-8b": 6.95e9}
+
+
+def _close_to_published(count: float, published: float, unit: float) -> bool:
+    """Within 1% of a published figure, or within its rounding where it is rounded coarser than that."""
+    return abs(count - published) <= max(0.01 * published, unit / 2)
+
+
+@pytest.mark.parametrize("name", list(MODERN_PUBLISHED))
+def test_modern_shipped_configs_count_their_published_sizes(name):
+    facts = mp.count_parameters(mp.resolve_model_config(name))
+    published, unit = MODERN_PUBLISHED[name]
+    assert _close_to_published(facts.total_params, published, unit), (facts.total_params, published)
+    assert facts.block == "llama" and facts.gated_ffn and not facts.fused_qkv and facts.rms_norm
+    assert facts.embedding_params == facts.vocab * facts.hidden
+    untied = name in ("qwen2.5-7b", "qwen3-8b")  # the larger Qwen checkpoints have their own LM head
+    assert facts.lm_head_params == (facts.embedding_params if untied else 0)
+    if name in QWEN3_NON_EMBEDDING:
+        non_embedding = facts.total_params - facts.embedding_params - facts.lm_head_params
+        assert _close_to_published(non_embedding, QWEN3_NON_EMBEDDING[name], 0.01e9), non_embedding
+
+
+def test_llama_like_shapes_carry_grouped_query_attention_and_head_dim():
+    qwen = mp.count_parameters(mp.resolve_model_config("qwen2.5-0.5b"))
+    assert (qwen.heads, qwen.kv_heads, qwen.head_dim, qwen.ffn, qwen.vocab) == (14, 2, 64, 4864, 151936)
+    assert qwen.qkv_bias and not qwen.out_bias and not qwen.qk_norm and qwen.activation == "silu"
+    qwen3 = mp.count_parameters(mp.resolve_model_config("qwen3-0.6b"))
+    # Qwen3's head_dim is set, not hidden / heads: Q is 2048 wide on a 1024-wide model
+    assert (qwen3.heads, qwen3.kv_heads, qwen3.head_dim, qwen3.hidden) == (16, 8, 128, 1024)
+    assert qwen3.qk_norm and not qwen3.qkv_bias
+    smol = mp.count_parameters(mp.resolve_model_config("smollm2-1.7b"))
+    assert smol.kv_heads == smol.heads == 32 and smol.kv_groups == 1
+
+
+def _built_parameter_count(config) -> int:
+    """Distinct parameters of the model transformers builds on the meta device (tied ones once)."""
+    from cotdistill.modeling import build_from_config
+
+    with torch.device("meta"):
+        model = build_from_config(config, "seq2seq" if config.is_encoder_decoder else "causal")
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", list(mp.SHIPPED_CONFIGS))
+def test_plan_parameters_equal_the_built_model_and_the_planners_shape(name):
+    """The plan's count is the real model's, and the shape the formulas use (GQA widths, gated or plain
+    feed-forward, biases, tied head) adds up to exactly that many parameters."""
+    result = mp.plan(name)
+    assert result.model.total_params == _built_parameter_count(mp.resolve_model_config(name))
+    assert mp.shape_parameters(result.model) == result.model.total_params
+
+
+def test_gqa_narrows_key_value_projections_while_sdpa_keeps_per_head_copies():
+    import dataclasses
+
+    gqa = mp.count_parameters(mp.resolve_model_config("qwen2.5-0.5b"))
+    mha = dataclasses.replace(gqa, kv_heads=gqa.heads)
+    # K and V of 2 heads instead of 14, with their biases, in each of the 24 layers
+    assert mp.shape_parameters(mha) - mp.shape_parameters(gqa) == 24 * 2 * (896 + 1) * (14 - 2) * 64
+    work = mp.Workload(4, 256, 128, "bf16")
+    token_bytes = 2 * 4 * (256 + 128)  # one bf16 element per token of the micro-batch
+    kept = mp.estimate_activations(gqa, work).layers
+    # with 2 < 14 K/V heads transformers' SDPA keeps per-head copies of K and V, as many as MHA keeps, and the
+    # KV cache its own K and V of 2 heads
+    assert mp.estimate_activations(mha, work).layers == kept - 24 * token_bytes * 2 * (2 * 64)
+    mqa = dataclasses.replace(gqa, kv_heads=1)  # one K/V head: SDPA's copy is a view, the cache is what it keeps
+    assert mp.estimate_activations(mqa, work).layers < kept
+
+
+def test_hardware_doc_has_a_current_row_for_every_shipped_config():
+    rows = {line.split(" ", 2)[1].strip("`"): line for line in (REPO / "docs" / "HARDWARE.md").read_text().splitlines()
+            if line.startswith("| `") and "` (`" in line}
+    assert set(rows) == set(mp.SHIPPED_CONFIGS), "regenerate docs/HARDWARE.md (benchmarks/hardware_table.py)"
+    qwen = mp.plan("qwen2.5-0.5b")
+    assert f"| {mp.describe_layers(qwen.model)} |" in rows["qwen2.5-0.5b"]
+    assert "14/2 KV heads of 64, FFN gated 4864" in rows["qwen2.5-0.5b"]
+    assert mp.hardware_line(qwen, 80) in rows["qwen2.5-0.5b"]
+
+
 def test_every_shipped_config_is_a_package_file():
     shipped = {p.stem for p in (REPO / "src" / "cotdistill" / "model_configs").glob("*.json")}
     assert shipped == set(mp.SHIPPED_CONFIGS)
@@ -51,6 +139,17 @@ def test_hub_ids_resolve_to_the_shipped_configs_offline():
     config = mp.resolve_model_config("google/flan-t5-xxl")
     assert (config.name_or_path, config.d_model, config.d_ff, config.num_heads) == ("flan-t5-xxl", 4096, 10240, 64)
     assert mp.resolve_model_config("openai-community/gpt2-large").n_embd == 1280
+
+
+@pytest.mark.parametrize("model, name", [
+    ("Qwen/Qwen2.5-0.5B", "qwen2.5-0.5b"), ("Qwen2.5-0.5B", "qwen2.5-0.5b"), ("Qwen/Qwen3-0.6B", "qwen3-0.6b"),
+    ("meta-llama/Llama-3.2-1B", "llama-3.2-1b"), ("HuggingFaceTB/SmolLM2-360M", "smollm2-360m"),
+    ("SmolLM2-1.7B", "smollm2-1.7b"), ("qwen3-8b", "qwen3-8b")])
+def test_modern_hub_ids_and_short_names_resolve_offline(model, name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = mp.resolve_model_config(model)
+    assert config.name_or_path == name
+    assert config.model_type == {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama", "smoll": "llama"}[name[:5]]
 
 
 def test_a_local_folder_or_config_file_is_read(tmp_path):
@@ -189,6 +288,47 @@ def test_activation_estimate_matches_the_tensors_autograd_saves(architecture, at
     assert estimate.layers + estimate.other == pytest.approx(measured, rel=0.02)
 
 
+def _small_llama_like(family: str, kv_heads: int):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+
+    common = {"vocab_size": 200, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
+              "num_attention_heads": 4, "num_key_value_heads": kv_heads, "max_position_embeddings": 128,
+              "bos_token_id": 0, "eos_token_id": 0, "use_cache": False}
+    if family == "llama":
+        return LlamaConfig(**common, head_dim=16)
+    if family == "mistral":  # no family of its own: planned from the standard attributes
+        return MistralConfig(**common, head_dim=16)
+    if family == "qwen2":  # Q/K/V biases
+        return Qwen2Config(**common)
+    return Qwen3Config(**common, head_dim=24)  # per-head Q/K norms, head_dim != hidden / heads
+
+
+@pytest.mark.parametrize("family, kv_heads, attention, precision", [
+    ("llama", 2, "sdpa", "bf16"), ("llama", 2, "eager", "bf16"), ("llama", 1, "sdpa", "bf16"),
+    ("llama", 4, "sdpa", "fp32"), ("mistral", 2, "sdpa", "bf16"), ("qwen2", 2, "sdpa", "bf16"),
+    ("qwen3", 2, "sdpa", "bf16"), ("qwen3", 1, "eager", "fp32")])
+def test_llama_like_activation_estimate_matches_the_tensors_autograd_saves(family, kv_heads, attention, precision):
+    """GQA (per-head K/V copies or not), the gated MLP, Llama's RMSNorm and Qwen3's Q/K norms, tensor by tensor."""
+    from transformers import AutoModelForCausalLM
+
+    config = _small_llama_like(family, kv_heads)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention).train()
+    batch, source, target = 2, 24, 16
+    length = source + target
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, -3:] = 0  # padding, so that a mask is built
+    inputs = {"input_ids": torch.randint(2, 200, (batch, length)), "attention_mask": mask, "use_cache": False,
+              "position_ids": torch.arange(length).repeat(batch, 1)}
+    measured = _saved_bytes(model, inputs)
+
+    facts = mp.count_parameters(config)
+    facts = type(facts)(**{**facts.__dict__, "attention": attention})
+    estimate = mp.estimate_activations(facts, mp.Workload(batch, source, target, precision))
+    assert estimate.layers + estimate.other == pytest.approx(measured, rel=0.02)
+
+
 def test_recipe_values_are_used_and_explicit_arguments_win(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -204,6 +344,18 @@ def test_recipe_values_are_used_and_explicit_arguments_win(tmp_path):
     override = mp.plan("gpt2", recipe=recipe, micro_batch_size=2, precision="bf16", gradient_checkpointing=False)
     assert override.model.total_params == PUBLISHED_SIZES["gpt2"]
     assert override.workload == mp.Workload(2, 300, 100, "bf16", False)
+
+
+def test_a_recipe_with_a_tiny_llama_like_student_is_planned_as_one(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"deepspeed_config: {REPO / 'ds_configs' / 'zero2.json'}\n"
+        f"model: {{name_or_path: {tmp_path / 'not-made-yet'}, make_tiny: qwen3,\n"
+        "        tiny: {d_model: 64, num_layers: 2, num_heads: 4, d_ff: 128}}\n")
+    facts = mp.plan(recipe=recipe).model
+    assert (facts.block, facts.architecture, facts.kv_heads, facts.heads) == ("llama", "Qwen3ForCausalLM", 2, 4)
+    assert facts.gated_ffn and facts.qk_norm
+    assert mp.shape_parameters(facts) == facts.total_params
 
 
 def test_defaults_without_a_recipe():

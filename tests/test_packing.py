@@ -1,5 +1,5 @@
-"""Packed micro-batches (GPT-2 rows; T5 encoder and decoder rows): no padding, and exactly the padded batch's loss
-and gradients."""
+"""Packed micro-batches (GPT-2, Llama, Qwen2 and Qwen3 rows; T5 encoder and decoder rows): no padding, and exactly
+the padded batch's loss and gradients."""
 
 from __future__ import annotations
 
@@ -172,6 +172,91 @@ def test_a_packed_forward_without_sequence_boundaries_is_refused():
     model = _tiny_gpt2(packed=True)
     with packed_forward(), pytest.raises(ValueError, match="cu_seq_lens_q"):
         model(input_ids=packed["input_ids"], position_ids=packed["position_ids"])
+
+
+ROPE_FAMILIES = ["llama", "qwen2", "qwen3", "gemma3"]
+
+
+def _tiny_rope(family: str, packed: bool, checkpointing: bool = False):
+    """A registry family's tiny config (grouped-query attention: 4 query heads, 2 key/value heads), SDPA."""
+    from transformers import AutoModelForCausalLM
+
+    from cotdistill.config import TinyModelConfig
+    from cotdistill.families import family_named
+
+    size = TinyModelConfig(vocab_size=50, d_model=32, num_layers=2, num_heads=4, d_ff=64, n_positions=512)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(family_named(family).tiny_config(size, None), attn_implementation="sdpa")
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    if checkpointing:
+        _enable_checkpointing(model)
+        model.config.use_cache = False
+    model.train(checkpointing)  # gradient checkpointing recomputes only in training mode
+    if packed:
+        use_packed_attention(model)
+    return model
+
+
+@pytest.mark.parametrize("family, checkpointing", [*((f, False) for f in ROPE_FAMILIES), ("llama", True)])
+def test_a_packed_micro_batch_has_the_padded_batchs_loss_and_gradients_on_rope_families(family, checkpointing):
+    """Loss to 1e-5 absolute, gradients to 1e-5 absolute + 1e-4 relative (fp32), as for GPT-2."""
+    padded_model = _tiny_rope(family, packed=False, checkpointing=checkpointing)
+    packed_model = _tiny_rope(family, packed=True, checkpointing=checkpointing)
+    rng = random.Random(8)
+    for _ in range(3):
+        assert_packed_matches_padded(padded_model, packed_model, random_examples(rng, 12), causal=True,
+                                     grad_atol=1e-5)
+
+
+# Layer 1 of 2 attends to the last 4 keys only: Qwen's use_sliding_window, Gemma 3's local layers.
+SLIDING = {"qwen2": {"use_sliding_window": True, "sliding_window": 4, "max_window_layers": 1,
+                     "layer_types": ["full_attention", "sliding_attention"]},
+           "gemma3": {"sliding_window": 4, "layer_types": ["full_attention", "sliding_attention"]}}
+SLIDING["qwen3"] = SLIDING["qwen2"]
+
+
+@pytest.mark.parametrize("family", sorted(SLIDING))
+def test_a_packed_sliding_window_layer_attends_to_the_same_keys_as_the_padded_batch(family):
+    """Examples run up to 32 tokens, far past the window of 4."""
+    from transformers import AutoModelForCausalLM
+
+    def model(packed: bool, window: int = 4):
+        config = _tiny_rope(family, packed=False).config
+        config.update({**SLIDING[family], "sliding_window": window})
+        torch.manual_seed(0)
+        built = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+        if packed:
+            use_packed_attention(built)
+        return built
+
+    padded_model, packed_model = model(packed=False), model(packed=True)
+    assert packed_model.model.layers[1].self_attn.sliding_window == 4
+    examples = random_examples(random.Random(10), 8)
+    assert_packed_matches_padded(padded_model, packed_model, examples, causal=True, grad_atol=1e-5)
+    padded = collate(examples, pad_id=0)
+    with torch.no_grad():  # and the window matters: a window wider than every example gives another loss
+        wide = _loss(model(packed=False, window=64), padded)[0].item()
+        assert abs(wide - _loss(padded_model, padded)[0].item()) > 1e-4
+
+
+@pytest.mark.parametrize("family", ROPE_FAMILIES)
+def test_packed_rope_examples_would_see_each_other_without_their_boundaries(family):
+    """The check above can fail: the row attended as one causal sequence changes the loss."""
+    packed = collate(random_examples(random.Random(9), 12), pad_id=0, pack=True)
+    model = _tiny_rope(family, packed=True)
+    leaky = dict(packed)
+    leaky["cu_seq_lens"] = torch.tensor([0, packed["input_ids"].size(1)], dtype=torch.int32)
+    with torch.no_grad():
+        assert abs(_loss(model, leaky)[0].item() - _loss(model, packed)[0].item()) > 1e-3
+
+
+@pytest.mark.parametrize("family", ROPE_FAMILIES)
+def test_a_rope_model_switched_to_packed_attention_generates_as_before(family):
+    prompt = {"input_ids": torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]]),
+              "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])}
+    generated = [_tiny_rope(family, packed=p).generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+                 for p in (False, True)]
+    assert torch.equal(generated[0], generated[1])
 
 
 def seq2seq_examples(rng: random.Random, n: int, vocab: int = 50) -> list[TokenizedExample]:

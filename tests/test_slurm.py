@@ -41,7 +41,12 @@ def read_log(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else f"(no log at {path})"
 
 
-def wait_for_jobs(cluster: SlurmCluster, jobs: dict[str, int], logs: Path, timeout: float = 420,
+# The one-node fixture's six jobs run one after another (each takes the node's CPUs): about 3 minutes on a quiet
+# 2-core machine, 7 to 10 under a load of other test runs.
+JOBS_TIMEOUT_S = 1200
+
+
+def wait_for_jobs(cluster: SlurmCluster, jobs: dict[str, int], logs: Path, timeout: float = JOBS_TIMEOUT_S,
                   triggers: dict | None = None) -> dict[str, dict[str, str]]:
     """Poll `scontrol show job` until every job ended; `triggers` maps a name to (condition, action) run once."""
     pending = dict(triggers or {})

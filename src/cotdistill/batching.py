@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cotdistill.chat import check_chat_student, render_chats
 from cotdistill.formats import Example
 from cotdistill.objectives import IGNORE_INDEX, predicting_positions
 from cotdistill.packed_attention import packed_forward, packed_kwargs
@@ -57,6 +58,19 @@ class TruncationStats:
         return text
 
 
+def prompt_prefix_ids(tokenizer) -> tuple[int, ...]:
+    """The special ids a tokenizer puts before a text (Llama 3: its BOS; GPT-2, Qwen: none), which a causal
+    sequence starts with, as in the checkpoint's pretraining; a seq2seq source keeps the tokenizer's own ends.
+
+    Read from the tokenizer itself (text encoded with and without special tokens) rather than from the model
+    family: SmolLM2, model_type llama, adds no BOS and was trained without one.
+    """
+    plain = tokenizer("0", add_special_tokens=False)["input_ids"]
+    full = tokenizer("0", add_special_tokens=True)["input_ids"]
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+    return tuple(full[:start])
+
+
 def tokenize_examples(
     examples: Sequence[Example],
     tokenizer,
@@ -64,23 +78,40 @@ def tokenize_examples(
     max_source_tokens: int,
     max_target_tokens: int,
     teacher_fn: TeacherFn | None = None,
+    chat: bool = False,
 ) -> tuple[list[TokenizedExample], TruncationStats]:
     """Tokenize every example; prompts keep their end (the question), targets keep their start.
 
-    With `teacher_fn`, an example carrying teacher tokens gets its per-target-token teacher distribution
-    (`teacher_fn(teacher_tokens, target_ids)`, see `cotdistill.alignment.teacher_targets`).
+    A causal sequence is `prompt_prefix_ids` (BOS where the tokenizer puts one), prompt, target, EOS, with the
+    loss on target and EOS only; a truncated prompt keeps its prefix. Seq2seq sources and targets get the
+    tokenizer's own special tokens (T5: a closing ``</s>``). With `teacher_fn`, an example carrying teacher
+    tokens gets its per-target-token teacher distribution (`teacher_fn(teacher_tokens, target_ids)`, see
+    `cotdistill.alignment.teacher_targets`).
+
+    With `chat` (data.chat_template, causal students only) each example is the user/assistant conversation of
+    the tokenizer's chat template (`cotdistill.chat.render_chats`): the loss falls on the assistant's text and
+    the template's end-of-turn token, a truncated prompt keeps the template's tokens before the user's text.
     """
     stats = TruncationStats(examples=len(examples))
     eos = tokenizer.eos_token_id
-    sources = tokenizer([e.source for e in examples], add_special_tokens=not causal)["input_ids"]
-    targets = tokenizer([e.target for e in examples], add_special_tokens=not causal)["input_ids"]
+    if chat:
+        check_chat_student(tokenizer, causal)
+        head, rendered = render_chats(tokenizer, [(e.source, e.target) for e in examples])
+        prefix = tuple(head)
+        sources = [src for src, _ in rendered]
+        targets = [tgt for _, tgt in rendered]
+    else:
+        prefix = prompt_prefix_ids(tokenizer) if causal else ()
+        sources = tokenizer([e.source for e in examples], add_special_tokens=not causal)["input_ids"]
+        targets = tokenizer([e.target for e in examples], add_special_tokens=not causal)["input_ids"]
     out = []
     for example, src, tgt in zip(examples, sources, targets, strict=True):
-        if causal:
+        if causal and not chat:  # a chat target already ends with the template's end-of-turn token
             tgt = list(tgt) + [eos]
-        if len(src) > max_source_tokens:
-            src = src[len(src) - max_source_tokens:]
+        if len(prefix) + len(src) > max_source_tokens:
+            src = src[len(prefix) + len(src) - max_source_tokens:]
             stats.sources_truncated += 1
+        src = prefix + tuple(src)
         if len(tgt) > max_target_tokens:
             tgt = tgt[:max_target_tokens]
             stats.targets_truncated += 1
@@ -90,10 +121,10 @@ def tokenize_examples(
             stats.teacher_tokens += sum(t is not None for t in teacher)
             stats.target_tokens_with_teacher += len(teacher)
         if causal:
-            out.append(TokenizedExample(tuple(src) + tuple(tgt), (IGNORE_INDEX,) * len(src) + tuple(tgt), True,
+            out.append(TokenizedExample(src + tuple(tgt), (IGNORE_INDEX,) * len(src) + tuple(tgt), True,
                                         example.format, teacher))
         else:
-            out.append(TokenizedExample(tuple(src), tuple(tgt), False, example.format, teacher))
+            out.append(TokenizedExample(src, tuple(tgt), False, example.format, teacher))
     return out, stats
 
 

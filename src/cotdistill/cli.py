@@ -45,12 +45,12 @@ def _recipe_texts(config: str, overrides: tuple[str, ...]):
 
 
 def make_tiny(architecture: str, out_dir: str, config: str = "", *overrides: str) -> str:
-    """Write a tiny random T5 or GPT-2 (architecture: t5 | gpt2) with a tokenizer trained on a recipe's data.
+    """Write a tiny random student of a registered family with a tokenizer trained on a recipe's data.
 
-    Example: cotdistill make-tiny t5 runs/tiny-t5 --config recipes/demo-t5-synthetic.yaml
+    Example: cotdistill make-tiny llama runs/tiny-llama --config recipes/demo-gpt2-synthetic.yaml
 
     Args:
-        architecture: t5 | gpt2
+        architecture: t5 | umt5 | gpt2 | llama | qwen2 | qwen3 | gemma3 (cotdistill.families)
         out_dir: folder to write the model and tokenizer to (must not exist)
         config: training recipe whose texts train the tokenizer and whose model.tiny sets the size ('': defaults)
         overrides: dotted run-config overrides KEY=VALUE, e.g. model.tiny.d_model=64 (cotdistill show-config
@@ -67,8 +67,9 @@ def make_tiny(architecture: str, out_dir: str, config: str = "", *overrides: str
 
 
 def make_random(model: str, out_dir: str, config: str = "", *overrides: str) -> str:
-    """Write a full-size architecture (gpt2-large, flan-t5-xl, a hub id or config .json) with random weights and
-    a tokenizer trained on a recipe's data: real sizes for speed and memory runs, no download.
+    """Write a full-size architecture (gpt2-large, flan-t5-xl, qwen2.5-0.5b, a hub id or config .json) with random
+    weights and a tokenizer of its family (T5, GPT-2, Llama, Qwen or Gemma style) trained on a recipe's data: real sizes
+    for speed and memory runs, no download.
 
     Example: cotdistill make-random gpt2-large runs/random-gpt2-large --config recipes/demo-gpt2-synthetic.yaml
 

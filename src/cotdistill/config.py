@@ -45,6 +45,13 @@ def _dataset_names() -> tuple[str, ...]:
     return RUN_DATASETS
 
 
+def _tiny_family_names() -> tuple[str, ...]:
+    """The architectures ``model.make_tiny`` accepts: the student-family registry's names."""
+    from cotdistill.families import family_names
+
+    return family_names()
+
+
 def _eval_set_names() -> tuple[str, ...]:
     """The data set names evaluation accepts (besides .json/.jsonl files): the registry ``check_eval_set`` reads."""
     from cotdistill.eval_sets import EVAL_SETS
@@ -59,9 +66,9 @@ class TinyModelConfig:
     vocab_size: int = _help("tokenizer vocabulary size", 384)
     d_model: int = _help("hidden size", 128)
     num_layers: int = _help("layers (encoder and decoder each, for T5)", 2)
-    num_heads: int = _help("attention heads", 4)
+    num_heads: int = _help("attention heads (Llama-like families: half as many key/value heads when even)", 4)
     d_ff: int = _help("feed-forward size", 512)
-    n_positions: int = _help("GPT-2 context length", 512)
+    n_positions: int = _help("context length (GPT-2's position table, RoPE families' max positions)", 512)
     dropout: float = _help("dropout rate of the tiny model", 0.0)
 
 
@@ -70,8 +77,9 @@ class ModelConfig:
     name_or_path: str = _help("hub id (google/flan-t5-base, gpt2-large) or local folder", "")
     kind: str = _help("auto | seq2seq | causal; auto reads the model config", "auto")
     make_tiny: str = _help(
-        "'' or t5 | gpt2: when name_or_path does not exist, build a tiny random model of this "
-        "architecture there from the training texts (offline demos and tests)", "")
+        "'' (off) or a student family (cotdistill.families): when name_or_path does not exist, build a tiny "
+        "random model of this family there from the training texts (offline demos and tests)", "",
+        choices=_tiny_family_names)
     tiny: TinyModelConfig = _help("size of the tiny model made by make_tiny", factory=TinyModelConfig)
     gradient_checkpointing: bool = _help("recompute activations in backward to save memory", False)
 
@@ -108,6 +116,10 @@ class DataConfig:
     k_shot: int = _help("demonstrations in few_shot_cot prompts", 2)
     max_source_tokens: int = _help("source (prompt) tokens kept; longer prompts lose their start", 256)
     max_target_tokens: int = _help("target tokens kept; longer targets are cut at the end", 192)
+    chat_template: bool = _help("render every example through the student tokenizer's chat template (prompt as the "
+                                "user turn, target as the assistant turn, loss on the assistant's text and its "
+                                "end-of-turn token), for instruct checkpoints of decoder-only students; the dev "
+                                "evaluation and cotdistill eval of the run use the same template", False)
 
 
 @dataclass
@@ -201,6 +213,10 @@ class EvalSpec:
                             "every rank when it fits one device with room for generation (much faster), else 3",
                             "auto")
     offload: bool = _help("offload partitioned weights to CPU memory (ZeRO-3)", False)
+    chat_template: bool = _help("prompts as the user turn of the student tokenizer's chat template, generation "
+                                "after its assistant header, stopping at its end-of-turn token (cotdistill eval of a "
+                                "run: the run's data.chat_template unless given; a training run's dev evaluation "
+                                "follows data.chat_template)", False)
 
 
 @dataclass
@@ -575,7 +591,7 @@ def validate(config: RunConfig) -> None:
     if not config.model.name_or_path:
         raise ConfigError("model.name_or_path is empty: give a hub id (e.g. google/flan-t5-base) or a folder")
     _choice(config.model.kind, ("auto", "seq2seq", "causal"), "model.kind")
-    _choice(config.model.make_tiny, ("", "t5", "gpt2"), "model.make_tiny")
+    _choice(config.model.make_tiny, ("", *_tiny_family_names()), "model.make_tiny")
     t = config.train
     _choice(t.precision, ("bf16", "fp16", "fp32"), "train.precision")
     _choice(t.schedule, ("cosine", "linear", "constant"), "train.schedule")
@@ -615,6 +631,14 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"train.kd_weight must be in [0, 1], got {t.kd_weight}")
     validate_spec(config.eval, "eval.")
     _positive(config.eval.every, "eval.every", allow_zero=True)
+    if config.eval.chat_template and not d.chat_template:
+        raise ConfigError("eval.chat_template=true without data.chat_template: a run's dev evaluation uses the layout "
+                          "it trains on; set data.chat_template=true")
+    if d.chat_template:
+        if config.model.kind == "seq2seq":
+            raise ConfigError("data.chat_template is for decoder-only students; model.kind=seq2seq has no chat "
+                              "template")
+        _chat_protocol(config.eval.protocol, "eval.")
 
 
 def validate_run(config: RunConfig, world_size: int | None = None) -> None:
@@ -646,6 +670,13 @@ def validate_run(config: RunConfig, world_size: int | None = None) -> None:
     model_type = _known_model_type(config.model)
     if model_type:
         check_precision(model_type, config)
+    if config.data.chat_template and model_type:
+        from cotdistill.families import find_family
+
+        family = find_family(model_type)
+        if family is not None and family.kind == "seq2seq":
+            raise ConfigError(f"data.chat_template is for decoder-only students; {family.label} ({model_type}) is "
+                              "seq2seq and has no chat template")
 
 
 def _known_model_type(model: ModelConfig) -> str:
@@ -693,6 +724,15 @@ def validate_spec(spec: EvalSpec, prefix: str = "") -> None:
     if spec.demos and not spec.demos.endswith((".json", ".jsonl")):
         raise ConfigError(f"{prefix}demos must be a .json or .jsonl file of question/answer records, got "
                           f"{spec.demos!r}")
+    if spec.chat_template:
+        _chat_protocol(spec.protocol, prefix)
+
+
+def _chat_protocol(protocol: str, prefix: str) -> None:
+    """Kojima's second stage continues the first stage's text as one prompt: a chat layout has no place for it."""
+    if protocol == "kojima":
+        raise ConfigError(f"{prefix}protocol=kojima continues its first stage's text in a second prompt, which a chat "
+                          "template's turns cannot hold; use protocol cotdistill or lm-eval with chat templates")
 
 
 def validate_eval(config: EvalRunConfig) -> None:

@@ -34,11 +34,17 @@ def read_template(path: str | Path) -> dict[str, Any]:
 
 
 def check_precision(model_type: str, config: RunConfig) -> None:
-    """T5 checkpoints overflow in fp16 (activations exceed 65504); refuse unless forced."""
-    if config.train.precision == "fp16" and model_type in ("t5", "mt5", "umt5") and not config.train.allow_fp16_t5:
+    """Families whose activations overflow fp16 (T5: above 65504, `cotdistill.families`) are refused fp16 unless
+    forced; ``model_type`` may also be a family name (a recipe's ``model.make_tiny``)."""
+    from cotdistill.families import find_family
+
+    family = find_family(model_type)
+    if config.train.precision == "fp16" and family is not None and not family.fp16_safe \
+            and not config.train.allow_fp16_t5:
         raise ConfigError(
-            "train.precision=fp16 with a T5 model: T5's activations overflow fp16 and training produces NaN. "
-            "Use train.precision=bf16 (default) or fp32; set train.allow_fp16_t5=true to force fp16.")
+            f"train.precision=fp16 with a {family.label} model: {family.label}'s activations overflow fp16 and "
+            "training produces NaN. Use train.precision=bf16 (default) or fp32; set train.allow_fp16_t5=true to "
+            "force fp16.")
 
 
 def _fill(section: dict[str, Any], key: str, value: Any, label: str, source: str, run_key: str) -> None:

@@ -341,31 +341,8 @@ class Engine:
             config.load_universal_checkpoint = before
         if path is None:
             raise FileNotFoundError(f"DeepSpeed could not load checkpoint {folder}/{tag}")
-        self._replay_adam_step_products()
+        replay_adam_step_products(getattr(self.ds.optimizer, "optimizer", self.ds.optimizer), self.device)
         return client_state or {}
-
-    def _replay_adam_step_products(self) -> None:
-        """Put DeepSpeed's CPU Adam kernel where an uninterrupted run's would be after the restored step.
-
-        The kernel (CPU offload; 0.19.8 ``Adam_Optimizer::IncrementStep``) keeps beta^t for the bias correction
-        as a float running product, one multiplication per step, and recomputes it with ``pow`` when it meets a
-        step that is not the next one, as the first step after a resume is. The two round differently at most
-        steps, so a resumed run updated the weights a few ulps differently from the second step on, and the
-        difference grew (5e-6 in the loss one step later, 4e-2 sixty steps later). Replaying the steps 1..t on a
-        one-element scratch tensor (learning rate 0) rebuilds the same product. Other optimizers (torch's,
-        fused GPU Adam) compute the correction from the saved step alone and need nothing.
-        """
-        base = getattr(self.ds.optimizer, "optimizer", self.ds.optimizer)
-        kernel = getattr(base, "ds_opt_adam", None)
-        steps = [int(state["step"]) for state in getattr(base, "state", {}).values() if "step" in state]
-        if kernel is None or not hasattr(base, "opt_id") or not steps:
-            return
-        group = base.param_groups[0]
-        beta1, beta2 = group["betas"]
-        scratch = [torch.zeros(1, dtype=torch.float32) for _ in range(4)]  # params, grads, moments
-        for step in range(1, max(steps) + 1):
-            kernel.adam_update(base.opt_id, step, 0.0, beta1, beta2, group["eps"], 0.0, group["bias_correction"],
-                               *scratch)
 
     def universal_checkpoint(self, folder: Path, tag: str) -> str:
         """Collective: make sure ``folder/universal`` holds the universal form of folder/tag; return its tag.
@@ -462,6 +439,37 @@ class Engine:
                 self._dist.barrier()
             finally:
                 self._dist.destroy_process_group()
+
+
+def replay_adam_step_products(optimizer: Any, device: torch.device) -> None:
+    """Put DeepSpeed's CPU Adam kernel where an uninterrupted run's would be after the restored step.
+
+    The kernel (0.19.8 ``Adam_Optimizer::IncrementStep``; behind ``DeepSpeedCPUAdam`` with CPU offload and
+    behind ``FusedAdam`` on the CPU accelerator) keeps beta^t for the bias correction as a float running
+    product, one multiplication per step, and recomputes it with ``pow`` when it meets a step that is not the
+    next one, as the first step after a resume is. The two round differently at most steps, so a resumed run
+    updated the weights a few ulps differently from the second step on, and the difference grew (5e-6 in the
+    loss one step later, 4e-2 sixty steps later). Replaying steps 1..t on a one-element scratch tensor
+    (learning rate 0) rebuilds the same product. torch's Adam and the CUDA fused kernel compute the correction
+    from the saved step alone and need nothing.
+    """
+    steps = [int(state["step"]) for state in getattr(optimizer, "state", {}).values() if "step" in state]
+    if not steps or not getattr(optimizer, "param_groups", None):
+        return
+    group = optimizer.param_groups[0]
+    beta1, beta2 = group["betas"]
+    params, grads, exp_avg, exp_avg_sq = (torch.zeros(1, dtype=torch.float32) for _ in range(4))
+    if hasattr(optimizer, "ds_opt_adam") and hasattr(optimizer, "opt_id"):  # DeepSpeedCPUAdam
+        for step in range(1, max(steps) + 1):
+            optimizer.ds_opt_adam.adam_update(optimizer.opt_id, step, 0.0, beta1, beta2, group["eps"], 0.0,
+                                              group["bias_correction"], params, grads, exp_avg, exp_avg_sq)
+    elif hasattr(optimizer, "multi_tensor_adam") and device.type == "cpu":  # FusedAdam on the CPU accelerator
+        from deepspeed.ops.adam.fused_adam import multi_tensor_applier
+
+        for step in range(1, max(steps) + 1):
+            multi_tensor_applier(optimizer.multi_tensor_adam, optimizer._dummy_overflow_buf,
+                                 [[grads], [params], [exp_avg], [exp_avg_sq]], 0.0, beta1, beta2, group["eps"],
+                                 step, optimizer.adam_w_mode, int(group["bias_correction"]), 0.0)
 
 
 def state_dict_from_checkpoint(checkpoint_dir: Path, tag: str) -> dict[str, torch.Tensor]:

@@ -69,6 +69,8 @@ def spec_settings(spec: EvalSpec, strategy: str) -> dict:
         settings.update(k_shot=spec.k_shot, seed=spec.seed)
     if spec.samples > 1:
         settings["temperature"] = spec.temperature
+    if spec.chat_template:
+        settings["chat_template"] = True
     if spec.protocol == "kojima" and strategy == "zero_shot_cot":
         settings["answer_tokens"] = spec.answer_tokens
     return settings
@@ -93,12 +95,13 @@ def evaluate_problems(engine: Engine, student: Student, problems: Sequence[Probl
     outputs = generate_texts(engine, tokenizer, causal, prompts, max_new_tokens=spec.max_new_tokens,
                              batch_size=spec.batch_size, max_prompt_tokens=spec.max_prompt_tokens,
                              stop_strings=protocol.stops, samples=spec.samples, temperature=spec.temperature,
-                             desc=desc, fit=fit)
+                             desc=desc, fit=fit, chat=spec.chat_template)
     second = protocol.answer_prompts(problems, prompts, [protocol.clean(texts[0]) for texts, _ in outputs], strategy)
     if second is not None:  # two stages (Kojima et al.): the answer is generated after the trigger
         answers = generate_texts(engine, tokenizer, causal, second, max_new_tokens=spec.answer_tokens,
                                  batch_size=spec.batch_size, max_prompt_tokens=spec.max_prompt_tokens,
-                                 stop_strings=protocol.stops, desc=f"{desc} answer", fit=fit)
+                                 stop_strings=protocol.stops, desc=f"{desc} answer", fit=fit,
+                                 chat=spec.chat_template)
         predictions = []
         for i, (problem, prompt, (_, tokens), (answer, more)) in enumerate(
                 zip(problems, prompts, outputs, answers, strict=True)):

@@ -1,4 +1,4 @@
-"""Training FLOPs of GPT-2 and T5 students from the model config and token counts, for MFU.
+"""Training FLOPs of GPT-2, T5 and Llama-like students from the model config and token counts, for MFU.
 
 Model FLOPs utilization (MFU) is useful work divided by what the hardware could do in the same time:
 ``model FLOPs per second / peak FLOP/s``. The useful work of a training example depends only on the
@@ -28,6 +28,15 @@ against it: equal to the FLOP for GPT-2 and T5).
 Per layer and token, with d = d_model, i = heads x d_kv (d for GPT-2), f = d_ff, a sequence of L tokens:
 
 - GPT-2 block: QKV 6 d^2, output 2 d^2, MLP 4 d f, attention 4 L d; LM head 2 d V per logit position.
+- Llama-like block (Llama, SmolLM2, Mistral, Qwen2/2.5, Qwen3, Gemma: grouped-query attention and a gated
+  MLP), with q = heads x head_dim and k = kv_heads x head_dim (head_dim need not be d / heads): Q 2 d q,
+  K and V 2 d k each, output 2 q d, gated MLP 6 d f (gate, up, down), attention 4 L q (every query head
+  attends to the whole sequence; GQA shares K/V heads, which saves projections and memory, not score
+  work); LM head 2 d V per logit position, tied to the embedding or not (the product is the same).
+  Qwen2's Q/K/V biases, RMSNorm, Qwen3's per-head Q/K norms, RoPE and SiLU are not matrix products.
+  So a token's block FLOPs are 2 x the block's matmul parameters plus the attention term. Sliding-window
+  layers (Gemma 2/3, Mistral's option) are counted over the full square too: exact while sequences are no
+  longer than the window.
 - T5 encoder layer (over the S source tokens): QKV 6 d i, output 2 i d, FFN 4 d f (6 d f gated, as
   FlanT5's gated-GELU with two input matrices), attention 4 S i.
 - T5 decoder layer (over the T target tokens): self-attention 8 d i + 4 T i, cross-attention queries and
@@ -67,34 +76,83 @@ class EncoderDecoderShape:
     vocab: int
 
 
-ModelShape = DecoderOnlyShape | EncoderDecoderShape
+@dataclass(frozen=True)
+class GatedDecoderShape:
+    """What a Llama-like model's FLOPs depend on: grouped-query attention and a three-matrix gated MLP."""
+
+    d_model: int
+    layers: int
+    d_ff: int
+    vocab: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @property
+    def inner(self) -> int:
+        """Width of Q and of the attention output: heads x head_dim."""
+        return self.heads * self.head_dim
+
+    @property
+    def kv_inner(self) -> int:
+        """Width of K and of V: kv_heads x head_dim."""
+        return self.kv_heads * self.head_dim
+
+
+ModelShape = DecoderOnlyShape | GatedDecoderShape | EncoderDecoderShape
+CausalShape = DecoderOnlyShape | GatedDecoderShape
+
+
+def is_gated_decoder(config: Any) -> bool:
+    """Llama-like, keyed on standard attributes (Llama, Mistral, Qwen2/3 and Gemma configs all have them)."""
+    return (not getattr(config, "is_encoder_decoder", False) and hasattr(config, "num_key_value_heads")
+            and hasattr(config, "intermediate_size") and hasattr(config, "num_hidden_layers"))
 
 
 def model_shape(config: Any) -> ModelShape:
-    """The FLOP-relevant sizes of a transformers GPT-2 or T5 config (``model.config`` or ``AutoConfig``)."""
+    """The FLOP-relevant sizes of a transformers GPT-2, T5 or Llama-like config (``model.config``, ``AutoConfig``)."""
     kind = getattr(config, "model_type", "")
     if kind == "gpt2":
         return DecoderOnlyShape(d_model=config.n_embd, layers=config.n_layer,
                                 d_ff=config.n_inner or 4 * config.n_embd, vocab=config.vocab_size)
+    if is_gated_decoder(config):
+        heads = int(config.num_attention_heads)
+        return GatedDecoderShape(d_model=int(config.hidden_size), layers=int(config.num_hidden_layers),
+                                 d_ff=int(config.intermediate_size), vocab=int(config.vocab_size), heads=heads,
+                                 kv_heads=int(config.num_key_value_heads or heads),
+                                 head_dim=int(getattr(config, "head_dim", None) or config.hidden_size // heads))
     if kind in ("t5", "mt5", "umt5"):
         gated = str(getattr(config, "feed_forward_proj", "relu")).startswith("gated-")
         return EncoderDecoderShape(d_model=config.d_model, inner=config.num_heads * config.d_kv, d_ff=config.d_ff,
                                    gated=gated, encoder_layers=config.num_layers,
                                    decoder_layers=config.num_decoder_layers or config.num_layers,
                                    vocab=config.vocab_size)
-    raise ValueError(f"no FLOP count for model_type {kind!r} (GPT-2 and T5 models are supported)")
+    raise ValueError(f"no FLOP count for model_type {kind!r} (GPT-2, T5 and Llama-like models with "
+                     "num_key_value_heads and intermediate_size are supported)")
 
 
 def _ffn(shape: ModelShape) -> int:
     """FFN FLOPs per token: two matrices d x f and f x d, three when gated."""
-    gated = isinstance(shape, EncoderDecoderShape) and shape.gated
+    gated = isinstance(shape, GatedDecoderShape) or (isinstance(shape, EncoderDecoderShape) and shape.gated)
     return (6 if gated else 4) * shape.d_model * shape.d_ff
 
 
-def _decoder_only(shape: DecoderOnlyShape, length: int, logit_positions: int) -> int:
+def _layer_linear(shape: CausalShape) -> int:
+    """A decoder block's projection and MLP FLOPs per token (2 x its matmul parameters)."""
     d = shape.d_model
-    per_layer = length * (8 * d * d + _ffn(shape)) + 4 * length * length * d
-    return shape.layers * per_layer + 2 * d * shape.vocab * logit_positions
+    if isinstance(shape, GatedDecoderShape):
+        return 4 * d * shape.inner + 4 * d * shape.kv_inner + _ffn(shape)
+    return 8 * d * d + _ffn(shape)
+
+
+def _attention_width(shape: CausalShape) -> int:
+    """The width the scores and values are computed over: heads x head_dim (d for GPT-2)."""
+    return shape.inner if isinstance(shape, GatedDecoderShape) else shape.d_model
+
+
+def _decoder_only(shape: CausalShape, length: int, logit_positions: int) -> int:
+    per_layer = length * _layer_linear(shape) + 4 * length * length * _attention_width(shape)
+    return shape.layers * per_layer + 2 * shape.d_model * shape.vocab * logit_positions
 
 
 def _encoder_decoder_linear(shape: EncoderDecoderShape, source: int, target: int) -> int:
@@ -126,7 +184,7 @@ def forward_flops(shape: ModelShape, source_tokens: int, target_tokens: int) -> 
     """
     if source_tokens < 0 or target_tokens < 0:
         raise ValueError(f"token counts must be >= 0, got {source_tokens} and {target_tokens}")
-    if isinstance(shape, DecoderOnlyShape):
+    if not isinstance(shape, EncoderDecoderShape):
         return _decoder_only(shape, source_tokens + target_tokens, target_tokens)
     return _encoder_decoder(shape, source_tokens, target_tokens)
 
@@ -137,7 +195,7 @@ def padded_forward_flops(shape: ModelShape, rows: int, input_width: int, label_w
     Causal: `rows` sequences of `input_width`, logits at every position (as transformers computes them).
     Seq2seq: the encoder over `input_width`, the decoder and LM head over `label_width`.
     """
-    if isinstance(shape, DecoderOnlyShape):
+    if not isinstance(shape, EncoderDecoderShape):
         return rows * _decoder_only(shape, input_width, input_width)
     return rows * _encoder_decoder(shape, input_width, label_width)
 
@@ -162,9 +220,10 @@ def packed_forward_flops(shape: ModelShape, lengths: list[int], logit_positions:
                 + len(lengths) * _encoder_decoder_attention(shape, max(lengths), max(targets)))
     if not lengths:
         return 2 * shape.d_model * shape.vocab * logit_positions
-    d, width = shape.d_model, max(lengths)
-    per_layer = sum(lengths) * (8 * d * d + _ffn(shape)) + len(lengths) * 4 * width * width * d
-    return shape.layers * per_layer + 2 * d * shape.vocab * logit_positions
+    width = max(lengths)
+    per_layer = (sum(lengths) * _layer_linear(shape)
+                 + len(lengths) * 4 * width * width * _attention_width(shape))
+    return shape.layers * per_layer + 2 * shape.d_model * shape.vocab * logit_positions
 
 
 def training_flops(forward: int) -> int:

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from cotdistill.answers import NEXT_QUESTION
-from cotdistill.batching import padded_prompts
+from cotdistill.batching import padded_prompts, prompt_prefix_ids
+from cotdistill.chat import chat_prompt_ids, check_chat_student, end_of_turn_id
 from cotdistill.engine import Engine
 
 
@@ -155,14 +157,27 @@ def prompt_budget(max_prompt_tokens: int, max_new_tokens: int, context: int | No
 
 
 def encode_prompts(tokenizer, causal: bool, prompts: Sequence[str], max_prompt_tokens: int,
-                   fit: ContextFit | None = None) -> list[list[int]]:
-    """Token ids of each prompt; longer prompts keep their end (the question is at the end)."""
+                   fit: ContextFit | None = None, chat: bool = False) -> list[list[int]]:
+    """Token ids of each prompt; longer prompts keep their end (the question is at the end).
+
+    A causal prompt starts as training's sequences start (``batching.prompt_prefix_ids``: Llama 3's BOS, nothing
+    for GPT-2 or Qwen), and keeps that start when it is shortened. With ``chat`` (a student trained with
+    data.chat_template) the prompt is the user turn of the tokenizer's chat template followed by the assistant's
+    header, the ids training put before the target (``cotdistill.chat``); a shortened one keeps the template's
+    tokens before the user's text.
+    """
     if not prompts:
         return []
-    encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
+    if chat:
+        check_chat_student(tokenizer, causal, key="chat_template")
+        prefix, encoded = chat_prompt_ids(tokenizer, prompts)
+    else:
+        prefix = list(prompt_prefix_ids(tokenizer)) if causal else []
+        encoded = tokenizer(list(prompts), add_special_tokens=not causal)["input_ids"]
+    keep = max(1, max_prompt_tokens - len(prefix))
     if fit is not None:
-        fit.prompts_truncated += sum(len(ids) > max_prompt_tokens for ids in encoded)
-    return [list(ids[-max_prompt_tokens:]) for ids in encoded]
+        fit.prompts_truncated += sum(len(ids) > keep for ids in encoded)
+    return [prefix + list(ids[-keep:]) for ids in encoded]
 
 
 def sharded_generations(
@@ -178,6 +193,7 @@ def sharded_generations(
     temperature: float = 0.7,
     desc: str = "eval",
     context: int | None = None,
+    chat: bool = False,
 ) -> Iterator[tuple[int, list[str], int, bool]]:
     """Collective: generate for every prompt (token ids), this rank's share; yields (index, texts, tokens, capped).
 
@@ -189,10 +205,14 @@ def sharded_generations(
     ``batch_size`` per rank; a rank with nothing left runs a dummy batch whose outputs are dropped, so
     every rank makes the same number of ``generate`` calls (ZeRO-3 gathers stay matched). Every rank must
     consume the whole iterator. Greedy (``samples`` == 1) or sampled at ``temperature``; causal models stop
-    at ``stop_strings`` (seq2seq ones at their end of sequence).
+    at ``stop_strings`` (seq2seq ones at their end of sequence). A ``chat`` student also stops at its chat
+    template's end-of-turn token, which is left out of the text.
     """
     if not encoded:
         return
+    stop_ids = [tokenizer.eos_token_id]
+    if chat:  # an instruct student closes its turn (Qwen: <|im_end|>, Gemma: <end_of_turn>) rather than the text
+        stop_ids = list(dict.fromkeys([*stop_ids, end_of_turn_id(tokenizer)]))
     order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
     batches = shard_batches(order, batch_size, engine.world_size, engine.rank)
     pad_id = tokenizer.pad_token_id
@@ -212,12 +232,16 @@ def sharded_generations(
         if causal and stop_strings:  # a decoder-only model may run on past its answer: stop it there
             sampling.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
         output = engine.generate(**inputs, max_new_tokens=budget, num_beams=1, pad_token_id=pad_id,
-                                 eos_token_id=tokenizer.eos_token_id, use_cache=True, **sampling)
+                                 eos_token_id=stop_ids if chat else stop_ids[0], use_cache=True, **sampling)
         new_tokens = output[:, inputs["input_ids"].shape[1]:] if causal else output[:, 1:]
         progress.update(min(span, len(order) - number * span))  # real problems of this step, all ranks
         if not batch:
             continue
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        shown = new_tokens
+        if chat:  # the end-of-turn token may be an added token that skip_special_tokens keeps
+            shown = new_tokens.masked_fill(torch.isin(new_tokens, torch.tensor(stop_ids, device=new_tokens.device)),
+                                           pad_id)
+        texts = tokenizer.batch_decode(shown, skip_special_tokens=True)
         for row, i in enumerate(indices):
             rows = slice(row * samples, (row + 1) * samples)
             count = int((new_tokens[rows] != pad_id).sum()) // samples
@@ -230,18 +254,19 @@ def sharded_generations(
 def generate_texts(engine: Engine, tokenizer, causal: bool, prompts: Sequence[str], *, max_new_tokens: int,
                    batch_size: int, max_prompt_tokens: int, stop_strings: Sequence[str] = NEXT_QUESTION,
                    samples: int = 1, temperature: float = 0.7, desc: str = "generate",
-                   fit: ContextFit | None = None) -> list[tuple[list[str], int]]:
+                   fit: ContextFit | None = None, chat: bool = False) -> list[tuple[list[str], int]]:
     """Collective: (sampled texts, mean generated tokens) for every prompt, in order, on every rank.
 
-    Fitted to the model's positions (``fit`` counts the prompts shortened and the budgets capped).
+    Fitted to the model's positions (``fit`` counts the prompts shortened and the budgets capped). ``chat``:
+    prompts in the student tokenizer's chat template (``encode_prompts``).
     """
     fit = fit if fit is not None else ContextFit()
     fit.context = model_context(getattr(engine.module, "config", None), causal)
     keep = prompt_budget(max_prompt_tokens, max_new_tokens, fit.context)
-    encoded = encode_prompts(tokenizer, causal, prompts, keep, fit)
+    encoded = encode_prompts(tokenizer, causal, prompts, keep, fit, chat=chat)
     mine = list(sharded_generations(engine, tokenizer, causal, encoded, max_new_tokens=max_new_tokens,
                                     batch_size=batch_size, stop_strings=stop_strings, samples=samples,
-                                    temperature=temperature, desc=desc, context=fit.context))
+                                    temperature=temperature, desc=desc, context=fit.context, chat=chat))
     found: dict[int, tuple[list[str], int, bool]] = {}
     for shard in engine.all_gather_objects(mine):
         for i, texts, count, capped in shard:
@@ -252,12 +277,13 @@ def generate_texts(engine: Engine, tokenizer, causal: bool, prompts: Sequence[st
 
 def generate_all(engine: Engine, tokenizer, causal: bool, prompts: Sequence[str], *, max_new_tokens: int,
                  batch_size: int, stop_strings: Sequence[str] = NEXT_QUESTION, max_source_tokens: int = 1024,
-                 desc: str = "generate", fit: ContextFit | None = None) -> list[tuple[str, int]]:
+                 desc: str = "generate", fit: ContextFit | None = None, chat: bool = False) -> list[tuple[str, int]]:
     """Collective greedy generation: (text, generated tokens) for every prompt, in order, on every rank.
 
     Prompts longer than ``max_source_tokens`` (or than the model's positions allow) keep their end.
     """
     return [(texts[0], count) for texts, count in
             generate_texts(engine, tokenizer, causal, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           max_prompt_tokens=max_source_tokens, stop_strings=stop_strings, desc=desc, fit=fit)]
+                           max_prompt_tokens=max_source_tokens, stop_strings=stop_strings, desc=desc, fit=fit,
+                           chat=chat)]
 

@@ -1,7 +1,13 @@
 """Plan GPU, CPU and NVMe memory for a training run from the model config alone, before renting machines.
 
 Parameters are counted exactly by building the model on PyTorch's meta device (shapes, no weights).
-Everything else is arithmetic, so a FlanT5-XXL plan takes a second on a laptop.
+Everything else is arithmetic, so a FlanT5-XXL plan takes a second on a laptop. Three layer layouts are
+known (``BLOCKS``): T5, GPT-2 and Llama-like, the last being any decoder-only config with
+``num_key_value_heads`` and ``intermediate_size`` (Llama, SmolLM2, Mistral, Qwen2/2.5, Qwen3, Gemma-like):
+grouped-query attention (K and V projections of num_key_value_heads x head_dim), a gated feed-forward of three
+matrices (SwiGLU: gate, up, down), RMSNorm, RoPE, and an LM head tied to the embedding or not, over the
+config's vocabulary. ``shape_parameters`` recounts the parameters from that shape alone, and the tests check
+it equals the built model for every shipped config.
 
 Model states (per GPU, per node CPU, per node NVMe) follow DeepSpeed's own estimators,
 ``estimate_zero2_model_states_mem_needs`` (deepspeed/runtime/zero/stage_1_and_2.py) and
@@ -59,15 +65,23 @@ default attention) the s^2 attention probabilities are not stored: the kernel ke
 log-sum-exp and the additive mask (per head for T5, whose position bias is the mask). Without
 checkpointing the training forward also fills a KV cache (the configs say ``use_cache``), which under SDPA
 costs GPT-2 a copy of K and V per layer. The test suite checks this count against the tensors autograd
-saves on CPU (within 1% for small T5 and GPT-2 models). T5 runs its encoder layers over the source tokens
-and its decoder layers (self-attention over the target, cross-attention onto the source) over the target
-tokens; GPT-2 runs all layers over source + target. The logits cost b x s x vocab x (2 + 4 + 4 + 4)
-bytes at the start of the backward pass: the model's 16-bit logits, the fp32 log-probabilities the loss
-keeps, their gradient and the gradient of the log-softmax input. With gradient checkpointing only each
-layer's input (2 b s h bytes) is kept, plus one layer recomputed in the backward pass.
+saves on CPU (within 1% for small T5 and GPT-2 models, 2% for Llama, Qwen2 and Qwen3). T5 runs its encoder
+layers over the source tokens and its decoder layers (self-attention over the target, cross-attention onto
+the source) over the target tokens; GPT-2 and Llama-like models run all layers over source + target.
+A Llama-like layer keeps each RMSNorm's fp32 copy of its input and the normalised tensor (6 bytes per element
+in bf16; Qwen3's per-head Q/K norms too), the projections' inputs, Q after RoPE, K and V (copied to every
+query head when 1 < num_key_value_heads < heads, as transformers does for a padded batch; the KV cache then
+keeps its own K and V), the SDPA output, log-sum-exp and mask as GPT-2 does, and four tensors of the
+feed-forward width (SiLU's input and output, the up projection, down's input); RoPE keeps only cos and sin.
+The logits cost b x s x vocab x (2 + 4 + 4 + 4) bytes at the start of the backward pass: the model's 16-bit
+logits, the fp32 log-probabilities the loss keeps, their gradient and the gradient of the log-softmax input
+(a vocabulary of 152k makes this the largest activation of a Qwen student). With gradient checkpointing
+only each layer's input (2 b s h bytes) is kept, plus one layer recomputed in the backward pass.
 
 Not modelled: the backward pass's own activation gradients (a layer's worth at a time), NCCL's and the
 CUDA context's memory (the fixed GPU_RUNTIME_OVERHEAD below stands for them) and allocator fragmentation.
+Gemma's RMSNorm also keeps its fp32 output (2 more bytes per element and norm in bf16): a tiny Gemma's
+activations measured 11% above this count; its parameters, and Gemma 2/3's four norms per layer, are exact.
 Treat the figures as estimates to plan hardware with, and keep 10-20% headroom.
 """
 
@@ -86,7 +100,8 @@ from cotdistill.errors import ConfigError
 
 GIB = 2**30
 
-# Shipped configs (src/cotdistill/model_configs/<name>.json) and the hub ids that map to them, offline.
+# Shipped configs (src/cotdistill/model_configs/<name>.json) and the hub ids that map to them, offline. The
+# Llama/Qwen/SmolLM2 files carry the published config.json values of the base checkpoints (hub ids below).
 SHIPPED_CONFIGS: dict[str, tuple[str, ...]] = {
     "flan-t5-small": ("google/flan-t5-small",),
     "flan-t5-base": ("google/flan-t5-base",),
@@ -97,6 +112,17 @@ SHIPPED_CONFIGS: dict[str, tuple[str, ...]] = {
     "gpt2-medium": ("openai-community/gpt2-medium",),
     "gpt2-large": ("openai-community/gpt2-large",),
     "gpt2-xl": ("openai-community/gpt2-xl",),
+    "qwen2.5-0.5b": ("Qwen/Qwen2.5-0.5B",),
+    "qwen2.5-1.5b": ("Qwen/Qwen2.5-1.5B",),
+    "qwen2.5-7b": ("Qwen/Qwen2.5-7B",),
+    "qwen3-0.6b": ("Qwen/Qwen3-0.6B",),
+    "qwen3-1.7b": ("Qwen/Qwen3-1.7B",),
+    "qwen3-4b": ("Qwen/Qwen3-4B",),
+    "qwen3-8b": ("Qwen/Qwen3-8B",),
+    "llama-3.2-1b": ("meta-llama/Llama-3.2-1B",),
+    "llama-3.2-3b": ("meta-llama/Llama-3.2-3B",),
+    "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M",),
+    "smollm2-1.7b": ("HuggingFaceTB/SmolLM2-1.7B",),
 }
 
 DEFAULT_MICRO_BATCH = 8
@@ -134,8 +160,10 @@ def shipped_names() -> list[str]:
 
 
 def _shipped_name(model: str) -> str | None:
+    """Case-insensitive, as people write ``Qwen2.5-0.5B`` and ``qwen2.5-0.5b`` for the same model."""
+    wanted = model.lower()
     for name, aliases in SHIPPED_CONFIGS.items():
-        if model == name or model in aliases:
+        if wanted == name or wanted in (alias.lower() for alias in aliases):
             return name
     return None
 
@@ -215,6 +243,7 @@ class ModelFacts:
     hidden: int
     heads: int
     head_dim: int
+    kv_heads: int  # grouped-query attention: K and V have kv_heads x head_dim (= heads for T5 and GPT-2)
     ffn: int
     gated_ffn: bool
     ffn_inner_dropout: bool  # T5 drops out inside the feed-forward, GPT-2 does not
@@ -225,14 +254,58 @@ class ModelFacts:
     attention_dropout: float
     residual_dropout: float
     attention: str  # transformers' attention implementation: sdpa | eager | ...
-    rms_norm: bool  # T5's RMSNorm (fp32 statistics) rather than LayerNorm
+    rms_norm: bool  # RMSNorm (fp32 statistics) rather than LayerNorm: T5 and Llama-like blocks
     fused_qkv: bool  # one projection makes Q, K and V (GPT-2's c_attn)
     use_cache: bool  # the forward fills a KV cache when not checkpointing (the config's use_cache)
     max_positions: int | None
+    block: str = "gpt2"  # the layer layout the formulas follow: t5 | gpt2 | llama (see BLOCKS)
+    qk_norm: bool = False  # Qwen3: an RMSNorm over each head of Q and K before RoPE
+    qkv_bias: bool = False  # Q, K and V projections have biases (Qwen2; GPT-2's c_attn)
+    out_bias: bool = False  # the attention output projection has a bias (GPT-2; Llama's attention_bias)
+    mlp_bias: bool = False  # the feed-forward projections have biases (GPT-2; Llama's mlp_bias)
+    positions: int = 0  # learned absolute position embeddings (GPT-2's wpe); 0 for RoPE and T5's buckets
+    layer_norms: int = 2  # norms per (decoder self-attention) layer: 4 in Gemma 2/3 (before and after each sub-layer)
+    relative_buckets: int = 0  # T5's relative attention buckets (a heads x buckets table per stack)
+
+    @property
+    def kv_groups(self) -> int:
+        """Query heads per K/V head (1: multi-head attention)."""
+        return self.heads // self.kv_heads
+
+
+# The layer layouts the planner and cotdistill.flops know. "llama" is any decoder-only model with RMSNorm,
+# RoPE, separate Q/K/V projections with num_key_value_heads (GQA) and a gated feed-forward of three matrices
+# (gate, up, down): Llama, SmolLM2, Mistral, Qwen2/Qwen2.5, Qwen3 (plus its per-head Q/K norms), Gemma-like.
+BLOCKS = ("t5", "gpt2", "llama")
+
+
+def is_llama_like(config: Any) -> bool:
+    """A decoder-only config with grouped-query attention and a gated MLP, keyed on standard attributes (the
+    same test as ``cotdistill.flops``, so both count the same models this way)."""
+    from cotdistill.flops import is_gated_decoder
+
+    return is_gated_decoder(config)
+
+
+def _llama_architecture(config: Any) -> dict[str, Any]:
+    """Shapes of a Llama-like config: GQA, gated feed-forward, RMSNorm, RoPE, no dropout but attention's."""
+    hidden, heads = int(config.hidden_size), int(config.num_attention_heads)
+    return {
+        "hidden": hidden, "heads": heads, "head_dim": int(getattr(config, "head_dim", None) or hidden // heads),
+        "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads), "ffn": int(config.intermediate_size),
+        "gated_ffn": True, "ffn_inner_dropout": False,
+        "activation": str(getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")),
+        "encoder_layers": 0, "decoder_layers": int(config.num_hidden_layers),
+        "attention_dropout": float(getattr(config, "attention_dropout", 0.0) or 0.0), "residual_dropout": 0.0,
+        "rms_norm": True, "fused_qkv": False, "use_cache": bool(getattr(config, "use_cache", False)),
+        "max_positions": getattr(config, "max_position_embeddings", None), "block": "llama",
+    }
 
 
 def _architecture(config: Any) -> dict[str, Any]:
-    """Shapes under the names the formulas use, for T5-like and GPT-2-like configs."""
+    """Shapes under the names the formulas use, for T5-like, GPT-2-like and Llama-like configs."""
+    if is_llama_like(config):
+        return _llama_architecture(config)
     hidden = int(config.hidden_size)
     heads = int(config.num_attention_heads)
     t5_like = hasattr(config, "d_ff")
@@ -254,13 +327,33 @@ def _architecture(config: Any) -> dict[str, Any]:
     if config.is_encoder_decoder and not t5_like:
         raise ConfigError(f"{config.model_type}: only T5-like encoder-decoders and decoder-only models are planned")
     return {
-        "hidden": hidden, "heads": heads, "head_dim": head_dim, "ffn": ffn, "gated_ffn": gated,
+        "hidden": hidden, "heads": heads, "head_dim": head_dim, "kv_heads": heads, "ffn": ffn, "gated_ffn": gated,
         "ffn_inner_dropout": t5_like, "activation": activation, "encoder_layers": encoder_layers,
         "decoder_layers": decoder_layers, "attention_dropout": attention_dropout,
         "residual_dropout": residual_dropout, "rms_norm": t5_like, "fused_qkv": not t5_like,
         "use_cache": bool(getattr(config, "use_cache", False)),
         "max_positions": getattr(config, "n_positions", None) if not config.is_encoder_decoder else None,
+        "block": "t5" if t5_like else "gpt2",
+        "relative_buckets": int(getattr(config, "relative_attention_num_buckets", 0)) if t5_like else 0,
+        "positions": 0 if t5_like else int(getattr(config, "n_positions", 0) or 0),
+        "qkv_bias": not t5_like, "out_bias": not t5_like, "mlp_bias": not t5_like,
     }
+
+
+def _has_bias(model: Any, suffix: str) -> bool:
+    """Whether the first module named ``...suffix`` has a bias (how a built model says what its config means)."""
+    module = next((m for name, m in model.named_modules() if name.endswith(suffix)), None)
+    return module is not None and getattr(module, "bias", None) is not None
+
+
+def _llama_extras(model: Any) -> dict[str, Any]:
+    """What a Llama-like config spells differently per family, read off the built model."""
+    layer = next((m for name, m in model.named_modules() if name.endswith("layers.0")), None)
+    norms = sum("Norm" in type(child).__name__ for child in layer.children()) if layer is not None else 2
+    return {"qk_norm": any(name.endswith("self_attn.q_norm") for name, _ in model.named_modules()),
+            "layer_norms": norms,
+            "qkv_bias": _has_bias(model, "self_attn.q_proj"), "out_bias": _has_bias(model, "self_attn.o_proj"),
+            "mlp_bias": _has_bias(model, "mlp.gate_proj")}
 
 
 def count_parameters(config: Any) -> ModelFacts:
@@ -276,6 +369,8 @@ def count_parameters(config: Any) -> ModelFacts:
         raise ConfigError(f"{config.model_type}: cannot build it as a language model: {err}") from None
     head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
     shape = _architecture(config)
+    if shape["block"] == "llama":
+        shape.update(_llama_extras(model))
     named = dict(model.named_parameters())  # one entry per distinct parameter (tied ones once)
     largest_param = max(((n, p.numel()) for n, p in named.items()), key=lambda item: item[1])
     layers = ((name or "model", sum(p.numel() for p in module.parameters(recurse=False)))
@@ -297,6 +392,35 @@ def count_parameters(config: Any) -> ModelFacts:
         attention=str(getattr(model.config, "_attn_implementation", None) or "eager"),
         **shape,
     )
+
+
+def layer_parameters(facts: ModelFacts, cross_attention: bool = False) -> int:
+    """Parameters of one transformer layer from the planner's shape alone (no model built).
+
+    Q and O are heads x head_dim wide, K and V kv_heads x head_dim (grouped-query attention); the feed-forward
+    has two matrices, three when gated (SwiGLU: gate, up, down). It is what the plan's formulas assume a layer
+    is, so tests/test_memory_plan.py checks it against the built model of every shipped config.
+    """
+    h, q, kv, f = facts.hidden, facts.heads * facts.head_dim, facts.kv_heads * facts.head_dim, facts.ffn
+    attention = h * (q + 2 * kv) + q * h + facts.qkv_bias * (q + 2 * kv) + facts.out_bias * h
+    attention += 2 * facts.head_dim * facts.qk_norm
+    ffn = (3 if facts.gated_ffn else 2) * h * f + facts.mlp_bias * ((2 if facts.gated_ffn else 1) * f + h)
+    norm = h if facts.rms_norm else 2 * h  # RMSNorm has a scale, LayerNorm a scale and a shift
+    if cross_attention:  # T5's decoder layer: a second attention over the encoder output, with its own norm
+        return 2 * attention + ffn + 3 * norm
+    return attention + ffn + facts.layer_norms * norm
+
+
+def shape_parameters(facts: ModelFacts) -> int:
+    """All parameters from the shape: layers, embedding (and LM head unless tied), positions, final norms."""
+    h, norm = facts.hidden, facts.hidden if facts.rms_norm else 2 * facts.hidden
+    embedding = facts.vocab * h
+    head = 0 if facts.lm_head_params == 0 else facts.vocab * h
+    total = embedding + head + facts.positions * h
+    total += facts.encoder_layers * layer_parameters(facts) + (facts.encoder_layers > 0) * norm
+    total += facts.decoder_layers * layer_parameters(facts, cross_attention=facts.seq2seq) + norm
+    stacks = 2 if facts.seq2seq else 1
+    return total + stacks * facts.relative_buckets * facts.heads
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,11 +473,55 @@ DROPOUT_MASK_BYTES = 1
 _ACTIVATION_SAVES = {"gelu_new": 4}
 
 
-def _norm(facts: ModelFacts, w: int, tokens: int) -> int:
-    """A pre-norm: LayerNorm keeps its input; T5's RMSNorm also an fp32 copy and the normalised tensor."""
+def _norm(facts: ModelFacts, w: int, tokens: int, width: int | None = None) -> int:
+    """A pre-norm: LayerNorm keeps its input; T5's RMSNorm also an fp32 copy and the normalised tensor.
+
+    Llama's RMSNorm casts its input to fp32 first and keeps only that copy and the normalised tensor the
+    scale multiplies (``width``: a narrower norm, Qwen3's per-head Q/K norms).
+    """
+    elements = (facts.hidden if width is None else width) * tokens
+    if facts.block == "llama":
+        return (4 + w) * elements
     if facts.rms_norm:
-        return (2 * w + (4 if w < 4 else 0)) * facts.hidden * tokens
-    return w * facts.hidden * tokens
+        return (2 * w + (4 if w < 4 else 0)) * elements
+    return w * elements
+
+
+def _llama_attention(facts: ModelFacts, w: int, batch: int, seq: int, cache: bool) -> int:
+    """One Llama-like attention sub-layer: RMSNorm, Q/K/V of GQA widths, RoPE, the attention core, O.
+
+    RoPE (``q * cos + rotate_half(q) * sin``) keeps only cos and sin, which need no gradient (counted once
+    per model). With 1 < kv_heads < heads, transformers copies K and V to every query head (``repeat_kv``)
+    whenever the batch has a padding mask (the kernel takes ``enable_gqa`` only on CUDA without a mask), and
+    the kernel keeps those copies; with one K/V head SDPA's copy is a view, and with as many K/V heads as query
+    heads nothing is copied. The KV cache (``cache``) then holds its own K and V at the K/V width. Eager
+    attention keeps Q, K, V, the fp32 softmax and its 16-bit copy (the dropout mask instead, with dropout).
+    """
+    tokens = batch * seq
+    q, kv = facts.heads * facts.head_dim, facts.kv_heads * facts.head_dim
+    total = _norm(facts, w, tokens) + w * facts.hidden * tokens  # the norm, the projections' input
+    if facts.qk_norm:  # Qwen3: RMSNorm over each head of Q and K (their outputs go on to RoPE)
+        total += _norm(facts, w, tokens, q) + _norm(facts, w, tokens, kv)
+    repeated = facts.kv_heads < facts.heads and (facts.kv_heads > 1 or facts.attention == "eager")
+    total += w * q * tokens  # Q after RoPE, kept by the kernel
+    total += 2 * w * (q if repeated else kv) * tokens  # K after RoPE and V (or their per-head copies)
+    if cache and repeated:
+        total += 2 * w * kv * tokens
+    scores = batch * facts.heads * seq * seq
+    if facts.attention == "eager":
+        copy = w if w < 4 else 0  # the 16-bit copy of the fp32 softmax (none in fp32)
+        total += (4 + (DROPOUT_MASK_BYTES if facts.attention_dropout > 0 else copy)) * scores
+    else:
+        total += 4 * facts.heads * tokens + w * batch * seq * seq  # log-sum-exp, the mask (broadcast over heads)
+    return total + w * q * tokens  # the attention output: the output projection's input
+
+
+def _llama_feed_forward(facts: ModelFacts, w: int, tokens: int) -> int:
+    """A gated feed-forward (SwiGLU): the norm, the input, the activation's tensors, both branches, down's input;
+    with Gemma 2/3's norms after each sub-layer, those two norms too (counted as Llama's RMSNorm)."""
+    saves = _ACTIVATION_SAVES.get(facts.activation, 1)
+    post_norms = max(facts.layer_norms - 2, 0) * _norm(facts, w, tokens)
+    return _norm(facts, w, tokens) + w * facts.hidden * tokens + (saves + 3) * w * facts.ffn * tokens + post_norms
 
 
 def _attention(facts: ModelFacts, w: int, batch: int, queries: int, keys: int, cache: bool) -> int:
@@ -379,7 +547,7 @@ def _attention(facts: ModelFacts, w: int, batch: int, queries: int, keys: int, c
         # SDPA keeps an fp32 log-sum-exp per query and head and the additive mask in the activation dtype:
         # per head for T5 (its relative position bias), broadcast over heads for GPT-2. Its output, laid out
         # as (batch, tokens, heads, dim), is the output projection's input below.
-        mask_heads = heads if facts.rms_norm else 1
+        mask_heads = heads if facts.block == "t5" else 1
         total += 4 * heads * tq + w * batch * mask_heads * queries * keys
     total += w * inner * tq  # output projection input
     total += residual * mask * h * tq  # residual dropout mask
@@ -425,12 +593,16 @@ def estimate_activations(facts: ModelFacts, workload: Workload) -> Activations:
         tokens = b * seq
 
         def decoder(cache: bool) -> int:
+            if facts.block == "llama":
+                return _llama_attention(facts, w, b, seq, cache) + _llama_feed_forward(facts, w, tokens)
             return _attention(facts, w, b, seq, seq, cache) + _feed_forward(facts, w, tokens)
 
         layers = facts.decoder_layers * decoder(facts.use_cache)
         recomputed = decoder(False)
         inputs = w * h * facts.decoder_layers * tokens
         other = embed_mask * h * tokens + _norm(facts, w, tokens) + w * h * tokens  # final norm, head input
+        if facts.block == "llama":  # RoPE's cos and sin (per row: position ids restart per example)
+            other += 2 * w * facts.head_dim * tokens
         logit_positions = tokens
     logits_elements = logit_positions * facts.vocab
     return Activations(layers=layers, layer_inputs=inputs, recomputed_layer=recomputed, other=other,
@@ -542,7 +714,11 @@ def _tiny_recipe_config(model_config: Any) -> Any:
     from transformers import GPT2Config, T5Config
 
     tiny = model_config.tiny
-    if model_config.make_tiny == "t5":
+    if model_config.make_tiny not in ("t5", "gpt2"):  # Llama, Qwen2, Qwen3...: the family registry's own config
+        from cotdistill.families import family_named
+
+        config = family_named(model_config.make_tiny).tiny_config(tiny, None)
+    elif model_config.make_tiny == "t5":
         config = T5Config(vocab_size=tiny.vocab_size, d_model=tiny.d_model, d_kv=tiny.d_model // tiny.num_heads,
                           d_ff=tiny.d_ff, num_layers=tiny.num_layers, num_decoder_layers=tiny.num_layers,
                           num_heads=tiny.num_heads, feed_forward_proj="gated-gelu", dropout_rate=tiny.dropout)
@@ -635,6 +811,14 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
+def describe_layers(facts: ModelFacts) -> str:
+    """The layers in a few words: count and width, query heads (K/V heads under GQA) of their size, feed-forward."""
+    layers = f"{facts.encoder_layers}+{facts.decoder_layers}" if facts.seq2seq else str(facts.decoder_layers)
+    heads = str(facts.heads) + (f"/{facts.kv_heads} KV" if facts.kv_heads < facts.heads else "")
+    return (f"{layers} x d {facts.hidden}, {heads} heads of {facts.head_dim}, "
+            f"FFN {'gated ' if facts.gated_ffn else ''}{facts.ffn}")
+
+
 def render_plan(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None = None) -> str:
     """The plan as a few lines of context, a markdown table in GiB (1 decimal), the recommendation for the
     machines asked for and the fewest GPUs that fit."""
@@ -649,6 +833,7 @@ def render_plan(result: MemoryPlan, gpu_gib: float = 80, ram_gib: float | None =
         f"parameters: {facts.total_params:,} ({_count(facts.total_params)}); embedding "
         f"{_count(facts.embedding_params)}, {head}; largest layer {facts.largest_layer[0]} "
         f"{_count(facts.largest_layer[1])}",
+        f"layers: {describe_layers(facts)} ({facts.activation}), vocabulary {facts.vocab:,}",
         f"per GPU: micro-batch {work.micro_batch_size} x {tokens}, {work.precision}, gradient checkpointing "
         f"{'on' if work.gradient_checkpointing else 'off'}; {result.nodes} node(s) x {result.gpus_per_node} GPU(s)",
         f"activations per GPU: {_gib(acts.full)} GiB, {_gib(acts.checkpointed)} GiB with gradient checkpointing "

@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import (
@@ -24,34 +23,23 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    T5Config,
-    T5ForConditionalGeneration,
 )
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
 )
 
+from cotdistill.config import TinyModelConfig
 from cotdistill.errors import ConfigError
+from cotdistill.families import ModelKind, family_named, find_family
 from cotdistill.packed_attention import use_packed_attention
-from cotdistill.tokenizers_train import train_gpt2_tokenizer, train_t5_tokenizer
 
-ModelKind = Literal["seq2seq", "causal"]
 PathLike = str | os.PathLike[str]
-
-# T5's logits are final_layer_norm(h) * d_model**-0.5 @ shared.T, so with the standard init (embedding
-# std 1, norm gain 1) their std is ~1 and the first loss sits ~25% above ln V. The decoder's final norm
-# gain sets that scale alone: 0.4 brings the first loss within ~2% of ln V. A smaller initializer_factor
-# does the same but shrinks every layer: on arithmetic text (AdamW 1e-3, 300 steps) factor 0.3 ended at
-# loss 1.79, this gain at 0.83, the standard init at 0.61.
-T5_OUTPUT_NORM_GAIN = 0.4
-# GPT-2's default: logit std ~= 0.02 * sqrt(n_embd), already near-uniform at tiny widths.
-GPT2_INITIALIZER_RANGE = 0.02
+# make_tiny's first argument may still be a kind, meaning the family each kind had before the registry.
+_FAMILY_OF_KIND = {"seq2seq": "t5", "causal": "gpt2"}
 
 
 def detect_kind(name_or_path: PathLike) -> ModelKind:
@@ -74,6 +62,10 @@ def _read_config(name_or_path: PathLike) -> PretrainedConfig:
 
 
 def _kind_of(config: PretrainedConfig, name_or_path: PathLike) -> ModelKind:
+    """The registered family's kind; a model_type outside the registry by transformers' own LM mappings."""
+    family = find_family(config)
+    if family is not None:
+        return family.kind
     if config.is_encoder_decoder and config.model_type in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
         return "seq2seq"
     if not config.is_encoder_decoder and config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -200,7 +192,7 @@ def _enable_checkpointing(model: PreTrainedModel) -> None:
 
 
 def make_tiny(
-    kind: ModelKind,
+    family: str,
     out_dir: PathLike,
     texts: Iterable[str],
     *,
@@ -215,85 +207,30 @@ def make_tiny(
 ) -> Path:
     """Train a tokenizer on ``texts``, build a small random model over it, save both to ``out_dir``.
 
-    The folder then loads offline with ``AutoTokenizer`` / ``AutoModelFor*`` (or ``load_tokenizer`` /
-    ``load_model``). ``vocab_size`` is a cap: a small corpus can yield fewer tokens, and the model's
-    vocabulary is sized to ``len(tokenizer)`` exactly. ``num_layers`` is per stack (a T5 gets that many
-    encoder and decoder layers). ``n_positions`` is GPT-2's position table and both tokenizers'
-    ``model_max_length``. The initial logits are near-uniform, so the first loss is close to ln V.
+    ``family`` is a registered family name (``cotdistill.families``: t5, gpt2, llama, qwen2, qwen3, ...), or
+    "seq2seq" / "causal" for T5 / GPT-2. The folder then loads offline with ``AutoTokenizer`` /
+    ``AutoModelFor*`` (or ``load_tokenizer`` / ``load_model``). ``vocab_size`` is a cap: a small corpus can
+    yield fewer tokens, and the model's vocabulary is sized to ``len(tokenizer)`` exactly. ``num_layers`` is per
+    stack (a T5 gets that many encoder and decoder layers). ``n_positions`` is the position limit (GPT-2's
+    table, RoPE models' ``max_position_embeddings``) and the tokenizer's ``model_max_length``. The initial
+    logits are near-uniform, so the first loss is close to ln V.
     """
     if d_model % num_heads:
         raise ConfigError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+    found = family_named(_FAMILY_OF_KIND.get(family, family))
+    size = TinyModelConfig(vocab_size=vocab_size, d_model=d_model, num_layers=num_layers, num_heads=num_heads,
+                           d_ff=d_ff, n_positions=n_positions, dropout=dropout)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus = list(texts)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if kind == "seq2seq":
-            tokenizer = train_t5_tokenizer(corpus, vocab_size, n_positions)
-            model: PreTrainedModel = T5ForConditionalGeneration(
-                _tiny_t5_config(tokenizer, d_model, num_layers, num_heads, d_ff, dropout)
-            )
-            with torch.no_grad():
-                model.decoder.final_layer_norm.weight.fill_(T5_OUTPUT_NORM_GAIN)
-        elif kind == "causal":
-            tokenizer = train_gpt2_tokenizer(corpus, vocab_size, n_positions)
-            model = GPT2LMHeadModel(
-                _tiny_gpt2_config(tokenizer, d_model, num_layers, num_heads, d_ff, n_positions, dropout)
-            )
-        else:
-            raise ConfigError(f"unknown model kind {kind!r}; expected 'seq2seq' or 'causal'")
+        tokenizer = found.train_tokenizer(corpus, vocab_size, n_positions)
+        config = found.tiny_config(size, tokenizer)
+        auto_class = AutoModelForSeq2SeqLM if found.kind == "seq2seq" else AutoModelForCausalLM
+        model: PreTrainedModel = auto_class._model_mapping[type(config)](config)
+        if found.init_tiny is not None:
+            found.init_tiny(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-def _tiny_t5_config(
-    tokenizer: PreTrainedTokenizerBase,
-    d_model: int,
-    num_layers: int,
-    num_heads: int,
-    d_ff: int,
-    dropout: float,
-) -> T5Config:
-    """A FlanT5-shaped (gated-GELU) config whose special ids are the tokenizer's, start = pad as in T5."""
-    return T5Config(
-        vocab_size=len(tokenizer),
-        d_model=d_model,
-        d_kv=d_model // num_heads,
-        d_ff=d_ff,
-        num_layers=num_layers,
-        num_decoder_layers=num_layers,
-        num_heads=num_heads,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=dropout,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )
-
-
-def _tiny_gpt2_config(
-    tokenizer: PreTrainedTokenizerBase,
-    d_model: int,
-    num_layers: int,
-    num_heads: int,
-    d_ff: int,
-    n_positions: int,
-    dropout: float,
-) -> GPT2Config:
-    """A GPT-2 config whose bos, eos and pad ids are all the tokenizer's ``<|endoftext|>``."""
-    return GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_positions,
-        n_embd=d_model,
-        n_layer=num_layers,
-        n_head=num_heads,
-        n_inner=d_ff,
-        resid_pdrop=dropout,
-        embd_pdrop=dropout,
-        attn_pdrop=dropout,
-        initializer_range=GPT2_INITIALIZER_RANGE,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cotdistill.families import find_family, packable_seq2seq
+
 NAME = "cotdistill_packed"
 
 
@@ -148,7 +150,14 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
             future = torch.ones(longest_q, longest_k, dtype=torch.bool, device=query.device).triu(1)
             mask = mask.masked_fill(future, torch.finfo(compute).min)
             causal = False
-    if not causal:  # keys past an example's end are padding; causal attention never reaches them
+    window = kwargs.get("sliding_window")
+    if causal and window:  # a sliding-window layer (Gemma 3's local ones, Qwen's use_sliding_window)
+        slots = torch.arange(longest_q, device=query.device)
+        # Slots restart at every example, so one [longest, longest] pattern serves them all; it is causal too,
+        # so padding keys past an example's end stay out of reach, as with is_causal.
+        mask = (slots[None, :] <= slots[:, None]) & (slots[None, :] > slots[:, None] - int(window))
+        causal = False
+    elif not causal:  # keys past an example's end are padding; causal attention never reaches them
         real_keys = _key_padding(cu_k[1:] - cu_k[:-1], longest_k)
         mask = real_keys if mask is None else torch.where(real_keys, mask, torch.finfo(compute).min)
     out = F.scaled_dot_product_attention(repad(query, q_index, longest_q), repad(key, k_index, longest_k),
@@ -158,12 +167,20 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     return out.to(query.dtype).unsqueeze(0), None
 
 
-PACKABLE_SEQ2SEQ = ("t5", "mt5")
-
-
 def can_pack(config: Any) -> bool:
-    """Whether `use_packed_attention` supports this model config: causal LMs, and T5-family seq2seq models."""
-    return not config.is_encoder_decoder or config.model_type in PACKABLE_SEQ2SEQ
+    """Whether `use_packed_attention` supports this model config: its family's ``packs`` (`cotdistill.families`);
+    outside the registry, any causal LM (whose attention goes through transformers' attention interface).
+
+    Llama, Qwen2, Qwen3 and Gemma 3 attention pass the forward's kwargs (``cu_seq_lens_q/k``, and
+    ``sliding_window`` for a local layer) to the attention function and take their RoPE angles from the
+    restarting ``position_ids``, as GPT-2 takes its position embeddings; their grouped key/value heads are
+    repeated here as transformers' ``repeat_kv`` does.
+    """
+    family = find_family(config)
+    return family.packs if family is not None else not config.is_encoder_decoder
+
+
+PACKABLE_SEQ2SEQ = packable_seq2seq()  # the registry's packing seq2seq model_types at import (log messages)
 
 
 def _small_position_bias(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -204,7 +221,7 @@ def use_packed_attention(model: torch.nn.Module) -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     if not can_pack(model.config):
-        raise ValueError(f"packed micro-batches support causal LMs and {'/'.join(PACKABLE_SEQ2SEQ)} seq2seq "
+        raise ValueError(f"packed micro-batches support causal LMs and {'/'.join(packable_seq2seq())} seq2seq "
                          f"models, not model_type {model.config.model_type!r} (set train.pack_sequences=false)")
     if not _registered:
         AttentionInterface.register(NAME, packed_attention)

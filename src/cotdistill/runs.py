@@ -59,14 +59,47 @@ def _names_synthetic(datasets: Any) -> bool:
     return any(str(name).strip().partition(":")[0] == "synthetic" for name in names)
 
 
+def run_chat_template(model: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Evaluation options where a student trained with ``data.chat_template`` is prompted through its chat template.
+
+    A chat-trained student prompted with plain text sees a layout it never trained on and scores far below its
+    own dev evaluation. A ``chat_template`` option given wins over the run's; returns the options and a line
+    saying the run's template is used (None otherwise). A run config that cannot be read is left to the strategy
+    resolution, which names the problem when it matters.
+    """
+    options = dict(options)
+    if any(key.replace("-", "_") == "chat_template" for key in options):
+        return options, None
+    run = RunFolder.containing(model)
+    if run is None:
+        return options, None
+    try:
+        chat = load_config(run.config_file).data.chat_template
+    except ConfigError:
+        return options, None
+    if not chat:
+        return options, None
+    options["chat_template"] = True
+    return options, f"prompts in the student's chat template, as {run.config_file} trained (--chat_template false " \
+                    "overrides)"
+
+
 def with_run_synthetic(model: str, options: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """Evaluation options where the embedded ``synthetic`` set is generated as the run generated it.
+    """Evaluation options where the embedded ``synthetic`` set is generated as the run generated it, and the
+    prompts are laid out as the run trained (`run_chat_template`).
 
     Evaluating a run, one of its checkpoints or its ``final/`` on ``synthetic`` with the generator's
     defaults (operands to 20) instead of the run's recipe (operands to 9) scored different problems than the
     run's own held-out evaluation, silently. Any ``synthetic.*`` option given wins over the run's; returns
-    the options and one line saying which settings were used (None when ``synthetic`` is not evaluated).
+    the options and one line saying which settings were used (None when neither applies).
     """
+    options, chat_note = run_chat_template(model, options)
+    options, note = _with_run_synthetic(model, options)
+    notes = [line for line in (note, chat_note) if line]
+    return options, "; ".join(notes) if notes else None
+
+
+def _with_run_synthetic(model: str, options: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     options = dict(options)
     if not _names_synthetic(options.get("datasets")):
         return options, None

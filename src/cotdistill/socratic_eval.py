@@ -78,6 +78,7 @@ class SocraticSettings:
     precision: str = EvalSpec.precision
     zero_stage: str = EvalSpec.zero_stage
     offload: bool = EvalSpec.offload
+    chat_template: bool = EvalSpec.chat_template  # prompts in the students' chat template (data.chat_template)
 
     @classmethod
     def from_spec(cls, spec: EvalSpec, decomposer: str, solver: str = "") -> SocraticSettings:
@@ -86,7 +87,7 @@ class SocraticSettings:
                    max_subquestions=spec.max_subquestions, max_new_tokens=spec.max_new_tokens,
                    max_step_tokens=spec.max_step_tokens, batch_size=spec.batch_size,
                    max_source_tokens=spec.max_prompt_tokens, precision=spec.precision,
-                   zero_stage=str(spec.zero_stage), offload=spec.offload)
+                   zero_stage=str(spec.zero_stage), offload=spec.offload, chat_template=spec.chat_template)
 
     @classmethod
     def from_config(cls, config: EvalRunConfig) -> SocraticSettings:
@@ -164,7 +165,8 @@ def decompose(engine: Engine, student: Student, problems: Sequence[Problem], set
     prompts = [decomposer_prompt(p.question) for p in problems]
     outputs = generate_all(engine, student.tokenizer, student.causal, prompts, max_new_tokens=settings.max_new_tokens,
                            batch_size=settings.batch_size, stop_strings=DECOMPOSER_STOPS,
-                           max_source_tokens=settings.max_source_tokens, desc=desc, fit=fit)
+                           max_source_tokens=settings.max_source_tokens, desc=desc, fit=fit,
+                           chat=settings.chat_template)
     return [Decomposition(prompt, cut_at(text, DECOMPOSER_STOPS), parse_subquestions(text)[:settings.max_subquestions],
                           tokens) for prompt, (text, tokens) in zip(prompts, outputs, strict=True)]
 
@@ -186,7 +188,7 @@ def solve(engine: Engine, student: Student, problems: Sequence[Problem], subques
         outputs = generate_all(engine, student.tokenizer, student.causal, prompts,
                                max_new_tokens=settings.max_step_tokens, batch_size=settings.batch_size,
                                stop_strings=SOLVER_STOPS, max_source_tokens=settings.max_source_tokens,
-                               desc=f"{desc} {step + 1}/{rounds}", fit=fit)
+                               desc=f"{desc} {step + 1}/{rounds}", fit=fit, chat=settings.chat_template)
         for i, (text, tokens) in zip(active, outputs, strict=True):
             answers[i].append((clean_solver_answer(text), tokens))
     return answers

@@ -14,6 +14,17 @@ to take apart.
   Viterbi can only choose pieces that exist.
 - ``train_gpt2_tokenizer``: a byte-level BPE (``tokenizers``) whose pre-tokenizer splits digits first,
   wrapped as the generic fast tokenizer so ``tokenizer.json`` (digit splitting included) loads verbatim.
+- ``train_llama_tokenizer``: the same byte-level BPE with Llama 3's special tokens; its post-processor puts
+  ``<|begin_of_text|>`` before every text, as Llama 3's own ``tokenizer.json`` does. Saved as the generic
+  fast tokenizer (Llama 3's ``tokenizer_class``), which AutoTokenizer loads verbatim for model_type llama.
+- ``train_qwen_tokenizer``: a byte-level BPE trained behind Qwen2's own normalizer (NFC) and pre-tokenizer
+  regex, whose number class already isolates every digit, wrapped as ``Qwen2Tokenizer``: AutoTokenizer
+  rebuilds a model_type qwen2 tokenizer with that class's fixed pre-tokenizer whatever the saved file
+  says, so training behind the same one keeps training and loading identical. No BOS (Qwen's convention).
+- ``train_gemma_tokenizer``: a BPE over SentencePiece-style pieces (spaces become ``▁``, unknown characters
+  ``<unk>``) with Gemma's special ids (pad 0, eos 1, bos 2, unk 3, mask 4), wrapped as ``GemmaTokenizer``,
+  which puts ``<bos>`` first. That class applies the merges to the whole text on load (no pre-tokenizer of
+  its own), so digit splitting lives in the merges: training isolates every digit, and no merge holds one.
 
 Decoding gives back the text up to SentencePiece's normalisation for T5 (NFKC, runs of whitespace
 collapsed to one space, leading and trailing whitespace dropped) and exactly for GPT-2 (byte-level).
@@ -24,6 +35,7 @@ always kept; byte-level BPE has no unknown characters.
 from __future__ import annotations
 
 import io
+import json
 import math
 import string
 from collections import Counter
@@ -31,11 +43,19 @@ from collections.abc import Iterable
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast, T5Tokenizer
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import GemmaTokenizer, PreTrainedTokenizerFast, Qwen2Tokenizer, T5Tokenizer
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX as QWEN_PRETOKENIZE_REGEX
 
 T5_PAD, T5_EOS, T5_UNK = "<pad>", "</s>", "<unk>"
 GPT2_EOS = "<|endoftext|>"
+# Llama 3.x: base checkpoints end with <|end_of_text|>; <|finetune_right_pad_id|> is its reserved pad token.
+LLAMA_BOS, LLAMA_EOS, LLAMA_PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
+# Qwen2.5 / Qwen3: no BOS; instruct checkpoints end turns (and generation) with <|im_end|>, pad <|endoftext|>.
+QWEN_PAD, QWEN_IM_START, QWEN_EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+# Gemma 3's first five ids; <start_of_turn>/<end_of_turn> frame its chat turns.
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+GEMMA_TURNS = ["<start_of_turn>", "<end_of_turn>"]
 # Printable ASCII minus whitespace: any English arithmetic text then encodes without <unk>.
 _ASCII_CHARS = "".join(c for c in string.printable if not c.isspace())
 
@@ -108,6 +128,36 @@ def _unigram_scores(processor: spm.SentencePieceProcessor, corpus: list[str]) ->
     ]
 
 
+def _byte_level_bpe(texts: Iterable[str], vocab_size: int, special_tokens: list[str],
+                    pre_tokenizer: pre_tokenizers.PreTokenizer,
+                    normalizer: normalizers.Normalizer | None = None) -> Tokenizer:
+    """Train a byte-level BPE whose special tokens take the first ids, in the order given."""
+    backend = Tokenizer(models.BPE())
+    if normalizer is not None:
+        backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return backend
+
+
+def _digits_then_bytes() -> pre_tokenizers.PreTokenizer:
+    """GPT-2's byte-level split with every digit cut out first."""
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
+
+
 def train_gpt2_tokenizer(
     texts: Iterable[str], vocab_size: int, model_max_length: int
 ) -> PreTrainedTokenizerFast:
@@ -116,27 +166,105 @@ def train_gpt2_tokenizer(
     Like GPT-2 the tokenizer adds no eos when encoding; the data pipeline appends it. ``vocab_size`` is a
     cap (at least 257: the end token plus the 256-byte alphabet).
     """
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[GPT2_EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(texts, trainer=trainer)
+    backend = _byte_level_bpe(texts, vocab_size, [GPT2_EOS], _digits_then_bytes())
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=GPT2_EOS,
         bos_token=GPT2_EOS,
         unk_token=GPT2_EOS,
         pad_token=GPT2_EOS,
+        model_max_length=model_max_length,
+    )
+
+
+def train_llama_tokenizer(
+    texts: Iterable[str], vocab_size: int, model_max_length: int
+) -> PreTrainedTokenizerFast:
+    """Train a Llama-3-style byte-level BPE: digits split, ``<|begin_of_text|>`` put before every text.
+
+    eos ``<|end_of_text|>`` (appended by the data pipeline, not the tokenizer), pad
+    ``<|finetune_right_pad_id|>``; byte-level, so no unknown token. ``vocab_size`` is a cap (at least 259).
+    """
+    backend = _byte_level_bpe(texts, vocab_size, [LLAMA_BOS, LLAMA_EOS, LLAMA_PAD], _digits_then_bytes())
+    bos_id = backend.token_to_id(LLAMA_BOS)
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{LLAMA_BOS}:0 $A:0",
+                pair=f"{LLAMA_BOS}:0 $A:0 {LLAMA_BOS}:1 $B:1",
+                special_tokens=[(LLAMA_BOS, bos_id)],
+            ),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=LLAMA_BOS,
+        eos_token=LLAMA_EOS,
+        pad_token=LLAMA_PAD,
+        model_max_length=model_max_length,
+    )
+
+
+def train_qwen_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> Qwen2Tokenizer:
+    """Train a Qwen-style byte-level BPE (Qwen2's normalizer and pre-tokenizer; digits split by its regex).
+
+    No bos (Qwen's convention); eos ``<|im_end|>``, pad ``<|endoftext|>``, ``<|im_start|>`` reserved for
+    chat turns. ``vocab_size`` is a cap (at least 259).
+    """
+    pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    specials = [QWEN_PAD, QWEN_IM_START, QWEN_EOS]
+    backend = _byte_level_bpe(texts, vocab_size, specials, pre_tokenizer, normalizers.NFC())
+    trained = json.loads(backend.to_str())["model"]
+    merges = _merges(trained)
+    return Qwen2Tokenizer(
+        vocab=trained["vocab"],
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token=QWEN_EOS,
+        pad_token=QWEN_PAD,
+        extra_special_tokens=[QWEN_IM_START],
+        model_max_length=model_max_length,
+    )
+
+
+def _merges(trained: dict) -> list[tuple[str, str]]:
+    """A trained BPE model's merges as pairs, whichever of its two JSON forms it was saved in."""
+    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+
+
+def train_gemma_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int) -> GemmaTokenizer:
+    """Train a Gemma-style BPE on ``texts``: ``▁`` for spaces, digits split, ``<bos>`` put first, eos ``<eos>``.
+
+    Characters outside printable ASCII and newline that training never saw become ``<unk>``. ``vocab_size`` is
+    a cap (at least the 7 special tokens, printable ASCII, ``▁`` and newline).
+    """
+    backend = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("▁", behavior="merged_with_next"),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=GEMMA_SPECIALS + GEMMA_TURNS,
+        initial_alphabet=[*_ASCII_CHARS, "▁", "\n"],
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    trained = json.loads(backend.to_str())["model"]
+    return GemmaTokenizer(
+        vocab=trained["vocab"],
+        merges=_merges(trained),
+        add_bos_token=True,
+        extra_special_tokens=GEMMA_TURNS,
         model_max_length=model_max_length,
     )

@@ -31,6 +31,7 @@ from cotdistill.batching import (
     run_batch_order,
     tokenize_examples,
 )
+from cotdistill.chat import check_chat_student
 from cotdistill.config import EvalRunConfig, EvalSpec, RunConfig, eval_spec, to_yaml, validate_run
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
@@ -127,9 +128,11 @@ def _ensure_model(config: RunConfig, engine: Engine, texts: list[str], log) -> s
 
 
 def _eval_spec(config: RunConfig) -> EvalSpec:
-    """The dev sets' evaluation spec: ``eval``'s keys, the strategy from the mixture when not given."""
+    """The dev sets' evaluation spec: ``eval``'s keys, the strategy from the mixture when not given, prompts in the
+    layout training uses (data.chat_template)."""
     strategy, subquestions = mixture_strategy(config)
-    return eval_spec(config.eval, strategy=strategy, subquestions=subquestions)
+    return eval_spec(config.eval, strategy=strategy, subquestions=subquestions,
+                     chat_template=config.data.chat_template)
 
 
 
@@ -175,11 +178,14 @@ def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
     kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
     causal = kind == "causal"
     tokenizer = load_tokenizer(model_path)
+    if config.data.chat_template:  # before any model is loaded: no template (or T5) is one clear error
+        check_chat_student(tokenizer, causal)
     if engine.is_main:
         save_run_meta(model_path, tokenizer, out)
     tokenized, truncation = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
                                               config.data.max_target_tokens,
-                                              teacher_fn=_teacher_fn(config, tokenizer, examples))
+                                              teacher_fn=_teacher_fn(config, tokenizer, examples),
+                                              chat=config.data.chat_template)
     log.info("tokens: %s", truncation.summary())
 
     from transformers import AutoConfig
