@@ -431,8 +431,9 @@ def test_cli_bad_model_exits_2_with_one_error_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "flan-t5-small" in lines[0]
 
 
-@pytest.mark.parametrize("recipe", sorted((REPO / "recipes" / "paper").glob("*.yaml")), ids=lambda p: p.stem)
-def test_paper_recipes_carry_the_planners_current_hardware_line(recipe):
+@pytest.mark.parametrize("recipe", sorted([*(REPO / "recipes" / "paper").glob("*.yaml"),
+                                           *(REPO / "recipes" / "modern").glob("*.yaml")]), ids=lambda p: p.stem)
+def test_paper_and_modern_recipes_carry_the_planners_current_hardware_line(recipe):
     from cotdistill.memory_plan import hardware_comment
 
     assert hardware_comment(recipe) in recipe.read_text().splitlines(), "regenerate the recipe's hardware line"

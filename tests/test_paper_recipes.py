@@ -23,6 +23,7 @@ pytestmark = pytest.mark.distributed
 PAPER = REPO / "recipes" / "paper"
 SPECIALIZE = sorted(PAPER.glob("specialize-flan-t5-*.yaml"))
 SOCRATIC = sorted(PAPER.glob("socratic-gpt2-*.yaml"))
+MODERN = sorted((REPO / "recipes" / "modern").glob("specialize-*.yaml"))
 STEPS = 3
 # The NVMe recipe's nvme_path is a cluster's folder: here it runs with CPU offload (tests/test_nvme_offload.py
 # trains with the NVMe template itself).
@@ -33,6 +34,16 @@ def test_the_paper_recipes_cover_every_model_size_of_both_papers():
     models = {load_config(p).model.name_or_path for p in SPECIALIZE + SOCRATIC}
     assert models == {"google/flan-t5-base", "google/flan-t5-large", "google/flan-t5-xl", "google/flan-t5-xxl",
                       "gpt2", "gpt2-medium", "gpt2-large"}
+
+
+def test_the_modern_recipes_specialize_a_qwen_and_a_llama_with_the_papers_mixture():
+    configs = [load_config(p) for p in MODERN]
+    assert {c.model.name_or_path for c in configs} == {"Qwen/Qwen2.5-1.5B", "meta-llama/Llama-3.2-1B"}
+    paper = load_config(SPECIALIZE[0])
+    for config in configs:
+        assert (config.data.formats, config.data.k_shot, config.data.split) == \
+            (paper.data.formats, paper.data.k_shot, paper.data.split)
+        assert config.data.single_format_batches and config.data.per_problem and config.train.kd_weight > 0
 
 
 @pytest.fixture(scope="module")
@@ -104,5 +115,18 @@ def test_a_socratic_recipe_trains_the_unified_decomposer_and_solver(recipe, tiny
     losses = run_recipe(recipe, tiny_models["gpt2"], tmp_path / "run", "data.dataset=gsm8k_socratic",
                         "data.split=test", "data.path=", f"data.data_dir={SHARED_DATA}", "data.limit=24",
                         "data.max_source_tokens=384", "data.max_target_tokens=96")
+    assert sorted(losses) == list(range(1, STEPS + 1))
+    assert all(0 < v < 20 for v in losses.values()), losses
+
+
+@pytest.mark.parametrize("recipe", MODERN, ids=lambda p: p.stem)
+def test_a_modern_recipe_trains_a_llama_student_with_distribution_matching(recipe, tiny_models, teacher_cot,
+                                                                           tmp_path):
+    """The recipe as shipped with its model swapped for the session's tiny Llama (BOS-first, packed, a tokenizer
+    unlike the teacher's), on the scripted teacher's CoT samples."""
+    output = launch_recipe(recipe, tiny_models["llama"], tmp_path / "run", f"data.path={teacher_cot}")
+    counts = teacher_token_counts(output)
+    assert counts is not None and 0 < counts[0] <= counts[1], counts or output[-3000:]
+    losses = read_losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert all(0 < v < 20 for v in losses.values()), losses
