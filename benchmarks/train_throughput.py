@@ -125,6 +125,14 @@ WORKLOADS = {
         size=("model.tiny.vocab_size=50257", "model.tiny.d_model=768", "model.tiny.d_ff=3072",
               "model.tiny.num_layers=12", "model.tiny.num_heads=12", "model.tiny.n_positions=1024"),
         overrides=("train.micro_batch_size=8", "train.lr=3e-4")),
+    # A modern decoder-only student (issue 16): RoPE, RMSNorm, gated MLP, grouped-query attention (6 key/value
+    # heads for 12 query heads), tied embeddings, BOS-prefixed sequences; ~100M parameters at GPT-2 small's
+    # width and depth with Llama's 2048-wide gated MLP.
+    "llama-100m": Workload(
+        "llama", "recipes/demo-gpt2-synthetic.yaml", 20, traces=True,
+        size=("model.tiny.vocab_size=32000", "model.tiny.d_model=768", "model.tiny.d_ff=2048",
+              "model.tiny.num_layers=12", "model.tiny.num_heads=12", "model.tiny.n_positions=1024"),
+        overrides=("train.micro_batch_size=8", "train.lr=3e-4")),
 }
 TRAINERS = {"cotdistill": "launchers/train.py", "HF Trainer": "benchmarks/hf_trainer_baseline.py"}
 TAGS = {"cotdistill": "ours", "HF Trainer": "hf"}  # run folders under runs/bench-train/<workload>/
