@@ -27,9 +27,12 @@ demo: install
 	@rm -rf runs/demo-gpt2 runs/tiny-gpt2
 	$(PY) launchers/launch.py --num_gpus $(NUM_RANKS) launchers/train.py --config recipes/demo-gpt2-synthetic.yaml
 
-# The embedded experiment (issue 5): answer-only vs CoT vs Socratic students, same budget (minutes per arm: docs/BENCHMARKS.md).
+# An experiment (recipes/experiments/$(EXP).yaml; default the embedded one of issue 5: answer-only vs CoT vs Socratic
+# students, same budget) over SEEDS seeds per arm (default: the file's, 3), every arm or ARMS=a,b; results are appended
+# to runs/experiments/$(EXP)/results.json as each run ends (a rerun does only what is missing), then report.md/.png.
+EXP ?= socratic-vs-cot
 experiment: install
-	$(PY) benchmarks/format_experiment.py --ranks $(NUM_RANKS)
+	$(PY) benchmarks/experiment.py $(EXP) --ranks $(NUM_RANKS) $(if $(ARMS),--arms $(ARMS)) $(if $(SEEDS),--seeds $(SEEDS))
 
 test: install
 	$(PY) -m pytest -q

@@ -4,7 +4,9 @@ A tiny Llama (RoPE, RMSNorm, gated MLP, grouped-query attention, a BOS-prefixed 
 ranks under ZeRO-3 + CPU offload (ds_configs/zero3_offload.json, the demo recipes' default): distribution
 matching on a teacher whose tokenizer differs from the student's, an exact resume, the export read back by
 plain transformers, evaluation on 1 and 2 ranks, Socratic training and inference with an untied LM head.
-The in-process checks run for a tiny Qwen3 (no BOS) as well.
+A tiny Qwen3 (no BOS, q/k norms) and a tiny Gemma 3 (BOS, q/k norms, scaled embeddings, a sliding-window layer)
+go through the same distillation, resume, export and 1/2-rank evaluation on fewer launches (`family_runs`), and
+through the in-process checks.
 
 Few launches, many assertions, as tests/test_train_distributed.py: module fixtures train once.
 """
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from conftest import TINY_RUN, launch, read_losses, synthetic_texts
+from conftest import REPO, TINY_RUN, launch, read_losses, synthetic_texts
 from cotdistill.alignment import StudentVocab, teacher_targets
 from cotdistill.batching import prompt_prefix_ids, tokenize_examples
 from cotdistill.checkpoints import complete_checkpoints
@@ -54,6 +58,11 @@ SYNTHETIC = ["--datasets", "synthetic", "--synthetic.train_size", "256", "--synt
              str(EVAL_PROBLEMS), "--synthetic.operand_max", "9", "--batch_size", str(EVAL_BATCH)]
 TEACHER_TOKENS = re.compile(r"(\d+) of (\d+) target tokens of traced examples carry the teacher's distribution")
 PROBE_TEXTS = ["Question: Ann has 3 apples. Ann finds 4 more apples.", "After buying 2 more, Bob has 5 + 2 = 7."]
+# The families besides Llama that go through training, resume, export and evaluation on 2 ranks (family ->
+# model_type). A step takes ~0.1 s here and a launch ~12 s, so their steps are many and their launches few:
+# after 80 steps both generate text that differs from problem to problem (Qwen3's was the same for all at 60).
+FAMILIES = {"qwen3": "qwen3", "gemma3": "gemma3_text"}
+FAMILY_STEPS, FAMILY_EVERY = 80, 40
 
 
 def train_args(model: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -69,8 +78,22 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def one_process(script: str, args: list[str]) -> None:
+    """Run a launcher as a world of one without the DeepSpeed launcher (the engine makes its own process group),
+    as ``python launchers/evaluate.py`` does: ~5 s less start-up than ``launch(..., ranks=1)``."""
+    launcher_env = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {**{k: v for k, v in os.environ.items() if k not in launcher_env}, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+
+
 def evaluate(target: Path, out: Path, ranks: int, *extra: str) -> list[dict]:
-    launch("launchers/evaluate.py", [str(target), *SYNTHETIC, "--output_dir", str(out), *extra], ranks=ranks)
+    args = [str(target), *SYNTHETIC, "--output_dir", str(out), *extra]
+    if ranks == 1:
+        one_process("launchers/evaluate.py", args)
+    else:
+        launch("launchers/evaluate.py", args, ranks=ranks)
     return rows(out / "synthetic" / "predictions.jsonl")
 
 
@@ -99,11 +122,13 @@ def teacher_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def students(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    """The session's tiny Llama and a tiny Qwen3 of the same size, tokenizer trained on the same texts."""
+    """The session's tiny Llama and a tiny Qwen3 and Gemma 3 of the same size, tokenizers trained on the same
+    texts."""
     size = TinyModelConfig(d_model=64, num_layers=2, num_heads=2, d_ff=128, vocab_size=320)
-    qwen3 = build_tiny_model("qwen3", tmp_path_factory.mktemp("modern-qwen3") / "qwen3", synthetic_texts("gpt2"),
-                             size, seed=0)
-    return {"llama": tiny_models["llama"], "qwen3": qwen3}
+    texts = synthetic_texts("gpt2")
+    built = {family: build_tiny_model(family, tmp_path_factory.mktemp(f"modern-{family}") / family, texts, size,
+                                      seed=0) for family in ("qwen3", "gemma3")}
+    return {"llama": tiny_models["llama"], **built}
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +227,40 @@ def test_resumed_run_matches_the_uninterrupted_losses_exactly(llama_runs):
 BF16_LOGITS_ATOL = 1e-2
 
 
+@pytest.fixture(scope="module")
+def engine_logits(llama_runs, family_runs, tmp_path_factory) -> dict[str, dict]:
+    """The Llama's and each family's engine (its run's last checkpoint, partitioned on 2 ranks) on the probes,
+    each starting as that student's training sequences do: one launch for all."""
+    root = tmp_path_factory.mktemp("engine-logits")
+    runs = {"llama": llama_runs, **family_runs}
+    args = ["--precision=bf16"]
+    for family, run in runs.items():
+        tokenizer = AutoTokenizer.from_pretrained(str(run["full"] / "final"))
+        prefix = tokenizer.decode(prompt_prefix_ids(tokenizer))  # <bos> for Llama and Gemma, nothing for Qwen
+        args += [*(["::"] if len(args) > 1 else []), str(run["full"]), str(root / f"{family}.pt"),
+                 *[prefix + text for text in PROBE_TEXTS]]
+    launch("tests/scripts/engine_logits.py", args)
+    return {family: torch.load(root / f"{family}.pt", weights_only=False) for family in runs}
+
+
+def assert_export_has_the_engines_logits(model: torch.nn.Module, untrained_path: Path, engine: dict) -> None:
+    """The export, loaded by plain transformers, gives the engine's logits on the engine's (left-padded) batch,
+    and training moved them."""
+    assert engine["dtype"] == "torch.bfloat16"
+    assert (engine["batch"]["attention_mask"] == 0).any(), "one probe is left-padded"
+    with torch.no_grad():
+        logits = model(**engine["batch"]).logits.float()
+    untrained = AutoModelForCausalLM.from_pretrained(str(untrained_path), dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        before = untrained(**engine["batch"]).logits.float()
+    assert logits.shape == engine["logits"].shape
+    assert (before - engine["logits"]).abs().max() > 0.1, "training should have changed the logits"
+    difference = (logits - engine["logits"]).abs().max().item()
+    assert difference <= BF16_LOGITS_ATOL, difference
+
+
 def test_exported_llama_keeps_its_tied_head_and_reloads_without_deepspeed_with_the_engines_logits(llama_runs,
-                                                                                                 tmp_path):
+                                                                                                 engine_logits):
     final = llama_runs["full"] / "final"
     exported = load_file(str(final / "model.safetensors"))
     assert {t.dtype for t in exported.values()} == {torch.bfloat16}, "a bf16 run exports bf16 weights"
@@ -212,23 +269,9 @@ def test_exported_llama_keeps_its_tied_head_and_reloads_without_deepspeed_with_t
     assert model.config.tie_word_embeddings and model.lm_head.weight is model.model.embed_tokens.weight
 
     tokenizer = AutoTokenizer.from_pretrained(str(final))
-    texts = [tokenizer.bos_token + text for text in PROBE_TEXTS]  # as training's sequences start
-    launch("tests/scripts/engine_logits.py", ["--precision=bf16", str(llama_runs["full"]), str(tmp_path / "l.pt"),
-                                              *texts])
-    engine = torch.load(tmp_path / "l.pt", weights_only=False)
-    assert engine["dtype"] == "torch.bfloat16"
-    ids = engine["batch"]["input_ids"]
+    ids = engine_logits["llama"]["batch"]["input_ids"]
     assert ((ids == tokenizer.bos_token_id).sum(dim=1) == 1).all(), "each probe holds exactly one BOS"
-    assert (engine["batch"]["attention_mask"] == 0).any(), "one probe is left-padded"
-    with torch.no_grad():
-        logits = model(**engine["batch"]).logits.float()
-    untrained = AutoModelForCausalLM.from_pretrained(str(llama_runs["model"]), dtype=torch.bfloat16).eval()
-    with torch.no_grad():
-        before = untrained(**engine["batch"]).logits.float()
-    assert logits.shape == engine["logits"].shape
-    assert (before - engine["logits"]).abs().max() > 0.1, "training should have changed the logits"
-    difference = (logits - engine["logits"]).abs().max().item()
-    assert difference <= BF16_LOGITS_ATOL, difference
+    assert_export_has_the_engines_logits(model, llama_runs["model"], engine_logits["llama"])
 
 
 def test_a_llama_checkpoint_exports_offline_to_the_same_weights_as_the_final_export(llama_runs, tmp_path):
@@ -266,6 +309,125 @@ def test_evaluation_prompts_start_as_the_llamas_training_sequences_do(llama_runs
     encoded = encode_prompts(tokenizer, True, prompts, 1024)
     assert prompt_prefix_ids(tokenizer) == (tokenizer.bos_token_id,)
     assert all(ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1 for ids in encoded)
+
+
+# --- Qwen3 and Gemma 3 on 2 ranks --------------------------------------------------------------------
+
+# Fewer launches than the Llama's: the interrupted run is a copy of the uninterrupted one as it stood at its first
+# checkpoint (what a stopped run leaves is the Llama's and T5's tests' business), and the 2-rank evaluation is the
+# training run's own at its end (the same evaluation code, on the live ZeRO-3 engine), compared with
+# `cotdistill eval` of the export on 1 rank.
+
+
+@pytest.fixture(scope="module")
+def eval_file(tmp_path_factory) -> Path:
+    """The held-out synthetic problems as a question/answer file, a dev set the KD runs (whose teacher data has
+    no held-out split) and the 1-rank evaluator both read."""
+    _, held_out = load_run_problems(load_config(RECIPE, TINY_RUN).data)
+    assert len(held_out) == EVAL_PROBLEMS
+    path = tmp_path_factory.mktemp("modern-eval") / "probe-set.jsonl"
+    path.write_text("".join(json.dumps({"question": p.question, "answer": p.answer}) + "\n" for p in held_out))
+    return path
+
+
+def copy_at_checkpoint(run: Path, out: Path, step: int) -> Path:
+    """``run`` as it stood once its checkpoint at ``step`` was complete: its later checkpoints, export and
+    evaluation left out. Its log keeps the later steps' rows, as a run killed after logging them would: the
+    trainer must drop them itself."""
+    shutil.copytree(run, out)
+    for checkpoint in complete_checkpoints(out):
+        if checkpoint.step > step:
+            shutil.rmtree(checkpoint.path)
+    for folder in ("final", "eval"):
+        shutil.rmtree(out / folder)
+    return out
+
+
+@pytest.fixture(scope="module")
+def family_runs(students, teacher_data, eval_file, tmp_path_factory) -> dict[str, dict]:
+    """Per family: a student distilled from the teacher's distribution on 2 ZeRO-3 ranks and evaluated there at
+    its end; a copy of it at its first checkpoint resumed to the end; its final/ evaluated on 1 rank."""
+    runs = {}
+    for family in FAMILIES:
+        root = tmp_path_factory.mktemp(f"{family}-runs")
+        model = students[family]
+        common = [*KD, f"data.path={teacher_data}", f"train.max_steps={FAMILY_STEPS}",
+                  f"checkpoint.every={FAMILY_EVERY}", f"train.lr={LR}", f"eval.datasets=[{eval_file}]",
+                  f"eval.max_new_tokens={MAX_NEW}", f"eval.batch_size={EVAL_BATCH}"]
+        full = launch("launchers/train.py", train_args(model, root / "full", *common))
+        resumed = copy_at_checkpoint(root / "full", root / "resumed", FAMILY_EVERY)
+        launch("launchers/train.py", train_args(model, resumed, *common, "eval.at_end=false"))
+        one = root / "eval-1"
+        one_process("launchers/evaluate.py", [str(root / "full" / "final"), "--datasets", str(eval_file),
+                                              "--strategy", "zero_shot_cot", "--max_new_tokens", str(MAX_NEW),
+                                              "--batch_size", str(EVAL_BATCH), "--output_dir", str(one)])
+        runs[family] = {"model": model, "full": root / "full", "resumed": resumed, "output": full.stdout + full.stderr,
+                        "evals": {1: one, 2: root / "full" / "eval"}}
+    return runs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qwen3_and_gemma3_distill_from_the_teachers_word_tokens_and_their_loss_falls(family_runs, family):
+    losses = read_losses(family_runs[family]["full"])
+    assert sorted(losses) == list(range(1, FAMILY_STEPS + 1))
+    assert all(math.isfinite(v) and v > 0 for v in losses.values()), losses
+    assert losses[FAMILY_STEPS] < losses[1] - 1.5, losses
+    found = TEACHER_TOKENS.search(family_runs[family]["output"])
+    assert found, "the trainer did not report how many target tokens carry the teacher's distribution"
+    carried, total = int(found[1]), int(found[2])
+    assert 0 < carried <= total and carried >= total // 20, found[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qwen3_and_gemma3_resume_from_a_checkpoint_with_the_uninterrupted_losses_and_weights(family_runs, family):
+    full, resumed = family_runs[family]["full"], family_runs[family]["resumed"]
+    assert logged_steps(resumed) == list(range(1, FAMILY_STEPS + 1)), "every step logged once, in order"
+    assert read_losses(resumed) == read_losses(full)  # exact, as the Llama's
+    assert [row["lr"] for row in rows(resumed / "train_log.jsonl")] == \
+        [row["lr"] for row in rows(full / "train_log.jsonl")]
+    assert [c.step for c in complete_checkpoints(resumed)] == [FAMILY_EVERY, FAMILY_STEPS]
+    exported = [load_file(str(run / "final" / "model.safetensors")) for run in (full, resumed)]
+    assert sorted(exported[0]) == sorted(exported[1])
+    for name, tensor in exported[0].items():
+        assert torch.equal(exported[1][name], tensor), name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exported_qwen3_and_gemma3_reload_without_deepspeed_with_the_engines_logits(family_runs, engine_logits,
+                                                                                    family):
+    final = family_runs[family]["full"] / "final"
+    exported = load_file(str(final / "model.safetensors"))
+    assert {t.dtype for t in exported.values()} == {torch.bfloat16}
+    assert "lm_head.weight" not in exported and "model.embed_tokens.weight" in exported  # tied, stored once
+    model = AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.bfloat16).eval()
+    assert model.config.model_type == FAMILIES[family]
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    tokenizer = AutoTokenizer.from_pretrained(str(final))
+    engine = engine_logits[family]
+    ids = engine["batch"]["input_ids"]
+    if family == "gemma3":
+        assert ((ids == tokenizer.bos_token_id).sum(dim=1) == 1).all(), "each probe holds exactly one BOS"
+    else:
+        assert tokenizer.bos_token_id is None or not (ids == tokenizer.bos_token_id).any()
+    assert_export_has_the_engines_logits(model, family_runs[family]["model"], engine)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qwen3_and_gemma3_greedy_predictions_are_identical_on_one_rank_and_two_zero3_ranks(family_runs, family):
+    """The export evaluated by `cotdistill eval` on 1 replicated rank says what the live engine said on its 2
+    ZeRO-3 ranks at the end of training."""
+    found = {n: sorted(folder.glob("*/predictions.jsonl")) for n, folder in family_runs[family]["evals"].items()}
+    assert [len(paths) for paths in found.values()] == [1, 1], found
+    metrics = {n: json.loads((paths[0].parent / "metrics.json").read_text()) for n, paths in found.items()}
+    assert metrics[1]["world_size"] == 1 and metrics[2]["world_size"] == 2
+    assert metrics[1]["strategy"] == metrics[2]["strategy"] == "zero_shot_cot"
+    one, two = rows(found[1][0]), rows(found[2][0])
+    assert [r["index"] for r in two] == list(range(EVAL_PROBLEMS))
+    assert [r["prompt"] for r in two] == [r["prompt"] for r in one]
+    assert all(r["generated"].strip() for r in one), "the student should generate text, not only whitespace"
+    assert len({r["generated"] for r in one}) > 1, "the student should answer each problem, not say one text"
+    assert [(r["generated"], r["generated_tokens"], r["extracted"], r["correct"]) for r in two] == \
+        [(r["generated"], r["generated_tokens"], r["extracted"], r["correct"]) for r in one]
 
 
 # --- Socratic -----------------------------------------------------------------------------------------
@@ -321,10 +483,10 @@ def with_alternatives(records: list, rng: random.Random) -> list:
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
 def test_teacher_tokens_map_into_the_modern_students_vocabulary(students, teacher_data, family):
-    """The teacher data as training tokenizes it: a Llama's sequences start with BOS and a Qwen3's with the
-    prompt; either way the targets end with EOS, and the teacher's word tokens give aligned target tokens a
+    """The teacher data as training tokenizes it: a Llama's and a Gemma's sequences start with BOS and a Qwen3's
+    with the prompt; either way the targets end with EOS, and the teacher's word tokens give aligned target tokens a
     distribution over student ids (never a special one) whose strict argmax is the student's own token."""
     tokenizer = AutoTokenizer.from_pretrained(str(students[family]))
     config = load_config(RECIPE, [*KD, f"data.path={teacher_data}"])
@@ -338,7 +500,7 @@ def test_teacher_tokens_map_into_the_modern_students_vocabulary(students, teache
     tokenized, stats = tokenize_examples(examples, tokenizer, True, 192, 160,
                                          teacher_fn=lambda t, ids: teacher_targets(t, ids, tokenizer, vocab))
     prefix = prompt_prefix_ids(tokenizer)
-    assert prefix == ((tokenizer.bos_token_id,) if family == "llama" else ())
+    assert prefix == ((tokenizer.bos_token_id,) if family in ("llama", "gemma3") else ())
     special = set(tokenizer.all_special_ids)
     spread = 0
     for example in tokenized:

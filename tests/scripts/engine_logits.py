@@ -1,6 +1,9 @@
 """Logits of a student opened through cotdistill's inference path, saved by rank 0 (for tests).
 
 deepspeed --num_gpus 2 tests/scripts/engine_logits.py [--precision=fp32] TARGET OUT.pt "text one" "text two" ...
+    [:: TARGET2 OUT2.pt "text" ...]
+
+Groups after ``::`` are opened one after another in the same job (one launch for several students).
 
 --precision: the inference engine's precision (bf16 | fp16 | fp32; default bf16, as cotdistill eval). In fp32 a
 checkpoint's fp32 master weights are loaded as they are, not rounded to 16 bits.
@@ -19,8 +22,20 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     precision = next((a.split("=", 1)[1] for a in args if a.startswith("--precision=")), "bf16")
     args = [a for a in args if not a.startswith("--precision=")]
-    target, out, texts = args[0], args[1], args[2:]
+    groups = [[]]
+    for arg in args:
+        if arg == "::":
+            groups.append([])
+        else:
+            groups[-1].append(arg)
     engine = Engine()
+    for target, out, *texts in groups:
+        save_logits(engine, target, out, texts, precision)
+        engine.release_model()
+    engine.close()
+
+
+def save_logits(engine: Engine, target: str, out: str, texts: list[str], precision: str) -> None:
     student = open_student(engine, target, precision=precision)
     tok = student.tokenizer
     ids = tok(texts, add_special_tokens=not student.causal)["input_ids"]
@@ -32,7 +47,6 @@ def main() -> None:
     logits = raw.float().cpu()
     if engine.is_main:
         torch.save({"logits": logits, "batch": batch, "dtype": str(raw.dtype)}, out)
-    engine.close()
 
 
 if __name__ == "__main__":

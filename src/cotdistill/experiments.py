@@ -1,0 +1,846 @@
+"""Experiments as data: named arms (a recipe, overrides, evaluations), N seeds each, one results file, a report.
+
+An experiment is a YAML file (``recipes/experiments/<name>.yaml``)::
+
+    description: free text
+    seeds: 3                    # seeds per arm (default 3): first_seed, first_seed + 1, ...
+    first_seed: 1               # (default 1)
+    output_dir: runs/experiments/<name>   # (default: runs/experiments/<file stem>)
+    min_eval_problems: 300      # an evaluation set smaller than this is refused (0: no check)
+    baseline: cot               # the arm the others are compared with (default: the first)
+    init:                       # optional: one tiny initialisation per seed, shared by every arm
+      family: gpt2              #   a student family (cotdistill.families)
+      recipe: recipes/experiment/socratic.yaml   # its texts train the tokenizer, model.tiny sets the size
+      overrides: {data.per_problem: true}
+    overrides: {data.synthetic.eval_size: 300}   # applied to every arm, before the arm's own
+    evals: [{name: held-out}]   # default evaluations of every arm
+    arms:
+      cot:
+        recipe: recipes/experiment/cot.yaml
+        overrides: {train.max_steps: 1800}
+        evals:                  # each evaluation is its own result column
+          - {name: held-out}                    # the training run's own end-of-training evaluation
+          - {name: few-shot, dataset: held-out, spec: {strategy: few_shot_cot, k_shot: 4}}
+
+An evaluation without ``spec`` is read from what training wrote at its end (``RUN/eval/<dataset>/``; ``dataset``
+is ``held-out``, the default, or one of the run's ``eval.datasets``). One with ``spec`` (keys of
+``cotdistill.config.EvalSpec``) is run afterwards by ``cotdistill eval`` on ``RUN/final``, with the run's own eval
+section (generation budget, batch size) as its defaults; ``held-out`` then means the run's synthetic held-out set,
+generated with the run's settings.
+
+Seeds: a seed ``s`` sets ``train.seed=s``, which draws the batch order, the format mixing, few-shot demonstrations
+and dropout; and the initialisation: with ``init`` the shared tiny model of seed ``s`` is built with seed ``s``
+(``RUN_ROOT/init/seed-<s>``, its tokenizer from texts that do not depend on the seed when the init recipe's
+texts do not), else an arm whose recipe builds a tiny model (``model.make_tiny``) builds its own per seed
+(``RUN_ROOT/models/<arm>/seed-<s>``, weights from ``train.seed``). A pretrained student keeps its weights: only
+the data order, mixing and dropout change.
+
+Results: ``RUN_ROOT/results.json`` gets one entry per finished (arm, seed), written whole (temporary file, then
+``os.replace``) under a lock, so a harness killed at any moment leaves a valid file and a rerun does only the
+(arm, seed) pairs missing from it. A pair's run folder left half-done by a kill is resumed by the trainer from its
+newest complete checkpoint (exact resume, so the result equals an uninterrupted run's); a finished training
+whose results were not yet recorded is not trained again. Each entry carries a fingerprint of the resolved config
+and evaluations; a stored entry or run folder whose fingerprint differs from the experiment's now is refused.
+
+Statistics (``summarize``): per arm and evaluation, the per-seed accuracies, their mean and sample standard
+deviation (n - 1), and a 95% Wilson score interval over the evaluation problems for the mean accuracy::
+
+    p = mean accuracy over seeds, n = problems in the evaluation set, z = 1.959964
+    centre = (p + z^2 / 2n) / (1 + z^2 / n)
+    half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
+
+n is the number of problems, not seeds x problems: the seeds answer the same problems, so pooling them would
+count each problem several times. (Averaging over seeds can only shrink the per-problem variance below
+p(1 - p), so the interval is slightly conservative.) At n = 300 its half-width is at most 5.6 points.
+``paired_difference`` compares two arms on the same problems: d_i = (mean over seeds of arm A's correctness on
+problem i) - (the same for arm B); the difference is mean(d), its interval mean(d) +- z * sd(d) / sqrt(n).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cotdistill.config import EvalRunConfig, EvalSpec, RunConfig, eval_config, load_config, to_dict, validate_run
+from cotdistill.errors import ConfigError, CotDistillError
+from cotdistill.run_folder import RunFolder
+
+DEFAULT_SEEDS = 3
+MIN_EVAL_PROBLEMS = 300
+HELD_OUT = "held-out"  # the training run's synthetic held-out set (cotdistill.train.HELD_OUT)
+Z95 = 1.959963984540054
+RESULTS = "results.json"
+RUN_MARK = "experiment_run.json"  # in a run folder: which experiment arm and seed made it, and its fingerprint
+
+_TOP_KEYS = ("description", "name", "seeds", "first_seed", "output_dir", "min_eval_problems", "baseline", "init",
+             "overrides", "evals", "arms")
+_ARM_KEYS = ("recipe", "overrides", "evals", "description")
+_EVAL_KEYS = ("name", "dataset", "spec")
+_INIT_KEYS = ("family", "recipe", "overrides")
+_SPEC_KEYS = tuple(f.name for f in dataclasses.fields(EvalSpec))
+
+
+class ExperimentError(CotDistillError):
+    """An experiment file is malformed, or its results do not match it; the message names the file and key."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The experiment file
+
+
+@dataclass(frozen=True)
+class EvalEntry:
+    """One evaluation of an arm: a result column."""
+
+    name: str
+    dataset: str = HELD_OUT
+    spec: dict[str, Any] = field(default_factory=dict)  # EvalSpec keys; empty: read the training run's own eval
+
+    @property
+    def from_training(self) -> bool:
+        return not self.spec
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    family: str
+    recipe: str
+    overrides: list[str]
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    recipe: str
+    overrides: list[str]
+    evals: list[EvalEntry]
+
+
+@dataclass
+class Experiment:
+    name: str
+    source: Path
+    output_dir: Path
+    seeds: list[int]
+    arms: dict[str, Arm]
+    baseline: str
+    min_eval_problems: int = MIN_EVAL_PROBLEMS
+    init: InitSpec | None = None
+    description: str = ""
+
+    @property
+    def results_file(self) -> Path:
+        return self.output_dir / RESULTS
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return self.output_dir / arm / f"seed-{seed}"
+
+    def init_dir(self, seed: int) -> Path:
+        return self.output_dir / "init" / f"seed-{seed}"
+
+    def model_dir(self, arm: str, seed: int) -> Path:
+        return self.output_dir / "models" / arm / f"seed-{seed}"
+
+
+def _fail(source: Path, key: str, message: str) -> ExperimentError:
+    return ExperimentError(f"{source}: {key}: {message}")
+
+
+def _text(value: Any) -> str:
+    """A YAML value as command-line text (flow style for mappings and lists)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip().removesuffix("...").strip()
+
+
+def _override_text(key: str, value: Any) -> str:
+    """A YAML value as a dotted ``key=value`` override."""
+    return f"{key}={_text(value)}"
+
+
+def _overrides(source: Path, key: str, value: Any) -> list[str]:
+    """A mapping {dotted.key: value} (or a list of key=value strings) as override strings."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [_override_text(str(k), v) for k, v in value.items()]
+    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
+        return list(value)
+    raise _fail(source, key, f"expected a mapping of dotted config keys to values (e.g. {{train.max_steps: 20}}), "
+                             f"got {value!r}")
+
+
+def _mapping(source: Path, key: str, value: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(source, key, f"expected a mapping, got {value!r}")
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        raise _fail(source, f"{key}.{unknown[0]}" if key else str(unknown[0]),
+                    f"unknown key; valid keys: {', '.join(allowed)}")
+    return value
+
+
+def _int(source: Path, key: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(source, key, f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _evals(source: Path, key: str, value: Any) -> list[EvalEntry]:
+    if not isinstance(value, list) or not value:
+        raise _fail(source, key, f"expected a non-empty list of evaluations ({{name: ..., dataset: ..., spec: "
+                                 f"{{...}}}}), got {value!r}")
+    entries = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        item = _mapping(source, where, item, _EVAL_KEYS)
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            raise _fail(source, f"{where}.name", f"expected a name without '/', got {name!r}")
+        dataset = item.get("dataset", HELD_OUT)
+        if not isinstance(dataset, str) or not dataset:
+            raise _fail(source, f"{where}.dataset", f"expected a data set name, got {dataset!r}")
+        spec = item.get("spec") or {}
+        spec = _mapping(source, f"{where}.spec", spec, _SPEC_KEYS)
+        if spec:
+            try:  # validated as cotdistill eval validates it
+                eval_config({"model": "-", "datasets": [_eval_dataset(dataset)], **spec})
+            except ConfigError as err:
+                raise _fail(source, f"{where}.spec", str(err)) from None
+        entries.append(EvalEntry(name.strip(), dataset, dict(spec)))
+    names = [e.name for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise _fail(source, key, f"evaluation name(s) used twice: {', '.join(twice)}")
+    return entries
+
+
+def _recipe(source: Path, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(source, key, f"expected a recipe path, got {value!r}")
+    if not Path(value).is_file():
+        raise _fail(source, key, f"recipe not found: {value} (paths are relative to the working directory, the "
+                                 "repository root)")
+    return value
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and check an experiment file; every error names the file and the key."""
+    source = Path(path)
+    if not source.is_file():
+        raise ExperimentError(f"experiment file not found: {source}")
+    try:
+        values = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ExperimentError(f"{source}: not valid YAML: {err}") from None
+    values = _mapping(source, "", values if values is not None else {}, _TOP_KEYS)
+    name = values.get("name") or source.stem
+    if not isinstance(name, str):
+        raise _fail(source, "name", f"expected a string, got {name!r}")
+    seeds = _int(source, "seeds", values.get("seeds", DEFAULT_SEEDS), 1)
+    first_seed = _int(source, "first_seed", values.get("first_seed", 1), 0)
+    minimum = _int(source, "min_eval_problems", values.get("min_eval_problems", MIN_EVAL_PROBLEMS), 0)
+    output_dir = values.get("output_dir") or f"runs/experiments/{name}"
+    if not isinstance(output_dir, str):
+        raise _fail(source, "output_dir", f"expected a folder path, got {output_dir!r}")
+    common = _overrides(source, "overrides", values.get("overrides"))
+    default_evals = _evals(source, "evals", values["evals"]) if "evals" in values else None
+    init = None
+    if values.get("init") is not None:
+        raw = _mapping(source, "init", values["init"], _INIT_KEYS)
+        from cotdistill.families import family_names
+
+        family = raw.get("family")
+        if family not in family_names():
+            raise _fail(source, "init.family", f"{family!r} is not one of: {', '.join(family_names())}")
+        init = InitSpec(family, _recipe(source, "init.recipe", raw.get("recipe")),
+                        _overrides(source, "init.overrides", raw.get("overrides")))
+    arms_raw = values.get("arms")
+    if not isinstance(arms_raw, dict) or not arms_raw:
+        raise _fail(source, "arms", f"expected a mapping of arm names to {{recipe, overrides, evals}}, got "
+                                    f"{arms_raw!r}")
+    arms = {}
+    for arm_name, raw in arms_raw.items():
+        where = f"arms.{arm_name}"
+        if not isinstance(arm_name, str) or not arm_name or "/" in arm_name or "," in arm_name:
+            raise _fail(source, where, "an arm name is a non-empty string without '/' or ','")
+        raw = _mapping(source, where, raw, _ARM_KEYS)
+        evals = _evals(source, f"{where}.evals", raw["evals"]) if "evals" in raw else default_evals
+        if evals is None:
+            raise _fail(source, f"{where}.evals", "no evaluations: give the arm evals, or evals at the top level")
+        arms[arm_name] = Arm(arm_name, _recipe(source, f"{where}.recipe", raw.get("recipe")),
+                             common + _overrides(source, f"{where}.overrides", raw.get("overrides")), evals)
+    baseline = values.get("baseline") or next(iter(arms))
+    if baseline not in arms:
+        raise _fail(source, "baseline", f"{baseline!r} is not an arm; arms: {', '.join(arms)}")
+    description = values.get("description") or ""
+    return Experiment(name=name, source=source, output_dir=Path(output_dir),
+                      seeds=list(range(first_seed, first_seed + seeds)), arms=arms, baseline=baseline,
+                      min_eval_problems=minimum, init=init, description=str(description))
+
+
+def find_experiment(name_or_path: str) -> Path:
+    """A path as given, or a bare name looked up as recipes/experiments/<name>.yaml."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
+        return path
+    return Path("recipes") / "experiments" / f"{name_or_path}.yaml"
+
+
+def select_arms(experiment: Experiment, arms: str | Iterable[str] | None) -> list[str]:
+    """The arms asked for (``a,b`` or a list; empty: all, in file order); an unknown name is an error."""
+    if isinstance(arms, str):
+        arms = [a.strip() for a in arms.split(",") if a.strip()]
+    chosen = list(arms or [])
+    if not chosen:
+        return list(experiment.arms)
+    unknown = [a for a in chosen if a not in experiment.arms]
+    if unknown:
+        raise ExperimentError(f"{experiment.source}: no arm named {', '.join(unknown)}; arms: "
+                              f"{', '.join(experiment.arms)}")
+    return list(dict.fromkeys(chosen))
+
+
+def select_seeds(experiment: Experiment, count: int | None) -> list[int]:
+    """The first ``count`` seeds (None: the experiment's); more than the file names continue the sequence."""
+    if count is None:
+        return list(experiment.seeds)
+    if count < 1:
+        raise ExperimentError(f"seeds must be >= 1, got {count}")
+    first = experiment.seeds[0]
+    return list(range(first, first + count))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One (arm, seed): its resolved config, folders and fingerprint
+
+
+@dataclass
+class ArmRun:
+    experiment: Experiment
+    arm: Arm
+    seed: int
+    overrides: list[str]  # everything after --config RECIPE on the training command line
+    config: RunConfig
+    run_dir: Path
+    init_dir: Path | None
+    fingerprint: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.arm.name, self.seed
+
+
+def resolve_run(experiment: Experiment, arm_name: str, seed: int) -> ArmRun:
+    """The training command's overrides and the resolved, validated config of ``arm_name`` at ``seed``."""
+    arm = experiment.arms[arm_name]
+    run_dir = experiment.run_dir(arm_name, seed)
+    harness = [f"train.seed={seed}", f"output_dir={run_dir}"]
+    init_dir = None
+    try:
+        recipe_config = load_config(arm.recipe, arm.overrides)
+    except ConfigError as err:
+        raise ExperimentError(f"{experiment.source}: arms.{arm_name}: {err}") from None
+    if experiment.init is not None:
+        init_dir = experiment.init_dir(seed)
+        harness += [f"model.name_or_path={init_dir}", "model.make_tiny="]
+    elif recipe_config.model.make_tiny:
+        harness += [f"model.name_or_path={experiment.model_dir(arm_name, seed)}"]
+    overrides = arm.overrides + harness
+    try:
+        config = load_config(arm.recipe, overrides)
+        validate_run(config)
+    except CotDistillError as err:
+        raise ExperimentError(f"{experiment.source}: arms.{arm_name}: {err}") from None
+    if any(not e.from_training for e in arm.evals) and not config.checkpoint.export_final:
+        raise ExperimentError(f"{experiment.source}: arms.{arm_name}: evaluations with a spec evaluate RUN/final, "
+                              "which checkpoint.export_final=false does not write")
+    if any(e.from_training for e in arm.evals) and not config.eval.at_end:
+        raise ExperimentError(f"{experiment.source}: arms.{arm_name}: evaluations without a spec read the training "
+                              "run's end-of-training evaluation, which eval.at_end=false turns off")
+    for entry in arm.evals:
+        where = f"{experiment.source}: arms.{arm_name}: evaluation {entry.name!r}"
+        if entry.dataset == HELD_OUT and config.data.dataset != "synthetic":
+            raise ExperimentError(f"{where}: {HELD_OUT} is the synthetic held-out set, which data.dataset="
+                                  f"{config.data.dataset} has none of; name the data set to evaluate on")
+        if entry.from_training and entry.dataset != HELD_OUT and entry.dataset not in config.eval.datasets:
+            raise ExperimentError(f"{where} reads the training run's {entry.dataset!r} evaluation, but the run's "
+                                  f"eval.datasets {config.eval.datasets} does not name it; add it there or give the "
+                                  "evaluation a spec")
+    payload = {"recipe": arm.recipe, "config": to_dict(config), "evals": [dataclasses.asdict(e) for e in arm.evals],
+               "init": dataclasses.asdict(experiment.init) if experiment.init else None}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return ArmRun(experiment, arm, seed, overrides, config, run_dir, init_dir, digest)
+
+
+def _eval_dataset(dataset: str) -> str:
+    """The name ``cotdistill eval`` knows a data set by (the run's held-out set is its ``synthetic``)."""
+    return "synthetic" if dataset == HELD_OUT else dataset
+
+
+def eval_set_size(run: ArmRun, entry: EvalEntry) -> int:
+    """Problems the evaluation ``entry`` of ``run`` scores, from the config and data alone (no model)."""
+    config = run.config
+    limit = int(eval_options(config, entry).get("limit", 0)) if entry.spec else config.eval.limit
+    if entry.dataset == HELD_OUT:
+        size = config.data.synthetic.eval_size
+        return min(size, limit) if limit else size
+    from cotdistill.eval_sets import resolve_eval_sets
+
+    request = EvalRunConfig(model="-", datasets=[entry.dataset], data_dir=config.data.data_dir, limit=limit,
+                            synthetic=config.data.synthetic)
+    return sum(len(s.problems) for s in resolve_eval_sets(request))
+
+
+def eval_options(config: RunConfig, entry: EvalEntry) -> dict[str, Any]:
+    """The ``cotdistill eval`` options of an evaluation with a spec: the run's own eval section where it differs
+    from the defaults (generation budget, batch size, ...), then the spec's keys."""
+    defaults = EvalSpec()
+    base = {key: getattr(config.eval, key) for key in _SPEC_KEYS if getattr(config.eval, key) != getattr(defaults, key)}
+    return {**base, **entry.spec}
+
+
+def check_eval_sizes(runs: Iterable[ArmRun], minimum: int,
+                     sizer: Callable[[ArmRun, EvalEntry], int] = eval_set_size) -> list[str]:
+    """One line per (arm, evaluation) whose set holds fewer than ``minimum`` problems (each arm checked once)."""
+    problems, seen = [], set()
+    for run in runs:
+        for entry in run.arm.evals:
+            if (run.arm.name, entry.name) in seen or not minimum:
+                continue
+            seen.add((run.arm.name, entry.name))
+            size = sizer(run, entry)
+            if size < minimum:
+                problems.append(f"arm {run.arm.name!r}, evaluation {entry.name!r} ({entry.dataset}): {size} problems, "
+                                f"fewer than min_eval_problems={minimum} (the 95% interval would be wider than "
+                                f"+-{100 * wilson_half_width(0.5, max(minimum, 1)):.1f} points)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The results file
+
+
+class ResultStore:
+    """``results.json``: {"experiment", "source", "runs": [entry, ...]}, one entry per finished (arm, seed)."""
+
+    def __init__(self, path: str | Path, experiment: str = "", source: str = "") -> None:
+        self.path = Path(path)
+        self.experiment = experiment
+        self.source = source
+
+    def load(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            return {"experiment": self.experiment, "source": self.source, "runs": []}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise ExperimentError(f"{self.path}: not valid JSON ({err}); it is only ever replaced whole, so this "
+                                  "is not a killed harness's doing: fix or remove it") from None
+        if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+            raise ExperimentError(f"{self.path}: expected {{\"runs\": [...]}}")
+        return data
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self.load()["runs"]
+
+    def done(self) -> dict[tuple[str, int], dict[str, Any]]:
+        return {(r["arm"], int(r["seed"])): r for r in self.runs()}
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Append (or replace) the entry of (arm, seed), writing the whole file anew and renaming it into place."""
+        with self._locked():
+            data = self.load()
+            data["experiment"], data["source"] = self.experiment or data.get("experiment"), \
+                self.source or data.get("source")
+            data["runs"] = [r for r in data["runs"] if (r["arm"], r["seed"]) != (entry["arm"], entry["seed"])]
+            data["runs"].append(entry)
+            tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running
+
+
+Runner = Callable[[ArmRun], dict[str, dict[str, Any]]]  # an (arm, seed) -> {eval name: eval result}
+
+
+def plan_runs(experiment: Experiment, arms: list[str], seeds: list[int]) -> list[ArmRun]:
+    return [resolve_run(experiment, arm, seed) for arm in arms for seed in seeds]
+
+
+def run_experiment(experiment: Experiment, arms: list[str], seeds: list[int], runner: Runner,
+                   store: ResultStore | None = None, allow_small_eval: bool = False,
+                   sizer: Callable[[ArmRun, EvalEntry], int] = eval_set_size,
+                   log: Callable[[str], None] = print) -> list[tuple[str, int]]:
+    """Run every (arm, seed) missing from the results file, one after another, appending each as it finishes.
+
+    Returns the pairs run now. Every arm is resolved and its evaluation sets checked before anything runs; a
+    stored result whose fingerprint is not the experiment's now is refused.
+    """
+    store = store or ResultStore(experiment.results_file, experiment.name, str(experiment.source))
+    runs = plan_runs(experiment, arms, seeds)
+    small = check_eval_sizes(runs, experiment.min_eval_problems, sizer)
+    if small and not allow_small_eval:
+        raise ExperimentError(f"{experiment.source}: evaluation sets too small:\n  " + "\n  ".join(small)
+                              + "\n(raise the set's size, e.g. data.synthetic.eval_size, or lower min_eval_problems)")
+    for line in small:
+        log(f"warning: {line}")
+    done = store.done()
+    stale = [run for run in runs if run.key in done and done[run.key].get("fingerprint") != run.fingerprint]
+    if stale:
+        names = ", ".join(f"{r.arm.name} seed {r.seed}" for r in stale)
+        raise ExperimentError(f"{store.path} holds results of {names} from another configuration than "
+                              f"{experiment.source} gives now; remove those entries (and their run folders) or use "
+                              "another output_dir")
+    todo = [run for run in runs if run.key not in done]
+    log(f"experiment {experiment.name}: {len(runs) - len(todo)} of {len(runs)} runs already in {store.path}; "
+        f"{len(todo)} to run")
+    ran = []
+    for run in todo:
+        started = time.monotonic()
+        log(f"== {run.arm.name} seed {run.seed} -> {run.run_dir}")
+        evals = runner(run)
+        missing = [e.name for e in run.arm.evals if e.name not in evals]
+        if missing:
+            raise ExperimentError(f"{run.arm.name} seed {run.seed}: no result for evaluation(s) {', '.join(missing)}")
+        entry = {"arm": run.arm.name, "seed": run.seed, "fingerprint": run.fingerprint, "run_dir": str(run.run_dir),
+                 "minutes": round((time.monotonic() - started) / 60, 2),
+                 "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "evals": evals}
+        store.add(entry)
+        ran.append(run.key)
+        log(f"   {run.arm.name} seed {run.seed}: " + ", ".join(
+            f"{name} {e['correct']}/{e['total']}" for name, e in evals.items()) + f" ({entry['minutes']} min)")
+    return ran
+
+
+def read_eval(folder: Path) -> dict[str, Any]:
+    """One evaluation's result from its folder (metrics.json and predictions.jsonl): counts and, per problem in
+    index order, 1 (correct) or 0, as a string."""
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.is_file():
+        raise ExperimentError(f"no evaluation result at {metrics_file}")
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    rows = [json.loads(line) for line in (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    rows.sort(key=lambda row: row["index"])
+    ids = hashlib.sha256("\n".join(str(row["id"]) for row in rows).encode()).hexdigest()[:16]
+    outcome = "".join("1" if row["correct"] else "0" for row in rows)
+    if len(rows) != metrics["total"] or outcome.count("1") != metrics["correct"]:
+        raise ExperimentError(f"{folder}: predictions.jsonl disagrees with metrics.json")
+    return {"correct": metrics["correct"], "total": metrics["total"], "accuracy": metrics["accuracy"],
+            "strategy": metrics.get("strategy"), "protocol": metrics.get("protocol"), "problems_sha": ids,
+            "per_problem": outcome, "folder": str(folder)}
+
+
+def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], None] = print) -> Path:
+    """The shared tiny initialisation of ``seed`` (built once, atomically; kept when it exists)."""
+    if out_dir.exists():
+        return out_dir
+    from cotdistill.run_data import load_run_problems, run_examples
+    from cotdistill.tiny import build_tiny_model
+
+    config = load_config(init.recipe, init.overrides + [f"train.seed={seed}"])
+    problems, _ = load_run_problems(config.data)
+    texts = [e.source + e.target for e in run_examples(config, problems)]
+    log(f"   init: tiny {init.family} for seed {seed} at {out_dir}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return build_tiny_model(init.family, out_dir, texts, config.model.tiny, seed=seed)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LaunchRunner:
+    """Trains an (arm, seed) with ``launchers/launch.py`` (DeepSpeed) on ``ranks`` ranks, then runs its evaluations
+    with a spec through ``launchers/evaluate.py``; reads every evaluation's predictions."""
+
+    def __init__(self, ranks: int = 2, repo: str | Path = ".", python: str = sys.executable,
+                 log: Callable[[str], None] = print) -> None:
+        self.ranks = ranks
+        self.repo = Path(repo)
+        self.python = python
+        self.log = log
+
+    def _launch(self, script: str, args: list[str]) -> None:
+        cmd = [self.python, str(self.repo / "launchers" / "launch.py"), "--num_gpus", str(self.ranks),
+               "--master_port", str(_free_port()), str(self.repo / "launchers" / script), *args]
+        self.log("+ " + " ".join(cmd))
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            raise ExperimentError(f"{script} exited with status {proc.returncode}: {' '.join(cmd)}")
+
+    def _mark(self, run: ArmRun) -> None:
+        """Claim the run folder for this (arm, seed, fingerprint); refuse one made by another configuration."""
+        mark = run.run_dir / RUN_MARK
+        if mark.is_file():
+            found = json.loads(mark.read_text(encoding="utf-8"))
+            if found.get("fingerprint") != run.fingerprint:
+                raise ExperimentError(f"{run.run_dir} was made by another configuration of {run.arm.name} seed "
+                                      f"{run.seed} (fingerprint {found.get('fingerprint')}, now {run.fingerprint}); "
+                                      "delete the folder to train it anew")
+            return
+        if run.run_dir.exists() and any(run.run_dir.iterdir()):
+            raise ExperimentError(f"{run.run_dir} exists and was not made by this harness; delete it or choose "
+                                  "another output_dir")
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        mark.write_text(json.dumps({"experiment": run.experiment.name, "arm": run.arm.name, "seed": run.seed,
+                                    "fingerprint": run.fingerprint}) + "\n", encoding="utf-8")
+
+    def _trained(self, run: ArmRun) -> bool:
+        """Training finished and wrote every evaluation the arm reads from it (each metrics.json is written
+        after its predictions)."""
+        folder = RunFolder(run.run_dir)
+        from cotdistill.eval_sets import folder_name
+
+        exported = folder.final.is_dir() or not run.config.checkpoint.export_final
+        return exported and all((folder.eval_dir() / folder_name(e.dataset) / "metrics.json").is_file()
+                                for e in run.arm.evals if e.from_training)
+
+    def __call__(self, run: ArmRun) -> dict[str, dict[str, Any]]:
+        from cotdistill.eval_sets import folder_name
+
+        if run.init_dir is not None:
+            build_init(run.experiment.init, run.seed, run.init_dir, self.log)
+        self._mark(run)
+        folder = RunFolder(run.run_dir)
+        if self._trained(run):
+            self.log(f"   {run.run_dir} finished training before: not trained again")
+        else:  # a folder with checkpoints is resumed by the trainer from its newest complete one
+            self._launch("train.py", ["--config", run.arm.recipe, *run.overrides])
+            if not self._trained(run):
+                raise ExperimentError(f"{run.run_dir}: training ended before its last step (stopped by a signal?); "
+                                      "run the harness again to resume it")
+        results = {}
+        for entry in run.arm.evals:
+            if entry.from_training:
+                results[entry.name] = read_eval(folder.eval_dir() / folder_name(entry.dataset))
+                continue
+            out = run.run_dir / "experiment_eval" / entry.name
+            shutil.rmtree(out, ignore_errors=True)  # a half-written evaluation is redone whole
+            dataset = _eval_dataset(entry.dataset)
+            flags = [f"--{key}={_text(value)}" for key, value in eval_options(run.config, entry).items()]
+            self._launch("evaluate.py", [str(folder.final), f"--datasets={dataset}", f"--output_dir={out}", *flags])
+            results[entry.name] = read_eval(out / folder_name(dataset))
+        return results
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def sample_sd(values: list[float]) -> float | None:
+    """Standard deviation with n - 1 in the denominator; None for fewer than two values."""
+    if len(values) < 2:
+        return None
+    m = mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed on ``n`` trials."""
+    if n <= 0:
+        return 0.0, 1.0
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def wilson_half_width(p: float, n: int, z: float = Z95) -> float:
+    low, high = wilson_interval(p, n, z)
+    return (high - low) / 2
+
+
+def per_problem_means(outcomes: list[str]) -> list[float] | None:
+    """Per problem, the fraction of seeds that got it right (None when the seeds' sets differ in size)."""
+    if not outcomes or len({len(o) for o in outcomes}) != 1:
+        return None
+    return [sum(o[i] == "1" for o in outcomes) / len(outcomes) for i in range(len(outcomes[0]))]
+
+
+def paired_difference(a: list[str], b: list[str], z: float = Z95) -> tuple[float, float, float]:
+    """Arm A minus arm B on the same problems: (difference of mean accuracies, low, high), a normal interval over
+    the per-problem differences of the seed-averaged correctness. ``a``, ``b``: per seed, '0'/'1' per problem."""
+    pa, pb = per_problem_means(a), per_problem_means(b)
+    if pa is None or pb is None or len(pa) != len(pb) or not pa:
+        raise ExperimentError("a paired comparison needs both arms scored on the same problems")
+    diffs = [x - y for x, y in zip(pa, pb, strict=True)]
+    d = mean(diffs)
+    sd = sample_sd(diffs) or 0.0
+    half = z * sd / math.sqrt(len(diffs))
+    return d, d - half, d + half
+
+
+@dataclass
+class EvalSummary:
+    arm: str
+    eval: str
+    seeds: list[int]
+    accuracies: list[float]
+    mean: float
+    sd: float | None
+    low: float
+    high: float
+    problems: int
+    strategy: str | None = None
+
+
+def summarize(runs: list[dict[str, Any]], arm_order: list[str] | None = None) -> list[EvalSummary]:
+    """Per (arm, evaluation) over the seeds stored: accuracies, mean, sample sd, 95% Wilson interval over problems."""
+    grouped: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
+    for entry in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
+        for name, result in entry["evals"].items():  # an arm's evaluations in the order its file gives
+            grouped.setdefault((entry["arm"], name), []).append((entry["seed"], result))
+    order = {arm: i for i, arm in enumerate(arm_order or [])}
+    summaries = []
+    for (arm, name), items in sorted(grouped.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0][0])):
+        accuracies = [r["correct"] / r["total"] if r["total"] else 0.0 for _, r in items]
+        problems = min(r["total"] for _, r in items)
+        m = mean(accuracies)
+        low, high = wilson_interval(m, problems)
+        summaries.append(EvalSummary(arm, name, [s for s, _ in items], accuracies, m, sample_sd(accuracies), low, high,
+                                     problems, items[0][1].get("strategy")))
+    return summaries
+
+
+def comparisons(runs: list[dict[str, Any]], baseline: str) -> list[tuple[str, str, float, float, float]]:
+    """(arm, evaluation, difference, low, high) of every other arm against ``baseline`` on each evaluation both have
+    on the same problems."""
+    outcomes: dict[tuple[str, str], list[str]] = {}
+    problem_sets: dict[tuple[str, str], set[str]] = {}
+    for entry in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
+        for name, result in entry["evals"].items():
+            outcomes.setdefault((entry["arm"], name), []).append(result.get("per_problem", ""))
+            problem_sets.setdefault((entry["arm"], name), set()).add(result.get("problems_sha", ""))
+    found = []
+    for (arm, name), outcome in outcomes.items():
+        base = (baseline, name)
+        if arm == baseline or base not in outcomes:
+            continue
+        if len(problem_sets[base] | problem_sets[(arm, name)]) != 1:
+            continue
+        with contextlib.suppress(ExperimentError):
+            found.append((arm, name, *paired_difference(outcome, outcomes[base])))
+    return found
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def report_markdown(experiment_name: str, summaries: list[EvalSummary],
+                    compared: list[tuple[str, str, float, float, float]], baseline: str) -> str:
+    from cotdistill.report import markdown_table
+
+    rows = [[s.arm, s.eval, s.strategy or "", len(s.seeds), ", ".join(_pct(a) for a in s.accuracies), _pct(s.mean),
+             "" if s.sd is None else _pct(s.sd), f"[{_pct(s.low)}, {_pct(s.high)}]", s.problems] for s in summaries]
+    text = [f"# Experiment {experiment_name}", "",
+            markdown_table(["arm", "evaluation", "strategy", "seeds", "accuracy per seed (%)", "mean (%)", "sd (%)",
+                            "95% interval (%)", "problems"], rows), "",
+            "sd: sample standard deviation over seeds. 95% interval: Wilson score interval of the mean accuracy "
+            "over the evaluation problems (n = problems, not seeds x problems)."]
+    if compared:
+        rows = [[arm, name, f"{100 * d:+.1f}", f"[{100 * low:+.1f}, {100 * high:+.1f}]"]
+                for arm, name, d, low, high in compared]
+        text += ["", f"Paired against {baseline} on the same problems (points):", "",
+                 markdown_table(["arm", "evaluation", f"difference vs {baseline}", "95% interval"], rows)]
+    return "\n".join(text) + "\n"
+
+
+def plot_summaries(summaries: list[EvalSummary], path: str | Path, title: str = "") -> Path:
+    """One PNG: a bar per (arm, evaluation) at the mean accuracy, the 95% interval as error bars, seeds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys(s.arm for s in summaries))
+    evals = list(dict.fromkeys(s.eval for s in summaries))
+    per_arm = {arm: [s for s in summaries if s.arm == arm] for arm in arms}
+    width = 0.8 / max(len(group) for group in per_arm.values())
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * sum(len(g) for g in per_arm.values()) + 1.5), 4.0))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labelled = set()
+    for i, arm in enumerate(arms):  # an arm's bars centred on its tick, one colour per evaluation
+        for k, s in enumerate(per_arm[arm]):
+            x = i + (k - (len(per_arm[arm]) - 1) / 2) * width
+            color = colors[evals.index(s.eval) % len(colors)]
+            ax.bar(x, 100 * s.mean, width * 0.9, color=color, alpha=0.8,
+                   label=None if s.eval in labelled else s.eval)
+            labelled.add(s.eval)
+            ax.errorbar(x, 100 * s.mean, yerr=[[100 * (s.mean - s.low)], [100 * (s.high - s.mean)]], color="black",
+                        capsize=4, linewidth=1.2)
+            ax.scatter([x + width * 0.2] * len(s.accuracies), [100 * a for a in s.accuracies], color="black",
+                       s=10, zorder=3)
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels(arms)
+    ax.set_ylabel("accuracy (%): mean, 95% interval, seeds")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "accuracy: mean over seeds, 95% interval over problems, seeds as dots")
+    if len(evals) > 1:
+        ax.legend(title="evaluation")
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_report(experiment: Experiment, store: ResultStore | None = None) -> tuple[Path, Path] | None:
+    """report.md and report.png next to the results file (None when nothing has finished yet)."""
+    store = store or ResultStore(experiment.results_file)
+    runs = store.runs()
+    if not runs:
+        return None
+    summaries = summarize(runs, list(experiment.arms))
+    text = report_markdown(experiment.name, summaries, comparisons(runs, experiment.baseline), experiment.baseline)
+    markdown = experiment.output_dir / "report.md"
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(text, encoding="utf-8")
+    return markdown, plot_summaries(summaries, experiment.output_dir / "report.png", f"experiment {experiment.name}")

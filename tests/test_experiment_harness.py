@@ -1,0 +1,340 @@
+"""The experiment harness (cotdistill.experiments, benchmarks/experiment.py): arms from a YAML file, resume after a
+kill, the statistics on known inputs, the report, and one real tiny run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cotdistill.experiments import (
+    ExperimentError,
+    LaunchRunner,
+    ResultStore,
+    comparisons,
+    eval_options,
+    load_experiment,
+    paired_difference,
+    resolve_run,
+    run_experiment,
+    sample_sd,
+    select_arms,
+    select_seeds,
+    summarize,
+    wilson_interval,
+    write_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = "recipes/demo-gpt2-synthetic.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # recipe paths in experiment files are relative to the repository root
+
+
+def write_experiment(tmp_path: Path, body: dict, name: str = "exp") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def two_arms(tmp_path: Path, **extra) -> dict:
+    return {"output_dir": str(tmp_path / "out"), "overrides": {"train.max_steps": 7, "data.synthetic.eval_size": 300},
+            "evals": [{"name": "held-out"}],
+            "arms": {"cot": {"recipe": RECIPE},
+                     "mix": {"recipe": RECIPE, "overrides": {"data.formats": {"zero_shot_cot": 1, "answer_only": 1},
+                                                             "train.max_steps": 9},
+                             "evals": [{"name": "held-out"},
+                                       {"name": "few-shot", "spec": {"strategy": "few_shot_cot", "k_shot": 3}}]}},
+            **extra}
+
+
+def test_arm_resolution(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, two_arms(tmp_path)))
+    assert exp.name == "exp" and exp.seeds == [1, 2, 3] and exp.baseline == "cot" and exp.min_eval_problems == 300
+    assert select_arms(exp, "") == ["cot", "mix"] and select_arms(exp, "mix, cot") == ["mix", "cot"]
+    assert select_seeds(exp, None) == [1, 2, 3] and select_seeds(exp, 5) == [1, 2, 3, 4, 5]
+    with pytest.raises(ExperimentError, match="no arm named nope; arms: cot, mix"):
+        select_arms(exp, "cot,nope")
+
+    run = resolve_run(exp, "mix", 2)
+    # common overrides, then the arm's (which win), then the harness's seed, folder and per-seed tiny model
+    assert run.config.train.max_steps == 9 and run.config.train.seed == 2
+    assert run.config.data.formats == {"zero_shot_cot": 1.0, "answer_only": 1.0}
+    assert run.run_dir == tmp_path / "out" / "mix" / "seed-2" and run.config.output_dir == str(run.run_dir)
+    assert run.config.model.make_tiny == "gpt2"  # the recipe's tiny model, built per seed with train.seed
+    assert run.config.model.name_or_path == str(tmp_path / "out" / "models" / "mix" / "seed-2")
+    assert [e.name for e in run.arm.evals] == ["held-out", "few-shot"]
+    assert [e.from_training for e in run.arm.evals] == [True, False]
+    # a spec evaluation starts from the run's eval section (the recipe's budget), then the spec's keys
+    assert eval_options(run.config, run.arm.evals[1]) == {"strategy": "few_shot_cot", "k_shot": 3,
+                                                          "max_new_tokens": 120, "batch_size": 25}
+    assert [e.name for e in resolve_run(exp, "cot", 1).arm.evals] == ["held-out"]  # the default evals
+    assert resolve_run(exp, "mix", 2).fingerprint == run.fingerprint != resolve_run(exp, "mix", 3).fingerprint
+
+    shared = two_arms(tmp_path, init={"family": "gpt2", "recipe": RECIPE}, seeds=2, first_seed=10)
+    exp = load_experiment(write_experiment(tmp_path, shared, "shared"))
+    run = resolve_run(exp, "cot", 11)
+    assert exp.seeds == [10, 11] and run.init_dir == tmp_path / "out" / "init" / "seed-11"
+    assert run.config.model.name_or_path == str(run.init_dir) and run.config.model.make_tiny == ""
+    assert run.overrides[-4:] == ["train.seed=11", f"output_dir={run.run_dir}", f"model.name_or_path={run.init_dir}",
+                                  "model.make_tiny="]
+
+
+def test_the_shipped_experiment_resolves():
+    exp = load_experiment(REPO / "recipes" / "experiments" / "socratic-vs-cot.yaml")
+    assert list(exp.arms) == ["answer-only", "cot", "socratic"] and exp.seeds == [1, 2, 3]
+    for arm in exp.arms:
+        run = resolve_run(exp, arm, 1)
+        assert run.config.data.synthetic.eval_size >= 300 and run.config.model.make_tiny == ""
+
+
+@pytest.mark.parametrize("body, key, message", [
+    ({"arms": {"a": {"recipe": RECIPE}}, "evals": [{"name": "x"}], "sedes": 3}, "sedes", "unknown key"),
+    ({"arms": {}}, "arms", "expected a mapping of arm names"),
+    ({"arms": {"a": {"recipe": "recipes/none.yaml"}}, "evals": [{"name": "x"}]}, "arms.a.recipe", "recipe not found"),
+    ({"arms": {"a": {"recipe": RECIPE}}}, "arms.a.evals", "no evaluations"),
+    ({"arms": {"a": {"recipe": RECIPE, "overides": {}}}, "evals": [{"name": "x"}]}, "arms.a.overides",
+     "unknown key"),
+    ({"arms": {"a": {"recipe": RECIPE, "evals": [{"name": "x", "spec": {"strategy": "nope"}}]}}},
+     "arms.a.evals[0].spec", "strategy='nope' is not one of"),
+    ({"arms": {"a": {"recipe": RECIPE, "evals": [{"name": "x"}, {"name": "x"}]}}}, "arms.a.evals", "used twice"),
+    ({"arms": {"a": {"recipe": RECIPE}}, "evals": [{"name": "x"}], "seeds": 0}, "seeds", "integer >= 1"),
+    ({"arms": {"a": {"recipe": RECIPE}}, "evals": [{"name": "x"}], "baseline": "b"}, "baseline", "not an arm"),
+    ({"arms": {"a": {"recipe": RECIPE}}, "evals": [{"name": "x"}], "init": {"family": "lstm", "recipe": RECIPE}},
+     "init.family", "is not one of"),
+])
+def test_bad_experiment_names_file_and_key(tmp_path, body, key, message):
+    path = write_experiment(tmp_path, body, "bad")
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert str(err.value).startswith(f"{path}: {key}: ") and message in str(err.value)
+
+
+def test_bad_override_names_the_arm(tmp_path):
+    path = write_experiment(tmp_path, {"arms": {"a": {"recipe": RECIPE, "overrides": {"train.max_stepz": 3}}},
+                                       "evals": [{"name": "x"}]})
+    with pytest.raises(ExperimentError, match=r"exp.yaml: arms.a: unknown config key 'train.max_stepz'"):
+        resolve_run(load_experiment(path), "a", 1)
+
+
+def fake_results(run, correct: int = 150, total: int = 300) -> dict:
+    outcome = "1" * correct + "0" * (total - correct)
+    return {e.name: {"correct": correct, "total": total, "accuracy": correct / total, "strategy": "zero_shot_cot",
+                     "problems_sha": "same", "per_problem": outcome} for e in run.arm.evals}
+
+
+def test_resume_after_kill_runs_only_what_is_missing(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, two_arms(tmp_path)))
+    calls = []
+
+    def killed_on_third(run):
+        calls.append(run.key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the harness dies in the middle of the third run
+        return fake_results(run)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, ["cot", "mix"], [1, 2, 3], killed_on_third, log=lambda line: None)
+    store = ResultStore(exp.results_file)
+    assert sorted(store.done()) == [("cot", 1), ("cot", 2)]
+    assert not list(exp.output_dir.glob("results.json.tmp*"))  # written whole, renamed into place
+
+    calls.clear()
+    ran = run_experiment(exp, ["cot", "mix"], [1, 2, 3], lambda run: calls.append(run.key) or fake_results(run),
+                         log=lambda line: None)
+    assert calls == ran == [("cot", 3), ("mix", 1), ("mix", 2), ("mix", 3)]
+    data = json.loads(exp.results_file.read_text())
+    assert len(data["runs"]) == 6 and data["experiment"] == "exp"
+    assert set(data["runs"][-1]["evals"]) == {"held-out", "few-shot"}
+    calls.clear()
+    assert run_experiment(exp, ["mix"], [1, 2, 3, 4], lambda run: calls.append(run.key) or fake_results(run),
+                          log=lambda line: None) == [("mix", 4)]
+
+    # the same file with another configuration: stored results are not mixed with new ones
+    changed = two_arms(tmp_path)
+    changed["arms"]["cot"]["overrides"] = {"train.lr": 1e-3}
+    exp = load_experiment(write_experiment(tmp_path, changed))
+    with pytest.raises(ExperimentError, match="cot seed 1, cot seed 2, cot seed 3 from another configuration"):
+        run_experiment(exp, ["cot"], [1, 2, 3], fake_results, log=lambda line: None)
+
+
+def test_small_evaluation_sets_are_refused_naming_the_arm(tmp_path):
+    body = two_arms(tmp_path)
+    body["arms"]["mix"]["overrides"]["data.synthetic.eval_size"] = 100
+    exp = load_experiment(write_experiment(tmp_path, body))
+    with pytest.raises(ExperimentError, match=r"arm 'mix', evaluation 'held-out' \(held-out\): 100 problems, fewer "
+                                              r"than min_eval_problems=300"):
+        run_experiment(exp, ["cot", "mix"], [1], fake_results, log=lambda line: None)
+    assert not exp.results_file.exists()  # refused before anything ran
+    warnings = []
+    run_experiment(exp, ["cot", "mix"], [1], fake_results, allow_small_eval=True, log=warnings.append)
+    assert sum(line.startswith("warning: arm 'mix'") for line in warnings) == 2  # held-out and few-shot
+
+
+def test_statistics_on_known_inputs():
+    low, high = wilson_interval(0.8, 100)  # the textbook example: 80/100
+    assert (round(low, 4), round(high, 4)) == (0.7112, 0.8666)
+    low, high = wilson_interval(0.5, 300)
+    assert (round(low, 4), round(high, 4)) == (0.4438, 0.5562)  # +-5.6 points at 300 problems
+    assert wilson_interval(0.0, 10)[0] == 0.0 and round(wilson_interval(0.0, 10)[1], 4) == 0.2775
+    assert sample_sd([0.5, 0.6, 0.7]) == pytest.approx(0.1) and sample_sd([0.5]) is None
+
+    d, low, high = paired_difference(["1100", "1110"], ["1000", "1000"])
+    # per problem (seed means): A 1, 1, .5, 0; B 1, 0, 0, 0; differences 0, 1, .5, 0: mean .375, sd .478714
+    half = 1.959963984540054 * math.sqrt(0.6875 / 3) / 2
+    assert d == pytest.approx(0.375) and (low, high) == pytest.approx((0.375 - half, 0.375 + half))
+    assert round(low, 4) == -0.0941 and round(high, 4) == 0.8441
+
+    def entry(arm: str, seed: int, correct: int) -> dict:
+        outcome = "1" * correct + "0" * (300 - correct)
+        return {"arm": arm, "seed": seed,
+                "evals": {"e": {"correct": correct, "total": 300, "per_problem": outcome, "problems_sha": "x"}}}
+
+    runs = [entry("b", 1, 150), entry("b", 2, 180), entry("b", 3, 165)] + [entry("a", s, 150) for s in (1, 2, 3)]
+    first, second = summarize(runs, ["b", "a"])
+    assert (first.arm, first.eval, first.seeds) == ("b", "e", [1, 2, 3])
+    assert first.accuracies == pytest.approx([0.5, 0.6, 0.55]) and first.mean == pytest.approx(0.55)
+    assert first.sd == pytest.approx(0.05) and (first.low, first.high) == pytest.approx(wilson_interval(0.55, 300))
+    assert (round(first.low, 4), round(first.high, 4)) == (0.4934, 0.6053) and first.problems == 300
+    assert second.arm == "a" and second.sd == 0.0
+    ((arm, name, d, low, high),) = comparisons(runs, "a")
+    assert (arm, name) == ("b", "e") and d == pytest.approx(0.05)  # problems 151-180 right in some seeds of b only
+
+
+def test_report_writes_markdown_and_png(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, two_arms(tmp_path)))
+    assert write_report(exp) is None  # nothing finished yet
+    run_experiment(exp, ["cot", "mix"], [1, 2], lambda run: fake_results(run, 140 + 20 * run.seed),
+                   log=lambda line: None)
+    markdown, png = write_report(exp)
+    text = markdown.read_text()
+    assert "| cot | held-out | zero_shot_cot | 2 | 53.3, 60.0 | 56.7 | 4.7 | [51.0, 62.2] | 300 |" in text
+    assert "| mix | few-shot |" in text and "Paired against cot" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+TINY = {"data.synthetic.train_size": 64, "data.synthetic.eval_size": 6, "model.tiny.d_model": 32,
+        "model.tiny.num_layers": 1, "model.tiny.num_heads": 2, "model.tiny.d_ff": 64, "model.tiny.vocab_size": 300}
+
+
+@pytest.mark.distributed
+def test_one_real_tiny_run_end_to_end(tmp_path):
+    """One DeepSpeed rank, 3 steps: the shared init is built per seed, training writes its held-out evaluation,
+    a spec evaluation runs through launchers/evaluate.py, and the results file holds what they wrote."""
+    body = {"seeds": 1, "output_dir": str(tmp_path / "out"), "min_eval_problems": 0,
+            "init": {"family": "gpt2", "recipe": RECIPE, "overrides": TINY},
+            "overrides": {**TINY, "train.micro_batch_size": 4, "train.max_steps": 3, "train.warmup_steps": 1,
+                          "checkpoint.every": 0, "eval.max_new_tokens": 12, "eval.batch_size": 6},
+            "arms": {"cot": {"recipe": RECIPE, "evals": [
+                {"name": "held-out"}, {"name": "answer-only", "spec": {"strategy": "answer_only"}}]}}}
+    exp = load_experiment(write_experiment(tmp_path, body))
+    launched = []
+    runner = LaunchRunner(ranks=1, repo=REPO, log=launched.append)
+    assert run_experiment(exp, ["cot"], [1], runner, log=lambda line: None) == [("cot", 1)]
+    run_dir = exp.run_dir("cot", 1)
+    assert (exp.init_dir(1) / "config.json").is_file() and (run_dir / "final").is_dir()
+    (entry,) = ResultStore(exp.results_file).runs()
+    trained = json.loads((run_dir / "eval" / "held-out" / "metrics.json").read_text())
+    held_out = entry["evals"]["held-out"]
+    assert (held_out["correct"], held_out["total"], held_out["strategy"]) == (trained["correct"], 6, "zero_shot_cot")
+    assert len(held_out["per_problem"]) == 6
+    answer_only = entry["evals"]["answer-only"]
+    assert answer_only["strategy"] == "answer_only" and answer_only["total"] == 6
+    assert answer_only["problems_sha"] == held_out["problems_sha"]  # the run's own held-out problems
+    assert any("evaluate.py" in line and "--max_new_tokens=12" in line for line in launched)
+    # run again: nothing left to do
+    assert run_experiment(exp, ["cot"], [1], runner, log=lambda line: None) == []
+
+
+def write_fake_eval(folder: Path, outcome: str, strategy: str) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"index": i, "id": f"p{i}", "correct": c == "1"} for i, c in enumerate(outcome)]
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    (folder / "metrics.json").write_text(json.dumps({"correct": outcome.count("1"), "total": len(outcome),
+                                                     "accuracy": outcome.count("1") / len(outcome),
+                                                     "strategy": strategy}))
+
+
+class FakeLaunches(LaunchRunner):
+    """LaunchRunner with the DeepSpeed launches replaced by writing what they would write."""
+
+    def __init__(self) -> None:
+        super().__init__(ranks=2, repo=REPO, log=lambda line: None)
+        self.launched: list[tuple[str, list[str]]] = []
+
+    def _launch(self, script: str, args: list[str]) -> None:
+        self.launched.append((script, args))
+        if script == "train.py":
+            run_dir = Path(next(a for a in args if a.startswith("output_dir=")).partition("=")[2])
+            (run_dir / "final").mkdir()
+            write_fake_eval(run_dir / "eval" / "held-out", "1100", "zero_shot_cot")
+        else:
+            out = Path(next(a for a in args if a.startswith("--output_dir=")).partition("=")[2])
+            write_fake_eval(out / "synthetic", "1000", "few_shot_cot")
+
+
+def test_launch_runner_trains_once_and_redoes_only_evaluations(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, two_arms(tmp_path)))
+    run = resolve_run(exp, "mix", 1)
+    runner = FakeLaunches()
+    results = runner(run)
+    assert [script for script, _ in runner.launched] == ["train.py", "evaluate.py"]
+    assert runner.launched[0][1] == ["--config", RECIPE, *run.overrides]
+    assert runner.launched[1][1][:2] == [str(run.run_dir / "final"), "--datasets=synthetic"]
+    assert "--strategy=few_shot_cot" in runner.launched[1][1] and "--k_shot=3" in runner.launched[1][1]
+    assert results["held-out"]["per_problem"] == "1100" and results["held-out"]["correct"] == 2
+    assert results["few-shot"]["per_problem"] == "1000" and results["few-shot"]["strategy"] == "few_shot_cot"
+
+    # killed after training, before the result was recorded: training is not repeated, the evaluation is redone
+    runner.launched.clear()
+    assert runner(run) == results and [script for script, _ in runner.launched] == ["evaluate.py"]
+
+    # a run folder made by another configuration of the same arm and seed is not reused
+    changed = two_arms(tmp_path)
+    changed["arms"]["mix"]["overrides"]["train.lr"] = 1e-4
+    other = resolve_run(load_experiment(write_experiment(tmp_path, changed)), "mix", 1)
+    with pytest.raises(ExperimentError, match="was made by another configuration of mix seed 1"):
+        runner(other)
+
+
+def test_cli_dry_run_lists_the_runs(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_experiment(tmp_path, two_arms(tmp_path, seeds=2))
+    ResultStore(tmp_path / "out" / "results.json").add(
+        {"arm": "cot", "seed": 1, "fingerprint": resolve_run(load_experiment(path), "cot", 1).fingerprint, "evals": {}})
+    proc = subprocess.run([sys.executable, "benchmarks/experiment.py", str(path), "--arms", "cot", "--dry_run"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(" -> ")[0] for line in lines] == ["cot seed 1: done", "cot seed 2: to run"]
+    assert "--config recipes/demo-gpt2-synthetic.yaml train.max_steps=7 data.synthetic.eval_size=300 train.seed=2" \
+        in lines[1]
+    proc = subprocess.run([sys.executable, "benchmarks/experiment.py", str(path), "--arms", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {path}: no arm named nope; arms: cot, mix"
+
+
+def test_an_arm_must_write_what_its_evaluations_read(tmp_path):
+    body = two_arms(tmp_path)
+    body["arms"]["mix"]["overrides"]["checkpoint.export_final"] = False
+    exp = load_experiment(write_experiment(tmp_path, body))
+    with pytest.raises(ExperimentError, match="arms.mix: evaluations with a spec evaluate RUN/final"):
+        resolve_run(exp, "mix", 1)
+    body["arms"]["cot"]["overrides"] = {"eval.at_end": False}
+    exp = load_experiment(write_experiment(tmp_path, body))
+    with pytest.raises(ExperimentError, match="arms.cot: evaluations without a spec read the training run's"):
+        resolve_run(exp, "cot", 1)
+    body["arms"]["cot"]["overrides"] = {"eval.datasets": ["svamp"]}
+    body["arms"]["cot"]["evals"] = [{"name": "gsm8k"}, {"name": "gsm", "dataset": "gsm8k"}]
+    exp = load_experiment(write_experiment(tmp_path, body))
+    with pytest.raises(ExperimentError, match=r"evaluation 'gsm' reads the training run's 'gsm8k' evaluation, but the "
+                                              r"run's eval.datasets \['svamp'\] does not name it"):
+        resolve_run(exp, "cot", 1)
