@@ -19,6 +19,8 @@ $(VENV)/.installed: setup.py
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	@$(PY) -m pip install -q -e ".[dev,peer,serving]"
+	@# DeepSpeed's CPU ops compiled now (a few minutes, once per .venv) instead of in the first runs that need them.
+	@$(PY) -c "from cotdistill.engine import build_cpu_ops; print('DeepSpeed CPU ops:', build_cpu_ops())"
 	@touch $@
 
 # The embedded default: tiny GPT-2, synthetic 1-3 step problems, ZeRO-3 + CPU offload on NUM_RANKS ranks.

@@ -7,6 +7,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -76,17 +78,71 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch(script: str, args: list[str], ranks: int = 2, timeout: int = 600,
-           expect_ok: bool = True) -> subprocess.CompletedProcess:
-    """Run a script under the DeepSpeed launcher on ``ranks`` CPU processes; fail with its log tail."""
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(deepspeed), "--num_gpus", str(ranks), "--master_port", str(free_port()), script, *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def launch(script: str, args: list[str], ranks: int = 2, timeout: int = 600, expect_ok: bool = True,
+           deepspeed_cli: bool = False) -> subprocess.CompletedProcess:
+    """Run a script on ``ranks`` CPU processes; fail with its log tail.
+
+    By default the ranks are started the way DeepSpeed's launcher starts them on one node (the same
+    environment: RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_SIZE, MASTER_ADDR/PORT, CROSS_RANK/SIZE, PYTHONPATH; the
+    same ``--local_rank=<r>`` flag; every rank stopped once one fails, its exit code returned), but directly:
+    the ``deepspeed`` command adds two Python processes that import torch and DeepSpeed one after the other,
+    about 5 s per launch here, and polls its ranks once a second. ``deepspeed_cli=True`` runs the real
+    ``deepspeed`` command (the tests that check what users run keep it).
+    """
+    port = free_port()
+    if deepspeed_cli:
+        deepspeed = Path(sys.executable).parent / "deepspeed"
+        cmd = [str(deepspeed), "--num_gpus", str(ranks), "--master_port", str(port), script, *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    else:
+        cmd = [sys.executable, "-u", script, *args]
+        proc = _run_ranks(cmd, ranks, port, timeout)
     if expect_ok and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+        pytest.fail(f"{' '.join(cmd)} ({ranks} ranks) exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
                     f"--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def _run_ranks(cmd: list[str], ranks: int, port: int, timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` once per rank with DeepSpeed's per-rank environment; outputs merged as the launcher's are."""
+    python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path, "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "WORLD_SIZE": str(ranks), "LOCAL_SIZE": str(ranks), "CROSS_RANK": "0",
+           "CROSS_SIZE": "1"}
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as out, tempfile.TemporaryFile("w+", encoding="utf-8") as err:
+        procs = [subprocess.Popen([*cmd[:3], f"--local_rank={rank}", *cmd[3:]], cwd=REPO, stdout=out, stderr=err,
+                                  env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in range(ranks)]
+        deadline = time.monotonic() + timeout
+        code = 0
+        try:
+            while any(p.poll() is None for p in procs):
+                failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+                if failed:
+                    code = failed[0]
+                    break
+                if time.monotonic() > deadline:
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+                time.sleep(0.05)
+        finally:
+            _stop(procs)
+        code = code or next((p.returncode for p in procs if p.returncode != 0), 0)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, code, out.read(), err.read())
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """Terminate the ranks still running (as DeepSpeed's launcher does once one fails), then kill them."""
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def read_losses(run_dir: Path) -> dict[int, float]:

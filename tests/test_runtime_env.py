@@ -112,3 +112,16 @@ def test_a_launch_through_launchers_launch_prints_no_deepspeed_start_up_lines(tm
     assert "data: 32 training problems -> 32 examples (zero_shot_cot 32 (100%))" in output
     assert DEEPSPEED_LINE.findall(output) == [], [line for line in output.splitlines() if "] [" in line][:5]
     assert "Setting accelerator to CPU" not in output
+
+
+def test_install_time_op_build_leaves_nothing_for_an_offload_run_to_compile():
+    """`make install` compiles the CPU ops (cotdistill.engine.build_cpu_ops); afterwards a CPU- or NVMe-offload
+    run finds every op it needs in TORCH_EXTENSIONS_DIR (here the suite's cache: built once, then only loaded)."""
+    from cotdistill.engine import build_cpu_ops
+
+    done = build_cpu_ops()
+    assert done["CPUAdamBuilder"] == "built" and done["FusedAdamBuilder"] == "built"
+    nvme = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "nvme"},
+                                  "offload_param": {"device": "nvme"}}}
+    expected = [] if done["AsyncIOBuilder"] == "built" else ["async_io"]
+    assert ops_to_build(nvme) == expected

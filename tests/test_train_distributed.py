@@ -1,4 +1,5 @@
-"""End-to-end training on 2 CPU ranks under ZeRO-3 + CPU offload, through the real DeepSpeed launcher.
+"""End-to-end training on 2 CPU ranks under ZeRO-3 + CPU offload: the T5 run through the `deepspeed` command
+as users launch it, the others with the per-rank environment that command gives (conftest.launch).
 
 Few launches, many assertions: each module fixture trains once and the tests read what it left behind.
 """
@@ -48,7 +49,7 @@ def vocab_size(model: Path) -> int:
 def t5_runs(tiny_models, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("t5-runs")
     model = tiny_models["t5"]
-    launch("launchers/train.py", train_args("t5", model, root / "full"))
+    launch("launchers/train.py", train_args("t5", model, root / "full"), deepspeed_cli=True)  # the users' launcher
     # Earlier attempts were killed before their first checkpoint, the last one with kill -9 mid-row.
     (root / "resumed").mkdir()
     stale = [json.dumps({"step": s, "loss": 99.0}) for s in (*range(1, 3), *range(1, 3))] + ['{"step": 3, "lo']
