@@ -88,7 +88,14 @@ def test_arm_resolution(tmp_path):
 
 def test_the_shipped_experiment_resolves():
     exp = load_experiment(REPO / "recipes" / "experiments" / "socratic-vs-cot.yaml")
-    assert list(exp.arms) == ["answer-only", "cot", "socratic"] and exp.seeds == [1, 2, 3]
+    assert list(exp.arms) == ["answer-only", "cot", "socratic", "socratic-equal-epochs"] and exp.seeds == [1, 2, 3]
+    assert resolve_run(exp, "socratic-equal-epochs", 1).config.train.max_steps == 3 * 1800
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_experiment_resolves_with_at_least_300_problems_and_its_shared_init(path):
+    exp = load_experiment(path)
+    assert exp.seeds == [1, 2, 3]
     for arm in exp.arms:
         run = resolve_run(exp, arm, 1)
         assert run.config.data.synthetic.eval_size >= 300 and run.config.model.make_tiny == ""
