@@ -507,7 +507,7 @@ CPU_OPS = ("CPUAdamBuilder", "FusedAdamBuilder", "AsyncIOBuilder", "PinMemoryBui
 
 def build_cpu_ops(names: tuple[str, ...] = CPU_OPS) -> dict[str, str]:
     """Compile DeepSpeed's CPU ops into ``TORCH_EXTENSIONS_DIR`` now (``make install``), rather than in the first
-    run that needs each one: a fresh virtual environment otherwise spends about 4 minutes of its first training
+    run that needs each one: a fresh virtual environment otherwise spends a few minutes of its first training
     runs compiling on 2 cores, with every rank waiting. Returns op -> "built" or why it was skipped (a machine
     without libaio's headers cannot build the NVMe op). A machine with a GPU is left to DeepSpeed's own
     just-in-time builds (its CUDA ops take longer and depend on the device)."""
