@@ -124,6 +124,51 @@ class CountingCollator:
         return merged
 
 
+def cotdistill_order(config: Any, tokenized: list, causal: bool, world_size: int) -> list[int]:
+    """Example indices in the order the Trainer must draw them to train on our trainer's exact batches.
+
+    Our trainer gives rank r the r-th micro-batch of every global micro-step (`run_batch_order`, the order
+    `launchers/train.py` streams from step 0). accelerate hands a sampler's consecutive batches of
+    `per_device_train_batch_size` to ranks 0, 1, ... in turn, so laying each micro-step's per-rank batches end
+    to end, rank by rank, gives every rank of the Trainer the very examples our rank of the same number gets.
+    Used to take batch-order noise out of a loss comparison: both trainers then see identical batches.
+    """
+    from transformers import AutoConfig
+
+    from cotdistill.batching import run_batch_order
+    from cotdistill.packed_attention import can_pack
+
+    t = config.train
+    pack = t.pack_sequences and can_pack(AutoConfig.from_pretrained(config.model.name_or_path))
+    order = run_batch_order(tokenized, causal, world_size, t, config.data.single_format_batches, pack)
+    stream = order.stream(order.position(0))
+    indices: list[int] = []
+    for _ in range(t.max_steps * t.gradient_accumulation):
+        per_rank = stream.next_step()
+        if any(len(batch) != t.micro_batch_size for batch in per_rank):
+            raise SystemExit("--batch_order cotdistill needs full micro-batches (accelerate deals them out by size)")
+        for batch in per_rank:
+            indices += batch
+    return indices
+
+
+def with_sampler(trainer_class: type, indices: list[int]) -> type:
+    """A Trainer subclass whose training sampler yields `indices` in this order (the same on every rank)."""
+
+    class FixedOrder(torch.utils.data.Sampler):
+        def __iter__(self):
+            return iter(indices)
+
+        def __len__(self) -> int:
+            return len(indices)
+
+    class FixedOrderTrainer(trainer_class):
+        def _get_train_sampler(self, *args: Any, **kwargs: Any):
+            return FixedOrder()
+
+    return FixedOrderTrainer
+
+
 def step_logger(collator: CountingCollator, path: Path, rank: int, loss_divisor: float = 1.0):
     """A TrainerCallback writing one JSON row per optimizer step (rank 0 writes; every rank gathers).
 
@@ -221,6 +266,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML recipe (recipes/*.yaml), as for launchers/train.py")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=20")
+    parser.add_argument("--batch_order", choices=["trainer", "cotdistill"], default="trainer",
+                        help="trainer: the Trainer's own random sampler; cotdistill: exactly the per-rank "
+                             "micro-batches our trainer would train on, step by step (see CotdistillOrder)")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher
     args = parser.parse_args()
 
@@ -293,8 +341,12 @@ def main() -> None:
     auto_class = AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
     model = auto_class.from_pretrained(model_path, dtype=dtype)
     collator = CountingCollator(DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100), causal)
-    trainer = Seq2SeqTrainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
-                             processing_class=tokenizer)
+    trainer_class = Seq2SeqTrainer
+    if args.batch_order == "cotdistill":
+        trainer_class = with_sampler(Seq2SeqTrainer, cotdistill_order(config, tokenized, causal,
+                                                                      training_args.world_size))
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
+                            processing_class=tokenizer)
     loss_scale = trainer_loss_scale(trainer, model.config.model_type)
     trainer.add_callback(step_logger(collator, out / "train_log.jsonl", rank, loss_scale))
     result = trainer.train()

@@ -32,12 +32,21 @@ against its logged token counts (if they ever disagree, the dataset's mean FLOPs
 is printed and the JSON says "flops_source": "dataset mean"). The learning rates both trainers applied are
 compared step by step (warmup is 0 so that they are identical).
 
-Held-out loss. The train loss above does not compare the two trainers: ours groups batches by length (a
-step's examples have similar lengths), the Trainer samples at random, so their last steps see different
-examples, and a per-step token mean over short examples differs from one over a mixed batch even for the same
-weights. So both trainers export their final weights after the last step (outside the measured window): ours
-with checkpoint.export_final=true, the baseline the same way (its ZeRO-3 partitions gathered parameter by
-parameter to rank 0, written with save_pretrained; see benchmarks/hf_trainer_baseline.py), both to
+Same batches (default, --same_batches). The Trainer trains on exactly the per-rank micro-batches our trainer
+trains on (benchmarks/hf_trainer_baseline.py --batch_order cotdistill: our deterministic batch order laid out
+for accelerate's dealing of batches to ranks), so the two runs differ only in the trainers. Which examples the
+first steps happen to draw moves a short run's loss by more than the tolerance: llama-100m at 20 steps,
+our order against the Trainer's own random sampler, ended 0.09-0.16 nats apart over three seeds (in the
+Trainer's favour each time), yet on the same batches the two trainers' per-step losses agree within 0.003 nats
+at every step and the held-out losses within 0.001 (docs/BENCHMARKS.md). --no-same_batches gives the Trainer
+its own random sampler (the comparison of defaults; its padding then comes from random batches, as with ours
+packed or with train.group_by_length=false).
+
+Held-out loss. The train loss above does not compare the two trainers on its own: with --no-same_batches their
+last steps see different examples, and a per-step token mean over short examples differs from one over a mixed
+batch even for the same weights. So both trainers export their final weights after the last step (outside the
+measured window): ours with checkpoint.export_final=true, the baseline the same way (its ZeRO-3 partitions
+gathered parameter by parameter to rank 0, written with save_pretrained; see benchmarks/hf_trainer_baseline.py), both to
 <run>/final; these are the bf16 weights each model trained with (equal, bit for bit, to its fp32 master weights
 rounded to bf16). Then one plain CPU process (benchmarks/heldout_loss.py, no DeepSpeed) scores the initial
 model and both final models on the same --heldout_size (256) held-out problems that no training run saw,
@@ -201,11 +210,12 @@ class Launch:
     log_file: Path
 
 
-def launch(trainer: str, workload: Workload, overrides: list[str], out: Path, ranks: int, log_file: Path) -> Launch:
+def launch(trainer: str, workload: Workload, overrides: list[str], out: Path, ranks: int, log_file: Path,
+           flags: tuple[str, ...] = ()) -> Launch:
     """One 2-rank training run under the DeepSpeed launcher, with its process tree's RSS polled."""
     shutil.rmtree(out, ignore_errors=True)  # never resume an earlier run's checkpoint
     cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--master_port",
-           str(free_port()), TRAINERS[trainer], "--config", workload.recipe, *overrides, f"output_dir={out}"]
+           str(free_port()), TRAINERS[trainer], *flags, "--config", workload.recipe, *overrides, f"output_dir={out}"]
     log("+ " + " ".join(cmd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     started = time.monotonic()
@@ -392,7 +402,8 @@ def bench_workload(name: str, args, peaks: dict[str, Any]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for trainer in args.trainers:
         tag = TAGS[trainer]
-        run = launch(trainer, workload, overrides, folder / tag, args.ranks, folder / f"{tag}.log")
+        flags = ("--batch_order", "cotdistill") if args.same_batches and trainer == "HF Trainer" else ()
+        run = launch(trainer, workload, overrides, folder / tag, args.ranks, folder / f"{tag}.log", flags)
         if trainer == "cotdistill":
             replay = replay_our_steps(config, tokenized, causal, args.ranks, len(run.rows))
             logged = [r["real_tokens"] for r in normalise_rows(run.rows)]
@@ -424,7 +435,8 @@ def bench_workload(name: str, args, peaks: dict[str, Any]) -> dict[str, Any]:
             "peak_gflops": peak_flops / 1e9, "peak_layout": f"{precision}, {layout}",
             "train_flops_per_real_token": mean_flops_per_token,
             "dataset_real_tokens_per_sample": sum(map(sum, lengths)) / len(lengths),
-            "lr_max_relative_difference": lr_gap, "heldout": heldout, "overrides": overrides, "trainers": results}
+            "lr_max_relative_difference": lr_gap, "same_batches": args.same_batches, "heldout": heldout,
+            "overrides": overrides, "trainers": results}
 
 
 def heldout_losses(name: str, workload: Workload, overrides: list[str], folder: Path, trainers: list[str],
@@ -529,6 +541,9 @@ def main() -> None:
     parser.add_argument("--override", nargs="*", default=[], help="extra key=value overrides for both trainers")
     parser.add_argument("--data_dir", type=Path,
                         default=Path(os.environ.get("COTDISTILL_DATA_DIR") or REPO.parent / "shared" / "data"))
+    parser.add_argument("--same_batches", action=argparse.BooleanOptionalAction, default=True,
+                        help="the HF Trainer trains on our trainer's exact per-rank batches (default), which takes "
+                             "batch-order luck out of the loss comparison; --no-same_batches: its own random order")
     parser.add_argument("--keep_models", action="store_true", help="reuse prepared models in runs/bench-train")
     parser.add_argument("--peak_seconds", type=float, default=1.0, help="matmul peak: seconds per size and layout")
     parser.add_argument("--out", help="write every figure as JSON to this file")

@@ -4,9 +4,9 @@ A tiny Llama (RoPE, RMSNorm, gated MLP, grouped-query attention, a BOS-prefixed 
 ranks under ZeRO-3 + CPU offload (ds_configs/zero3_offload.json, the demo recipes' default): distribution
 matching on a teacher whose tokenizer differs from the student's, an exact resume, the export read back by
 plain transformers, evaluation on 1 and 2 ranks, Socratic training and inference with an untied LM head.
-A tiny Qwen3 (no BOS, q/k norms) and a tiny Gemma 3 (BOS, q/k norms, scaled embeddings, a sliding-window layer)
-go through the same distillation, resume, export and 1/2-rank evaluation on fewer launches (`family_runs`), and
-through the in-process checks.
+A tiny Qwen2 (no BOS, q/k/v biases), a tiny Qwen3 (no BOS, q/k norms) and a tiny Gemma 3 (BOS, q/k norms,
+scaled embeddings, a sliding-window layer) go through the same distillation, resume, export and 1/2-rank
+evaluation on fewer launches (`family_runs`), and through the in-process checks.
 
 Few launches, many assertions, as tests/test_train_distributed.py: module fixtures train once.
 """
@@ -61,8 +61,10 @@ PROBE_TEXTS = ["Question: Ann has 3 apples. Ann finds 4 more apples.", "After bu
 # The families besides Llama that go through training, resume, export and evaluation on 2 ranks (family ->
 # model_type). A step takes ~0.1 s here and a launch ~12 s, so their steps are many and their launches few:
 # after 80 steps both generate text that differs from problem to problem (Qwen3's was the same for all at 60).
-FAMILIES = {"qwen3": "qwen3", "gemma3": "gemma3_text"}
+FAMILIES = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text"}
 FAMILY_STEPS, FAMILY_EVERY = 80, 40
+# The unified Socratic Llama trains long enough that, asked for its own sub-questions, it writes some ("Q1: ...").
+SOCRATIC_STEPS = 160
 
 
 def train_args(model: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -122,12 +124,12 @@ def teacher_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def students(tiny_models, tmp_path_factory) -> dict[str, Path]:
-    """The session's tiny Llama and a tiny Qwen3 and Gemma 3 of the same size, tokenizers trained on the same
-    texts."""
+    """The session's tiny Llama and a tiny Qwen2, Qwen3 and Gemma 3 of the same size, tokenizers trained on the
+    same texts."""
     size = TinyModelConfig(d_model=64, num_layers=2, num_heads=2, d_ff=128, vocab_size=320)
     texts = synthetic_texts("gpt2")
     built = {family: build_tiny_model(family, tmp_path_factory.mktemp(f"modern-{family}") / family, texts, size,
-                                      seed=0) for family in ("qwen3", "gemma3")}
+                                      seed=0) for family in ("qwen2", "qwen3", "gemma3")}
     return {"llama": tiny_models["llama"], **built}
 
 
@@ -178,8 +180,15 @@ def socratic_run(tiny_models, tmp_path_factory) -> dict:
                                             "data.per_problem=true", "data.single_format_batches=true",
                                             "checkpoint.every=0", "train.gradient_accumulation=2",
                                             "train.micro_batch_size=2", "model.gradient_checkpointing=true",
-                                            "eval.subquestions=gold", "eval.max_step_tokens=16"))
-    return {"model": model, "run": run}
+                                            "eval.subquestions=gold", "eval.max_step_tokens=16",
+                                            f"train.max_steps={SOCRATIC_STEPS}", f"train.lr={LR}"))
+    # Then the full Socratic inference: the model asks its own sub-questions and answers them, on 1 rank and
+    # on 2 ZeRO-3 ranks (two generation stages per round, every rank in lockstep).
+    own = ["--strategy", "socratic", "--subquestions", "model", "--max_new_tokens", "48", "--max_step_tokens",
+           "16"]
+    evals = {1: evaluate(run / "final", root / "own-1", 1, *own),
+             2: evaluate(run / "final", root / "own-2", 2, *own, "--zero_stage", "3")}
+    return {"model": model, "run": run, "own": evals, "own_dir": root / "own-2"}
 
 
 # --- training, distribution matching, resume ------------------------------------------------------------
@@ -221,10 +230,13 @@ def test_resumed_run_matches_the_uninterrupted_losses_exactly(llama_runs):
 
 
 # bf16 (the demo's precision) on both sides: the engine computes with its bf16 copy of the fp32 master weights,
-# which is exactly what the export writes, through the same CPU kernels. Measured difference: exactly 0. The
-# tolerance is one bf16 step at these logits' magnitude (|logit| < 2: 2**-7) with room for another CPU's
-# kernels; a lost or untied head, a transposed or missing projection moves logits by more than 0.1.
-BF16_LOGITS_ATOL = 1e-2
+# which is exactly what the export writes, through the same CPU kernels. Measured difference: exactly 0 for
+# Llama, Qwen3 and Gemma 3; for Qwen2 one bf16 step (0.03125 at |logit| in [4, 8)): its q/k/v projections have
+# biases, which ZeRO-3's linear adds after the bf16 matmul (two roundings) where plain transformers' addmm adds
+# them in one, and the rounding differences carry through the layers. The tolerance is two bf16 steps at the
+# largest logit's magnitude (|logit| < 8 here: 0.0625); a lost or untied head, a transposed or missing projection
+# moves logits by more than 0.1.
+BF16_STEPS = 2
 
 
 @pytest.fixture(scope="module")
@@ -255,8 +267,10 @@ def assert_export_has_the_engines_logits(model: torch.nn.Module, untrained_path:
         before = untrained(**engine["batch"]).logits.float()
     assert logits.shape == engine["logits"].shape
     assert (before - engine["logits"]).abs().max() > 0.1, "training should have changed the logits"
+    largest = engine["logits"].abs().max().clamp(min=1)
+    tolerance = BF16_STEPS * torch.finfo(torch.bfloat16).eps * 2 ** largest.log2().floor().item()
     difference = (logits - engine["logits"]).abs().max().item()
-    assert difference <= BF16_LOGITS_ATOL, difference
+    assert difference <= tolerance, f"{difference} > {BF16_STEPS} bf16 steps at |logit| {largest.item():.2f}"
 
 
 def test_exported_llama_keeps_its_tied_head_and_reloads_without_deepspeed_with_the_engines_logits(llama_runs,
@@ -311,7 +325,7 @@ def test_evaluation_prompts_start_as_the_llamas_training_sequences_do(llama_runs
     assert all(ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1 for ids in encoded)
 
 
-# --- Qwen3 and Gemma 3 on 2 ranks --------------------------------------------------------------------
+# --- Qwen2, Qwen3 and Gemma 3 on 2 ranks -----------------------------------------------------------------
 
 # Fewer launches than the Llama's: the interrupted run is a copy of the uninterrupted one as it stood at its first
 # checkpoint (what a stopped run leaves is the Llama's and T5's tests' business), and the 2-rank evaluation is the
@@ -367,7 +381,7 @@ def family_runs(students, teacher_data, eval_file, tmp_path_factory) -> dict[str
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_qwen3_and_gemma3_distill_from_the_teachers_word_tokens_and_their_loss_falls(family_runs, family):
+def test_modern_families_distill_from_the_teachers_word_tokens_and_their_loss_falls(family_runs, family):
     losses = read_losses(family_runs[family]["full"])
     assert sorted(losses) == list(range(1, FAMILY_STEPS + 1))
     assert all(math.isfinite(v) and v > 0 for v in losses.values()), losses
@@ -379,7 +393,7 @@ def test_qwen3_and_gemma3_distill_from_the_teachers_word_tokens_and_their_loss_f
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_qwen3_and_gemma3_resume_from_a_checkpoint_with_the_uninterrupted_losses_and_weights(family_runs, family):
+def test_modern_families_resume_from_a_checkpoint_with_the_uninterrupted_losses_and_weights(family_runs, family):
     full, resumed = family_runs[family]["full"], family_runs[family]["resumed"]
     assert logged_steps(resumed) == list(range(1, FAMILY_STEPS + 1)), "every step logged once, in order"
     assert read_losses(resumed) == read_losses(full)  # exact, as the Llama's
@@ -393,7 +407,7 @@ def test_qwen3_and_gemma3_resume_from_a_checkpoint_with_the_uninterrupted_losses
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_exported_qwen3_and_gemma3_reload_without_deepspeed_with_the_engines_logits(family_runs, engine_logits,
+def test_exported_modern_families_reload_without_deepspeed_with_the_engines_logits(family_runs, engine_logits,
                                                                                     family):
     final = family_runs[family]["full"] / "final"
     exported = load_file(str(final / "model.safetensors"))
@@ -413,7 +427,7 @@ def test_exported_qwen3_and_gemma3_reload_without_deepspeed_with_the_engines_log
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_qwen3_and_gemma3_greedy_predictions_are_identical_on_one_rank_and_two_zero3_ranks(family_runs, family):
+def test_modern_families_greedy_predictions_are_identical_on_one_rank_and_two_zero3_ranks(family_runs, family):
     """The export evaluated by `cotdistill eval` on 1 replicated rank says what the live engine said on its 2
     ZeRO-3 ranks at the end of training."""
     found = {n: sorted(folder.glob("*/predictions.jsonl")) for n, folder in family_runs[family]["evals"].items()}
@@ -435,7 +449,8 @@ def test_qwen3_and_gemma3_greedy_predictions_are_identical_on_one_rank_and_two_z
 
 def test_a_unified_untied_llama_trains_on_both_tasks_and_answers_every_gold_subquestion(socratic_run):
     losses = read_losses(socratic_run["run"])
-    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and all(math.isfinite(v) and v > 0 for v in losses.values())
+    assert sorted(losses) == list(range(1, SOCRATIC_STEPS + 1))
+    assert all(math.isfinite(v) and v > 0 for v in losses.values()) and losses[SOCRATIC_STEPS] < losses[1]
     folder = socratic_run["run"] / "eval" / "held-out"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["strategy"] == "socratic" and metrics["subquestions"] == "gold"
@@ -446,6 +461,19 @@ def test_a_unified_untied_llama_trains_on_both_tasks_and_answers_every_gold_subq
     for prediction in predictions:
         assert prediction["subquestions"], prediction
         assert len(prediction["subanswers"]) == len(prediction["subquestions"])
+
+
+def test_a_unified_llama_asks_its_own_subquestions_and_answers_each_identically_on_one_and_two_ranks(socratic_run):
+    one, two = socratic_run["own"][1], socratic_run["own"][2]
+    metrics = json.loads((socratic_run["own_dir"] / "synthetic" / "metrics.json").read_text())
+    assert metrics["strategy"] == "socratic" and metrics["subquestions"] == "model" and metrics["world_size"] == 2
+    assert [p["index"] for p in two] == list(range(EVAL_PROBLEMS))
+    asked = [p for p in two if p["subquestions"]]
+    assert asked, "the decomposer asked no sub-question the solver could answer"
+    for prediction in two:
+        assert len(prediction["subanswers"]) == len(prediction["subquestions"]), prediction
+    keys = ("index", "subquestions", "subanswers", "prediction", "output")
+    assert [{k: p.get(k) for k in keys} for p in one] == [{k: p.get(k) for k in keys} for p in two]
 
 
 def test_an_untied_llama_head_stays_its_own_through_zero3_training_and_export(socratic_run):
@@ -460,8 +488,9 @@ def test_an_untied_llama_head_stays_its_own_through_zero3_training_and_export(so
     def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
         return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
 
-    assert cosine(head, original["lm_head.weight"].float()) > 0.5
-    assert abs(cosine(head, original["model.embed_tokens.weight"].float())) < 0.2
+    # Still nearer its own start than the embedding's (after SOCRATIC_STEPS at a high rate it moved a lot).
+    assert cosine(head, original["lm_head.weight"].float()) > 0.2
+    assert abs(cosine(head, original["model.embed_tokens.weight"].float())) < 0.1
     assert cosine(embedding, original["model.embed_tokens.weight"].float()) > 0.5
 
 
@@ -483,7 +512,7 @@ def with_alternatives(records: list, rng: random.Random) -> list:
     return out
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_teacher_tokens_map_into_the_modern_students_vocabulary(students, teacher_data, family):
     """The teacher data as training tokenizes it: a Llama's and a Gemma's sequences start with BOS and a Qwen3's
     with the prompt; either way the targets end with EOS, and the teacher's word tokens give aligned target tokens a

@@ -156,6 +156,9 @@ class TrainConfig:
         "profile these optimizer steps with torch.profiler, e.g. 5-8; writes output_dir/profile/ ('': off)", "")
     loss_weights: dict[str, float] = _help(
         "per-format loss weight, e.g. {decomposer: 1.0, solver: 2.0} (missing formats: 1)", factory=dict)
+    objective: str = _help(
+        "what training optimizes (cotdistill.training_objectives): sft (NLL on the teacher's text) | kd "
+        "(distribution matching with train.kd_weight) | auto (kd when kd_weight > 0, else sft)", "auto")
     kd_weight: float = _help(
         "distribution matching: per target token (1 - w) * NLL + w * KL(teacher top-k || student); needs "
         "teacher log-probs in the data (build-data sampling.logprobs); 0: plain NLL", 0.0)
@@ -629,6 +632,9 @@ def validate(config: RunConfig) -> None:
         _positive(weight, f"train.loss_weights.{name}", allow_zero=True)
     if not 0.0 <= t.kd_weight <= 1.0:
         raise ConfigError(f"train.kd_weight must be in [0, 1], got {t.kd_weight}")
+    from cotdistill.training_objectives import check_objective  # here: it imports this module
+
+    check_objective(t)
     validate_spec(config.eval, "eval.")
     _positive(config.eval.every, "eval.every", allow_zero=True)
     if config.eval.chat_template and not d.chat_template:

@@ -115,3 +115,39 @@ def distill_loss(
     per_token = torch.where(labelled, per_token, torch.zeros_like(per_token))
     count = int(labelled.sum().item())
     return per_token.sum() / max(count, 1), count
+
+
+def generalized_jsd(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_probs: torch.Tensor,
+                    beta: float) -> torch.Tensor:
+    """Per-position generalized Jensen-Shannon divergence between a sparse teacher and the student, shape [B, T].
+
+    GKD's divergence (Agarwal et al. 2024), with TRL's convention for ``beta``: 0 is the forward KL(teacher ||
+    student), 1 the reverse KL(student || teacher), and in between ``beta KL(P || M) + (1 - beta) KL(Q || M)``
+    with the mixture ``M = beta P + (1 - beta) Q``. The teacher is known only on its top-k tokens
+    (``teacher_ids``/``teacher_probs``: [B, T, K], slots with probability 0 unused), so both distributions are
+    compared on those K tokens plus one tail bucket holding the rest of each one's mass: exact for what the
+    teacher reveals, and a one-hot teacher gives the token's cross-entropy at ``beta`` 0. In fp32.
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta must be between 0 and 1, got {beta}")
+    used = teacher_probs > 0
+    p_top = torch.where(used, teacher_probs.float(), torch.zeros_like(teacher_probs, dtype=torch.float32))
+    log_q_top = logits.float().log_softmax(-1).gather(-1, teacher_ids)
+    q_top = torch.where(used, log_q_top.exp(), torch.zeros_like(log_q_top))
+    p = torch.cat([p_top, (1.0 - p_top.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    q = torch.cat([q_top, (1.0 - q_top.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    if beta == 0.0:
+        return _bucket_kl(p, q)
+    if beta == 1.0:
+        return _bucket_kl(q, p)
+    m = beta * p + (1.0 - beta) * q
+    return beta * _bucket_kl(p, m) + (1.0 - beta) * _bucket_kl(q, m)
+
+
+def _bucket_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) over the last dimension, with 0 log 0 = 0 (also in the gradient: a student bucket of exactly 0,
+    the tail when its top-k hold all its mass, must not give 0/0) and b floored at the smallest fp32 (a > 0 where
+    b underflowed to 0 would be infinite)."""
+    tiny = torch.finfo(torch.float32).tiny
+    terms = a * (a.clamp(min=tiny).log() - b.clamp(min=tiny).log())
+    return torch.where(a > 0, terms, torch.zeros_like(terms)).sum(-1)

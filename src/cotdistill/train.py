@@ -25,8 +25,6 @@ from cotdistill import checkpoints as ckpt
 from cotdistill.batching import (
     DataState,
     LengthGroupedBatches,
-    collate,
-    forward_batch,
     padding_stats,
     run_batch_order,
     tokenize_examples,
@@ -43,7 +41,6 @@ from cotdistill.formats import format_split, validate_mixture
 from cotdistill.generation import EvalReport
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
-from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
 from cotdistill.outputs import check_output_dir, removed_on_failure
 from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, can_pack
 from cotdistill.profiling import StepProfiler, parse_step_range
@@ -54,6 +51,7 @@ from cotdistill.runs import mixture_strategy
 from cotdistill.schedule import lr_at
 from cotdistill.student import Student
 from cotdistill.tiny import build_tiny_model
+from cotdistill.training_objectives import MicroLoss, Objective, make_objective
 
 HELD_OUT = "held-out"
 
@@ -148,169 +146,215 @@ def train(config: RunConfig) -> TrainResult:
     engine = Engine()
     try:
         with removed_on_failure(config.output_dir, scratch=RunFolder.STARTUP, enabled=engine.is_main):
-            return _train(engine, config, stop)
+            trainer = Trainer(engine, config, stop)
+            trainer.setup()
+            return trainer.fit()
     finally:
         stop.release()
         engine.close()
 
 
-def _train(engine: Engine, config: RunConfig, stop: StopRequest) -> TrainResult:
-    log = setup_logging(engine.rank)
-    t = config.train
-    seed_everything(t.seed)
-    out = prepare_output_dir(config.output_dir, engine)
-    run = RunFolder(out)
-    template = read_template(config.deepspeed_config)
+class Trainer:
+    """One training job on this rank: ``setup`` (data, model, engine, resume), ``loss_step`` (one micro-batch
+    through the run's objective), ``train_step`` (one optimizer step, logged), ``fit`` (steps, checkpoints,
+    dev evaluations, then export and the final evaluation).
 
-    train_problems, held_out = load_run_problems(config.data)
-    validate_mixture(config.data.formats)
-    examples = run_examples(config, train_problems)
-    log.info("data: %d training problems -> %d examples (%s); %d held-out problems", len(train_problems),
-             len(examples), format_split(examples), len(held_out))
+    What the loss is belongs to the objective (``cotdistill.training_objectives``, ``train.objective``); the
+    trainer only asks it for the data it needs and for a loss per micro-batch.
+    """
 
-    dev_sets = _dev_sets(config, train_problems, held_out)  # resolved now: a bad name fails before the model
-    if dev_sets and not _eval_spec(config).strategy:
-        log.info("a decomposer alone cannot be scored: no dev-set evaluation (evaluate it with its solver: "
-                 "cotdistill eval --strategy socratic --decomposer ... --solver ...)")
-        dev_sets = []
+    def __init__(self, engine: Engine, config: RunConfig, stop: StopRequest) -> None:
+        self.engine = engine
+        self.config = config
+        self.stop = stop
+        self.objective: Objective = make_objective(config.train)
+        self.log = setup_logging(engine.rank)
 
-    model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
-    kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
-    causal = kind == "causal"
-    tokenizer = load_tokenizer(model_path)
-    if config.data.chat_template:  # before any model is loaded: no template (or T5) is one clear error
-        check_chat_student(tokenizer, causal)
-    if engine.is_main:
-        save_run_meta(model_path, tokenizer, out)
-    tokenized, truncation = tokenize_examples(examples, tokenizer, causal, config.data.max_source_tokens,
-                                              config.data.max_target_tokens,
-                                              teacher_fn=_teacher_fn(config, tokenizer, examples),
-                                              chat=config.data.chat_template)
-    log.info("tokens: %s", truncation.summary())
+    # -- set-up ---------------------------------------------------------------------------------------------
 
-    from transformers import AutoConfig
+    def setup(self) -> None:
+        """Everything before the first step: run folder, data, tokens, DeepSpeed engine, batch order, resume."""
+        engine, config, log = self.engine, self.config, self.log
+        t = config.train
+        seed_everything(t.seed)
+        self.out = prepare_output_dir(config.output_dir, engine)
+        self.run = RunFolder(self.out)
+        template = read_template(config.deepspeed_config)
 
-    model_config = AutoConfig.from_pretrained(model_path)
-    check_precision(model_config.model_type, config)
-    packed = t.pack_sequences and can_pack(model_config)
-    if t.pack_sequences and not packed:
-        log.info("packing: %s students are padded (packed micro-batches support causal LMs and %s)",
-                 model_config.model_type, "/".join(PACKABLE_SEQ2SEQ))
-    hidden = getattr(model_config, "d_model", None) or getattr(model_config, "hidden_size", None)
-    ds_config = resolve_ds_config(template, config, engine.world_size, hidden, source=config.deepspeed_config)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
-    model = engine.load_model(ds_config, lambda: load_model(model_path, kind, dtype=dtype,
-                                                             gradient_checkpointing=config.model.gradient_checkpointing,
-                                                             packed=packed))
-    engine.initialize(model)
+        train_problems, held_out = load_run_problems(config.data)
+        validate_mixture(config.data.formats)
+        examples = run_examples(config, train_problems)
+        log.info("data: %d training problems -> %d examples (%s); %d held-out problems; objective %s",
+                 len(train_problems), len(examples), format_split(examples), len(held_out), self.objective.name)
 
-    order = run_batch_order(tokenized, causal, engine.world_size, t, config.data.single_format_batches, packed)
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * order.steps_per_epoch / t.gradient_accumulation))
+        self.dev_sets = _dev_sets(config, train_problems, held_out)  # resolved now: a bad name fails early
+        if self.dev_sets and not _eval_spec(config).strategy:
+            log.info("a decomposer alone cannot be scored: no dev-set evaluation (evaluate it with its solver: "
+                     "cotdistill eval --strategy socratic --decomposer ... --solver ...)")
+            self.dev_sets = []
 
-    latest = ckpt.latest_checkpoint(out) if config.checkpoint.resume else None
-    step, consumed, data = (_resume(engine, config, out, latest, order, log) if latest is not None
-                              else (0, 0, order.position(0)))
-    if latest is None and engine.is_main:
-        for stale in ckpt.remove_incomplete(out):
-            log.info("removed incomplete checkpoint %s", stale)
-    if engine.is_main:  # every start, with or without a checkpoint: steps after `step` are trained again
-        dropped = _forget_logged_steps_after(run.train_log, step)
-        if dropped:
-            log.info("%s: dropped %d row%s of steps after %d (they are trained again)", run.TRAIN_LOG, dropped,
-                     "s" * (dropped > 1), step)
+        model_path = _ensure_model(config, engine, [e.source + e.target for e in examples], log)
+        kind = config.model.kind if config.model.kind != "auto" else detect_kind(model_path)
+        self.causal = kind == "causal"
+        self.tokenizer = tokenizer = load_tokenizer(model_path)
+        if config.data.chat_template:  # before any model is loaded: no template (or T5) is one clear error
+            check_chat_student(tokenizer, self.causal)
+        if engine.is_main:
+            save_run_meta(model_path, tokenizer, self.out)
+        teacher_fn = _teacher_fn(config, tokenizer, examples) if self.objective.needs.teacher_distributions else None
+        self.tokenized, truncation = tokenize_examples(examples, tokenizer, self.causal,
+                                                       config.data.max_source_tokens, config.data.max_target_tokens,
+                                                       teacher_fn=teacher_fn, chat=config.data.chat_template)
+        log.info("tokens: %s", truncation.summary())
 
-    writer = _tensorboard(run, config, step) if engine.is_main else None
-    stop_at = min(total_steps, step + t.stop_after_steps) if t.stop_after_steps else total_steps
-    batches = order.stream(data)
-    pad_id = tokenizer.pad_token_id
-    losses: list[float] = []
-    last_saved = step if latest is not None else -1
-    progress = _progress_bar(engine, total_steps, step)
-    profiler = StepProfiler(parse_step_range(t.profile_steps), run.profile, engine.rank)
-    engine.train()
+        from transformers import AutoConfig
 
-    try:
-        while step < stop_at:
-            profiler.before_step(step + 1)
-            lr = lr_at(step, total_steps, t)
-            engine.set_lr(lr)
-            started = time.perf_counter()
-            loss_sum = tokens = real = slots = 0.0
-            for _ in range(t.gradient_accumulation):
-                batch = collate([tokenized[i] for i in batches.next_step()[engine.rank]], pad_id,
-                                loss_weights=t.loss_weights or None, teacher=t.kd_weight > 0, pack=packed)
-                consumed += order.global_batch
-                r, s = padding_stats(batch, causal)
-                real, slots = real + r, slots + s
-                fb = forward_batch(batch, causal)
-                if not causal:
-                    fb.inputs["decoder_input_ids"] = fb.decoder_input_ids(
-                        lambda labels: engine.module.prepare_decoder_input_ids_from_labels(labels=labels))
-                with fb.forward_context():
-                    outputs = engine.forward(**fb.inputs, use_cache=False)  # no KV cache to keep in training
-                targets = {k: v.to(engine.device) for k, v in fb.targets.items()}
-                loss, n = _micro_batch_loss(outputs.logits, fb.labels.to(engine.device), targets, t.kd_weight,
-                                            shift=not fb.aligned)
-                engine.backward(loss)
-                engine.step()
-                loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
-            step += 1
-            elapsed = time.perf_counter() - started
-            loss_sum, tokens, real, slots = engine.all_reduce_sum([loss_sum, tokens, real, slots])
-            mean_loss = loss_sum / max(tokens, 1.0)
-            losses.append(mean_loss)
-            grad_norm = engine.grad_norm()
-            lr = engine.current_lr()
-            if writer is not None and (step % t.log_every == 0 or step == stop_at):
-                samples = t.micro_batch_size * t.gradient_accumulation * engine.world_size
-                scalars = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
-                           "train/samples_per_s": samples / elapsed, "train/tokens_per_s": real / elapsed,
-                           "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed}
-                for name, value in scalars.items():
-                    writer.add_scalar(name, value, step)
-                with open(run.train_log, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps({"step": step, **{k.split("/")[1]: v for k, v in scalars.items()},
-                                         "time": time.time()}) + "\n")
+        model_config = AutoConfig.from_pretrained(model_path)
+        check_precision(model_config.model_type, config)
+        self.packed = t.pack_sequences and can_pack(model_config)
+        if t.pack_sequences and not self.packed:
+            log.info("packing: %s students are padded (packed micro-batches support causal LMs and %s)",
+                     model_config.model_type, "/".join(PACKABLE_SEQ2SEQ))
+        hidden = getattr(model_config, "d_model", None) or getattr(model_config, "hidden_size", None)
+        ds_config = resolve_ds_config(template, config, engine.world_size, hidden, source=config.deepspeed_config)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
+        model = engine.load_model(ds_config, lambda: load_model(
+            model_path, kind, dtype=dtype, gradient_checkpointing=config.model.gradient_checkpointing,
+            packed=self.packed))
+        engine.initialize(model)
+
+        self.order = run_batch_order(self.tokenized, self.causal, engine.world_size, t,
+                                     config.data.single_format_batches, self.packed)
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.order.steps_per_epoch
+                                                           / t.gradient_accumulation))
+        latest = ckpt.latest_checkpoint(self.out) if config.checkpoint.resume else None
+        self.step, self.consumed, data = (_resume(engine, config, self.out, latest, self.order, log)
+                                          if latest is not None else (0, 0, self.order.position(0)))
+        if latest is None and engine.is_main:
+            for stale in ckpt.remove_incomplete(self.out):
+                log.info("removed incomplete checkpoint %s", stale)
+        if engine.is_main:  # every start, with or without a checkpoint: steps after `step` are trained again
+            dropped = _forget_logged_steps_after(self.run.train_log, self.step)
+            if dropped:
+                log.info("%s: dropped %d row%s of steps after %d (they are trained again)", self.run.TRAIN_LOG,
+                         dropped, "s" * (dropped > 1), self.step)
+        self.last_saved = self.step if latest is not None else -1
+        self.batches = self.order.stream(data)
+        self.losses: list[float] = []
+
+    # -- steps ----------------------------------------------------------------------------------------------
+
+    def loss_step(self) -> tuple[MicroLoss, float, float]:
+        """One micro-batch of this rank: collate, forward and loss (the objective's), backward, DeepSpeed step.
+
+        Returns the objective's loss and the micro-batch's real and padded token slots (for the logs)."""
+        engine = self.engine
+        examples = [self.tokenized[i] for i in self.batches.next_step()[engine.rank]]
+        batch = self.objective.collate(examples, self.tokenizer.pad_token_id, self.packed)
+        self.consumed += self.order.global_batch
+        real, slots = padding_stats(batch, self.causal)
+        micro = self.objective.loss(engine, batch, self.causal)
+        engine.backward(micro.loss)
+        engine.step()
+        return micro, real, slots
+
+    def train_step(self, writer) -> float:
+        """One optimizer step (``train.gradient_accumulation`` micro-batches); returns the step's mean target-token
+        loss over all ranks and logs it (TensorBoard, train_log.jsonl) every ``train.log_every`` steps."""
+        engine, t = self.engine, self.config.train
+        engine.set_lr(lr_at(self.step, self.total_steps, t))
+        started = time.perf_counter()
+        loss_sum = tokens = real = slots = 0.0
+        metrics: dict[str, float] = {}
+        for _ in range(t.gradient_accumulation):
+            micro, r, s = self.loss_step()
+            real, slots = real + r, slots + s
+            loss_sum, tokens = loss_sum + float(micro.loss.detach()) * micro.tokens, tokens + micro.tokens
+            for name, value in micro.metrics.items():
+                metrics[name] = metrics.get(name, 0.0) + value
+        self.step += 1
+        elapsed = time.perf_counter() - started
+        names = sorted(metrics)
+        loss_sum, tokens, real, slots, *summed = engine.all_reduce_sum(
+            [loss_sum, tokens, real, slots, *(metrics[n] for n in names)])
+        mean_loss = loss_sum / max(tokens, 1.0)
+        self.losses.append(mean_loss)
+        grad_norm = engine.grad_norm()
+        lr = engine.current_lr()
+        if writer is not None and (self.step % t.log_every == 0 or self.step == self.stop_at):
+            samples = t.micro_batch_size * t.gradient_accumulation * engine.world_size
+            scalars = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
+                       "train/samples_per_s": samples / elapsed, "train/tokens_per_s": real / elapsed,
+                       "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed,
+                       **{f"train/{n}": v / max(tokens, 1.0) for n, v in zip(names, summed, strict=True)}}
+            for name, value in scalars.items():
+                writer.add_scalar(name, value, self.step)
+            with open(self.run.train_log, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": self.step, **{k.split("/")[1]: v for k, v in scalars.items()},
+                                     "time": time.time()}) + "\n")
+        return mean_loss
+
+    # -- the run ----------------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Steps until ``train.max_steps`` (or ``train.stop_after_steps`` more, or a stop signal), checkpoints and
+        dev evaluations on their schedule; at the end, the export and the final evaluation."""
+        engine, config, log, t = self.engine, self.config, self.log, self.config.train
+        writer = _tensorboard(self.run, config, self.step) if engine.is_main else None
+        self.stop_at = min(self.total_steps, self.step + t.stop_after_steps) if t.stop_after_steps else self.total_steps
+        progress = _progress_bar(engine, self.total_steps, self.step)
+        profiler = StepProfiler(parse_step_range(t.profile_steps), self.run.profile, engine.rank)
+        engine.train()
+        try:
+            while self.step < self.stop_at:
+                profiler.before_step(self.step + 1)
+                mean_loss = self.train_step(writer)
+                if progress is not None:
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{engine.current_lr():.2e}", refresh=False)
+                    progress.update(1)
+                stopping = engine.any_rank(self.stop.requested)
+                report = profiler.after_step(self.step, stopping=stopping or self.step == self.stop_at)
+                if report is not None:
+                    log.info("profile of steps %s written to %s (and a trace to open in ui.perfetto.dev)",
+                             t.profile_steps, report)
+                due = config.checkpoint.every and self.step % config.checkpoint.every == 0
+                if due or stopping or self.step == self.stop_at:
+                    self._save(mean_loss)
+                if stopping:
+                    log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume",
+                             self.step)
+                    break
+                if (config.eval.every and self.step % config.eval.every == 0 and self.step < self.total_steps
+                        and self.dev_sets):
+                    _evaluate_dev_sets(engine, self.tokenizer, self.causal, self.dev_sets, config, self.step,
+                                       writer, self.run.eval_dir(self.step), log)
+        finally:  # also on an error (a full disk), so its `error:` line starts a line of its own
             if progress is not None:
-                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-                progress.update(1)
-            stopping = engine.any_rank(stop.requested)
-            report = profiler.after_step(step, stopping=stopping or step == stop_at)
-            if report is not None:
-                log.info("profile of steps %s written to %s (and a trace to open in ui.perfetto.dev)",
-                         t.profile_steps, report)
-            due = config.checkpoint.every and step % config.checkpoint.every == 0
-            if due or stopping or step == stop_at:
-                _save(engine, config, out, step, consumed, batches.state(), mean_loss, log, total_steps)
-                last_saved = step
-            if stopping:
-                log.info("stop requested: checkpoint saved at step %d; rerun the same command to resume", step)
-                break
-            if config.eval.every and step % config.eval.every == 0 and step < total_steps and dev_sets:
-                _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer,
-                                   run.eval_dir(step), log)
-    finally:  # also on an error (a full disk), so its `error:` line starts a line of its own
-        if progress is not None:
-            progress.close()
+                progress.close()
 
-    if step > 0 and last_saved != step:
-        _save(engine, config, out, step, consumed, batches.state(), losses[-1] if losses else float("nan"), log,
-              total_steps)
-
-    result = TrainResult(out, step, losses[-1] if losses else float("nan"), losses=losses)
-    if step < total_steps:
+        if self.step > 0 and self.last_saved != self.step:
+            self._save(self.losses[-1] if self.losses else float("nan"))
+        result = TrainResult(self.out, self.step, self.losses[-1] if self.losses else float("nan"),
+                             losses=self.losses)
+        if self.step < self.total_steps:
+            if writer is not None:
+                writer.close()
+            return result
+        if config.checkpoint.export_final:
+            result.export_dir = export_from_engine(engine, self.tokenizer, self.run.final)
+            log.info("exported Hugging Face weights to %s", result.export_dir)
+        if config.eval.at_end and self.dev_sets:
+            reports = _evaluate_dev_sets(engine, self.tokenizer, self.causal, self.dev_sets, config, self.step,
+                                         writer, self.run.eval_dir(), log)
+            result.eval = reports.get(HELD_OUT)
         if writer is not None:
             writer.close()
         return result
-    if config.checkpoint.export_final:
-        result.export_dir = export_from_engine(engine, tokenizer, run.final)
-        log.info("exported Hugging Face weights to %s", result.export_dir)
-    if config.eval.at_end and dev_sets:
-        reports = _evaluate_dev_sets(engine, tokenizer, causal, dev_sets, config, step, writer, run.eval_dir(), log)
-        result.eval = reports.get(HELD_OUT)
-    if writer is not None:
-        writer.close()
-    return result
+
+    def _save(self, loss: float) -> None:
+        _save(self.engine, self.config, self.out, self.step, self.consumed, self.batches.state(), loss, self.log,
+              self.total_steps)
+        self.last_saved = self.step
 
 
 def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthGroupedBatches,
@@ -365,10 +409,8 @@ def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthG
     return step, samples, data
 
 
-def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable | None:
-    """The per-token teacher distributions for distribution matching (train.kd_weight > 0), else None."""
-    if config.train.kd_weight <= 0:
-        return None
+def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable:
+    """The per-token teacher distributions, for an objective that needs them (distribution matching)."""
     if not any(e.teacher_tokens for e in examples):
         raise ConfigError("train.kd_weight > 0 but no training example carries teacher log-probs; build the data "
                           "with sampling.logprobs > 0 (cotdistill build-data) and train on its cot product")
@@ -378,21 +420,6 @@ def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable | None
     renormalize = config.train.kd_renormalize
     return lambda teacher_tokens, target_ids: teacher_targets(teacher_tokens, target_ids, tokenizer, vocab,
                                                               renormalize=renormalize)
-
-
-def _micro_batch_loss(logits: torch.Tensor, labels: torch.Tensor, targets: dict[str, torch.Tensor],
-                      kd_weight: float, shift: bool) -> tuple[torch.Tensor, int]:
-    """Plain mean NLL, or the weighted NLL/KL mix when loss weights or distribution matching are on.
-
-    `shift`: apply the causal shift (logits at t predict labels at t + 1), unless `forward_batch` aligned them.
-    """
-    if not targets:
-        return mean_token_nll(logits, labels, shift)
-    if "kd_ids" in targets:
-        ids, probs = targets["kd_ids"], targets["kd_probs"]
-    else:
-        ids, probs = (t.to(labels.device) for t in one_hot_targets(labels))
-    return distill_loss(logits, labels, ids, probs, targets.get("token_weights"), kd_weight, shift)
 
 
 def _dev_sets(config: RunConfig, train_problems: list, held_out: list) -> list[EvalSet]:
