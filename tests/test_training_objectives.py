@@ -12,18 +12,30 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from conftest import launch
-from cotdistill.batching import TokenizedExample, collate
+from cotdistill.batching import TokenizedExample, collate, run_batch_order, tokenize_examples
 from cotdistill.config import TrainConfig, load_config
 from cotdistill.errors import ConfigError
 from cotdistill.objectives import IGNORE_INDEX, mean_token_nll
 from cotdistill.packed_attention import use_packed_attention
+from cotdistill.run_data import load_run_problems, run_examples
 from cotdistill.training_objectives import (
     OBJECTIVES,
     DistributionMatching,
+    MicroBatch,
     SupervisedFineTuning,
+    TrainingSetup,
     make_objective,
     objective_name,
 )
+
+
+def micro_batch(batch: list[TokenizedExample]) -> MicroBatch:
+    return MicroBatch(tuple(range(len(batch))), tuple(batch), index=0, rank=0)
+
+
+def prepared(objective, tokenizer, causal: bool, packed: bool):
+    objective.prepare(TrainingSetup(None, tokenizer, causal, packed, world_size=1))
+    return objective
 
 
 class ModelAsEngine:
@@ -78,11 +90,11 @@ def test_sft_is_the_mean_target_nll_and_kd_with_a_one_hot_teacher_equals_it(tiny
     batch = examples(tokenizer, causal, teacher=False)
     if packed:  # as load_model(packed=True) does for training; padded forwards keep plain attention
         use_packed_attention(model)
-    sft = SupervisedFineTuning(TrainConfig())
+    sft = prepared(SupervisedFineTuning(TrainConfig()), tokenizer, causal, packed)
+    kd = prepared(DistributionMatching(TrainConfig(kd_weight=0.7)), tokenizer, causal, packed)
     with torch.no_grad():
-        found = sft.loss(engine, sft.collate(batch, tokenizer.pad_token_id, packed), causal)
-        kd = DistributionMatching(TrainConfig(kd_weight=0.7))
-        one_hot = kd.loss(engine, kd.collate(batch, tokenizer.pad_token_id, packed), causal)
+        found = sft.loss(engine, micro_batch(batch))
+        one_hot = kd.loss(engine, micro_batch(batch))
         # The reference: the plain padded forward, every target token scored by hand.
         padded = collate(batch, tokenizer.pad_token_id)
         inputs = {k: v for k, v in padded.items() if k != "labels"}
@@ -99,13 +111,22 @@ def test_kd_moves_the_loss_towards_the_teachers_distribution(tiny_models):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
     engine = ModelAsEngine(model)
     with_teacher = examples(tokenizer, True, teacher=True)
-    sft, kd = SupervisedFineTuning(TrainConfig()), DistributionMatching(TrainConfig(kd_weight=1.0))
+    sft = prepared(SupervisedFineTuning(TrainConfig()), tokenizer, True, False)
+    kd = prepared(DistributionMatching(TrainConfig(kd_weight=1.0)), tokenizer, True, False)
     with torch.no_grad():
-        nll = sft.loss(engine, sft.collate(with_teacher, tokenizer.pad_token_id, False), True).loss.item()
-        kl = kd.loss(engine, kd.collate(with_teacher, tokenizer.pad_token_id, False), True).loss.item()
+        nll = sft.loss(engine, micro_batch(with_teacher)).loss.item()
+        kl = kd.loss(engine, micro_batch(with_teacher)).loss.item()
     # KL(p || q) = -H(p) - sum p log q with p = (0.7, 0.3): not the NLL of the text, and smaller than the
     # cross-entropy to p, which is at most the NLL's 0.7 share plus 0.3 x the other token's NLL.
     assert kl != pytest.approx(nll) and kl > 0
+
+
+def tokenized_run_examples(config, model: Path) -> list[TokenizedExample]:
+    problems, _ = load_run_problems(config.data)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenized, _ = tokenize_examples(run_examples(config, problems), tokenizer, True, config.data.max_source_tokens,
+                                     config.data.max_target_tokens)
+    return tokenized
 
 
 def test_a_plugged_in_objective_trains_on_two_ranks_and_its_metric_reaches_the_log(tiny_models, tmp_path: Path):
@@ -120,4 +141,14 @@ def test_a_plugged_in_objective_trains_on_two_ranks_and_its_metric_reaches_the_l
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row in rows:  # summed over 2 ranks x 2 micro-batches, divided by the step's tokens: the step's loss
         assert row["nll"] == pytest.approx(row["loss"], rel=1e-9)
+    # The first examples' indices averaged over the step's 4 micro-batches: the batch order's, as replayed here.
+    config = load_config("recipes/demo-gpt2-synthetic.yaml", [f"model.name_or_path={tiny_models['gpt2']}",
+                                                              "train.micro_batch_size=4", "train.max_steps=4",
+                                                              "train.gradient_accumulation=2",
+                                                              "data.synthetic.train_size=64"])
+    order = run_batch_order(tokenized_run_examples(config, tiny_models["gpt2"]), True, 2, config.train, False, True)
+    stream = order.stream(order.position(0))
+    for row in rows:
+        firsts = [batch[0] for _ in range(2) for batch in stream.next_step()]
+        assert row["first_example"] == pytest.approx(sum(firsts) / 4, rel=1e-12)
     assert rows[-1]["loss"] < rows[0]["loss"]

@@ -300,6 +300,22 @@ def _first_with_text(tokens: Sequence[str]) -> int | None:
 def _target_at(token: Sequence[Any], student_id: int, vocab: StudentVocab, renormalize: bool,
                first: bool) -> TeacherTarget | None:
     """The mapped distribution of one aligned teacher token, or None when it would not favour `student_id`."""
+    probs = _mapped_probs(token, student_id, vocab, first)
+    mine = probs.get(student_id, 0.0)
+    if mine <= 0 or any(p >= mine for i, p in probs.items() if i != student_id):
+        return None
+    total = sum(probs.values())
+    if renormalize or total > 1.0:  # a sum past 1 can only come from rounded log-probs: renormalize then
+        probs = {i: p / total for i, p in probs.items()}
+    else:
+        probs[student_id] = mine + (1.0 - total)
+    ordered = sorted(probs.items(), key=lambda item: (item[0] != student_id, -item[1]))
+    return tuple(i for i, _ in ordered), tuple(p for _, p in ordered)
+
+
+def _mapped_probs(token: Sequence[Any], student_id: int, vocab: StudentVocab, first: bool) -> dict[int, float]:
+    """One aligned teacher token's candidates (its top-k plus its chosen token) as probabilities over student ids,
+    by their text; candidates the student cannot spell in one token are dropped, duplicates summed."""
     chosen, chosen_logprob = str(token[0]), token[1]
     alternatives = [(str(alt[0]), alt[1]) for alt in (token[2] if len(token) > 2 and token[2] else ())]
     if chosen_logprob is not None and all(normalize(text) != normalize(chosen) for text, _ in alternatives):
@@ -321,13 +337,43 @@ def _target_at(token: Sequence[Any], student_id: int, vocab: StudentVocab, renor
         if mapped is None:
             continue
         probs[mapped] = probs.get(mapped, 0.0) + math.exp(float(logprob))
-    mine = probs.get(student_id, 0.0)
-    if mine <= 0 or any(p >= mine for i, p in probs.items() if i != student_id):
-        return None
-    total = sum(probs.values())
-    if renormalize or total > 1.0:  # a sum past 1 can only come from rounded log-probs: renormalize then
-        probs = {i: p / total for i, p in probs.items()}
-    else:
-        probs[student_id] = mine + (1.0 - total)
-    ordered = sorted(probs.items(), key=lambda item: (item[0] != student_id, -item[1]))
-    return tuple(i for i, _ in ordered), tuple(p for _, p in ordered)
+    return probs
+
+
+def scored_targets(
+    teacher_tokens: Sequence[Sequence[Any]],
+    target_ids: Sequence[int],
+    tokenizer: PreTrainedTokenizerBase,
+    vocab: StudentVocab,
+) -> list[TeacherTarget | None]:
+    """On-policy: per student token of a completion the student wrote, the teacher's distribution there, or None.
+
+    Aligned like `teacher_targets`, but nothing is forced in the student's favour: the student's own token keeps
+    the probability the teacher gave it (possibly far from the top), and the mass the teacher put outside the
+    candidates the student can spell is left out, so the divergence's tail bucket carries it
+    (``cotdistill.objectives.generalized_jsd``). None (no loss there) for special tokens, unaligned positions and
+    positions where no candidate maps into the student's vocabulary. Probabilities sum to at most 1; the
+    student's own token is listed first when the teacher gave it any.
+    """
+    target_ids = [int(i) for i in target_ids]
+    special = set(tokenizer.all_special_ids)
+    student = token_texts(tokenizer, target_ids)
+    teacher = [str(token[0]) for token in teacher_tokens]
+    aligned = align(teacher, student)
+    t_first, s_first = _first_with_text(teacher), _first_with_text(student)
+    out: list[TeacherTarget | None] = []
+    for position, (token_id, t_index) in enumerate(zip(target_ids, aligned, strict=True)):
+        if token_id in special or t_index is None:
+            out.append(None)
+            continue
+        first = t_index == t_first or position == s_first
+        probs = _mapped_probs(teacher_tokens[t_index], token_id, vocab, first)
+        if not probs:
+            out.append(None)
+            continue
+        total = sum(probs.values())
+        if total > 1.0:  # only rounded log-probs sum past 1
+            probs = {i: p / total for i, p in probs.items()}
+        ordered = sorted(probs.items(), key=lambda item: (item[0] != token_id, -item[1]))
+        out.append((tuple(i for i, _ in ordered), tuple(p for _, p in ordered)))
+    return out

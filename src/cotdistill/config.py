@@ -123,6 +123,29 @@ class DataConfig:
 
 
 @dataclass
+class OnPolicyTeacherConfig:
+    backend: str = _help("hf: a local causal Hugging Face teacher in the training job (replicated on every rank)",
+                         "hf")
+    model: str = _help("the teacher: a Hugging Face folder or hub id", "")
+    device: str = _help("hf: auto | cpu | cuda[:N]", "auto")
+    precision: str = _help("hf: bf16 | fp16 | fp32", "fp32")
+    batch_size: int = _help("hf: completions scored per teacher forward", 8)
+
+
+@dataclass
+class OnPolicyConfig:
+    lmbda: float = _help(
+        "fraction of micro-batches whose completions the student samples itself (the rest are the data's "
+        "teacher-written targets); the same draw on every rank", 0.5)
+    beta: float = _help("generalized JSD: 0 forward KL(teacher || student), 1 reverse KL, between: the mixture", 0.5)
+    temperature: float = _help("the student's sampling temperature", 1.0)
+    max_new_tokens: int = _help("longest completion the student samples", 128)
+    top_k: int = _help("teacher log-probs per token (the top-k support the divergence compares, plus a tail)", 5)
+    teacher: OnPolicyTeacherConfig = _help("the teacher that scores every completion token",
+                                           factory=OnPolicyTeacherConfig)
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = _help("optimizer steps (0: derive from epochs)", 0)
     epochs: float = _help("passes over the training examples when max_steps is 0", 1.0)
@@ -158,7 +181,9 @@ class TrainConfig:
         "per-format loss weight, e.g. {decomposer: 1.0, solver: 2.0} (missing formats: 1)", factory=dict)
     objective: str = _help(
         "what training optimizes (cotdistill.training_objectives): sft (NLL on the teacher's text) | kd "
-        "(distribution matching with train.kd_weight) | auto (kd when kd_weight > 0, else sft)", "auto")
+        "(distribution matching with train.kd_weight) | on_policy (GKD: the student samples, the teacher scores "
+        "each token; train.on_policy) | auto (kd when kd_weight > 0, else sft)", "auto")
+    on_policy: OnPolicyConfig = _help("train.objective=on_policy settings", factory=OnPolicyConfig)
     kd_weight: float = _help(
         "distribution matching: per target token (1 - w) * NLL + w * KL(teacher top-k || student); needs "
         "teacher log-probs in the data (build-data sampling.logprobs); 0: plain NLL", 0.0)

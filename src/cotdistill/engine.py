@@ -193,6 +193,21 @@ class Engine:
             self._hf_ds_config = HfDeepSpeedConfig(ds_config)
         return loader()
 
+    @contextmanager
+    def outside_zero3(self) -> Iterator[None]:
+        """Build a model that is not partitioned while a ZeRO-3 student is live (e.g. an on-policy teacher held
+        whole on every rank): transformers' ZeRO-3 config is set aside for the block and restored after."""
+        from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+        held = self._hf_ds_config
+        if held is not None:
+            unset_hf_deepspeed_config()
+        try:
+            yield
+        finally:
+            if held is not None:
+                set_hf_deepspeed_config(held)
+
     def initialize(self, model: torch.nn.Module, ds_config: dict[str, Any] | None = None) -> None:
         """Wrap the model in a DeepSpeed engine with the optimizer the config names."""
         config = ds_config or self.ds_config

@@ -25,7 +25,6 @@ from cotdistill import checkpoints as ckpt
 from cotdistill.batching import (
     DataState,
     LengthGroupedBatches,
-    padding_stats,
     run_batch_order,
     tokenize_examples,
 )
@@ -51,7 +50,7 @@ from cotdistill.runs import mixture_strategy
 from cotdistill.schedule import lr_at
 from cotdistill.student import Student
 from cotdistill.tiny import build_tiny_model
-from cotdistill.training_objectives import MicroLoss, Objective, make_objective
+from cotdistill.training_objectives import MicroBatch, MicroLoss, Objective, TrainingSetup, make_objective
 
 HELD_OUT = "held-out"
 
@@ -147,8 +146,11 @@ def train(config: RunConfig) -> TrainResult:
     try:
         with removed_on_failure(config.output_dir, scratch=RunFolder.STARTUP, enabled=engine.is_main):
             trainer = Trainer(engine, config, stop)
-            trainer.setup()
-            return trainer.fit()
+            try:
+                trainer.setup()
+                return trainer.fit()
+            finally:
+                trainer.objective.close()
     finally:
         stop.release()
         engine.close()
@@ -240,23 +242,24 @@ class Trainer:
                          dropped, "s" * (dropped > 1), self.step)
         self.last_saved = self.step if latest is not None else -1
         self.batches = self.order.stream(data)
+        answers = {p.id: p.answer for p in train_problems}
+        self.objective.prepare(TrainingSetup(config, tokenizer, self.causal, self.packed, engine.world_size,
+                                             tuple(answers.get(e.problem_id, "") for e in examples), engine))
         self.losses: list[float] = []
 
     # -- steps ----------------------------------------------------------------------------------------------
 
-    def loss_step(self) -> tuple[MicroLoss, float, float]:
-        """One micro-batch of this rank: collate, forward and loss (the objective's), backward, DeepSpeed step.
-
-        Returns the objective's loss and the micro-batch's real and padded token slots (for the logs)."""
+    def loss_step(self) -> MicroLoss:
+        """One micro-batch of this rank: the objective's forward and loss, backward, DeepSpeed's step."""
         engine = self.engine
-        examples = [self.tokenized[i] for i in self.batches.next_step()[engine.rank]]
-        batch = self.objective.collate(examples, self.tokenizer.pad_token_id, self.packed)
+        index = self.consumed // self.order.global_batch  # the global micro-step, the same on every rank
+        indices = tuple(self.batches.next_step()[engine.rank])
         self.consumed += self.order.global_batch
-        real, slots = padding_stats(batch, self.causal)
-        micro = self.objective.loss(engine, batch, self.causal)
+        micro = self.objective.loss(engine, MicroBatch(indices, tuple(self.tokenized[i] for i in indices), index,
+                                                       engine.rank))
         engine.backward(micro.loss)
         engine.step()
-        return micro, real, slots
+        return micro
 
     def train_step(self, writer) -> float:
         """One optimizer step (``train.gradient_accumulation`` micro-batches); returns the step's mean target-token
@@ -265,18 +268,20 @@ class Trainer:
         engine.set_lr(lr_at(self.step, self.total_steps, t))
         started = time.perf_counter()
         loss_sum = tokens = real = slots = 0.0
-        metrics: dict[str, float] = {}
+        metrics: dict[str, tuple[float, float]] = {}
         for _ in range(t.gradient_accumulation):
-            micro, r, s = self.loss_step()
-            real, slots = real + r, slots + s
+            micro = self.loss_step()
+            real, slots = real + micro.real, slots + micro.slots
             loss_sum, tokens = loss_sum + float(micro.loss.detach()) * micro.tokens, tokens + micro.tokens
-            for name, value in micro.metrics.items():
-                metrics[name] = metrics.get(name, 0.0) + value
+            for name, (value, count) in micro.metrics.items():
+                before = metrics.get(name, (0.0, 0.0))
+                metrics[name] = (before[0] + value, before[1] + count)
         self.step += 1
         elapsed = time.perf_counter() - started
+        # Every rank must reduce the same list: the names are the objective's, the same on every rank.
         names = sorted(metrics)
         loss_sum, tokens, real, slots, *summed = engine.all_reduce_sum(
-            [loss_sum, tokens, real, slots, *(metrics[n] for n in names)])
+            [loss_sum, tokens, real, slots, *(x for n in names for x in metrics[n])])
         mean_loss = loss_sum / max(tokens, 1.0)
         self.losses.append(mean_loss)
         grad_norm = engine.grad_norm()
@@ -286,7 +291,7 @@ class Trainer:
             scalars = {"train/loss": mean_loss, "train/lr": lr, "train/grad_norm": grad_norm,
                        "train/samples_per_s": samples / elapsed, "train/tokens_per_s": real / elapsed,
                        "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed,
-                       **{f"train/{n}": v / max(tokens, 1.0) for n, v in zip(names, summed, strict=True)}}
+                       **{f"train/{n}": summed[2 * k] / max(summed[2 * k + 1], 1e-12) for k, n in enumerate(names)}}
             for name, value in scalars.items():
                 writer.add_scalar(name, value, self.step)
             with open(self.run.train_log, "a", encoding="utf-8") as fh:

@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from cotdistill.batching import TokenizedExample, collate, forward_batch
+from cotdistill.batching import TokenizedExample, collate, forward_batch, padding_stats
 from cotdistill.config import TrainConfig
 from cotdistill.errors import ConfigError
-from cotdistill.objectives import distill_loss, mean_token_nll, one_hot_targets
+from cotdistill.objectives import IGNORE_INDEX, distill_loss, mean_token_nll, one_hot_targets
 
 AUTO = "auto"
 
@@ -38,13 +38,42 @@ class Needs:
 class MicroLoss:
     """One micro-batch's loss: backward goes through ``loss`` (the mean over its ``tokens`` target tokens).
 
-    ``metrics`` are sums over the micro-batch that the trainer adds up over ranks and micro-batches and logs
-    divided by the step's target tokens (e.g. a divergence that is not the loss itself).
+    ``real``/``slots``: the token positions the training forward computed without and with padding (the logs'
+    tokens/s and padding fraction). ``metrics`` are (sum, count) pairs that the trainer adds up over ranks and
+    micro-batches and logs as sum / count under ``train/<name>``: e.g. (a divergence summed over tokens, the
+    tokens), or (seconds spent, 1 / gradient accumulation) for a per-step time averaged over ranks.
     """
 
     loss: torch.Tensor
     tokens: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    real: float = 0.0
+    slots: float = 0.0
+    metrics: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """This rank's examples for one micro-step. ``index`` is the global micro-step, the same on every rank: what
+    must agree across ranks (e.g. whether ZeRO-3 ranks all generate) is decided from it; ``rank`` seeds what
+    may differ."""
+
+    indices: tuple[int, ...]
+    examples: tuple[TokenizedExample, ...]
+    index: int
+    rank: int
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What an objective may need to know about the run, handed over once before the first step."""
+
+    config: Any  # the RunConfig
+    tokenizer: Any
+    causal: bool
+    packed: bool
+    world_size: int
+    answers: tuple[str, ...] = ()  # the gold answer of each training example, by its index
+    engine: Any = None
 
 
 class Objective:
@@ -55,12 +84,20 @@ class Objective:
 
     def __init__(self, train: TrainConfig) -> None:
         self.train = train
+        self.setup: TrainingSetup | None = None
 
-    def collate(self, examples: Sequence[TokenizedExample], pad_id: int, packed: bool) -> dict[str, torch.Tensor]:
-        return collate(examples, pad_id, loss_weights=self.train.loss_weights or None,
-                       teacher=self.needs.teacher_distributions, pack=packed)
+    def prepare(self, setup: TrainingSetup) -> None:
+        """Called once before the first step (a teacher connection, say, is made here)."""
+        self.setup = setup
 
-    def loss(self, engine: Any, batch: dict[str, torch.Tensor], causal: bool) -> MicroLoss:
+    def close(self) -> None:
+        """Called once after the last step, also on an error."""
+
+    def collate(self, examples: Sequence[TokenizedExample]) -> dict[str, torch.Tensor]:
+        return collate(examples, self.setup.tokenizer.pad_token_id, loss_weights=self.train.loss_weights or None,
+                       teacher=self.needs.teacher_distributions, pack=self.setup.packed)
+
+    def loss(self, engine: Any, micro: MicroBatch) -> MicroLoss:
         raise NotImplementedError
 
 
@@ -83,12 +120,14 @@ class SupervisedFineTuning(Objective):
 
     name = "sft"
 
-    def loss(self, engine: Any, batch: dict[str, torch.Tensor], causal: bool) -> MicroLoss:
-        logits, labels, targets, shift = student_forward(engine, batch, causal)
+    def loss(self, engine: Any, micro: MicroBatch) -> MicroLoss:
+        batch = self.collate(micro.examples)
+        real, slots = padding_stats(batch, self.setup.causal)
+        logits, labels, targets, shift = student_forward(engine, batch, self.setup.causal)
         if "token_weights" not in targets:
-            return MicroLoss(*mean_token_nll(logits, labels, shift))
+            return MicroLoss(*mean_token_nll(logits, labels, shift), real, slots)
         ids, probs = (t.to(labels.device) for t in one_hot_targets(labels))
-        return MicroLoss(*distill_loss(logits, labels, ids, probs, targets["token_weights"], 0.0, shift))
+        return MicroLoss(*distill_loss(logits, labels, ids, probs, targets["token_weights"], 0.0, shift), real, slots)
 
 
 class DistributionMatching(Objective):
@@ -99,17 +138,100 @@ class DistributionMatching(Objective):
     name = "kd"
     needs = Needs(teacher_distributions=True)
 
-    def loss(self, engine: Any, batch: dict[str, torch.Tensor], causal: bool) -> MicroLoss:
-        logits, labels, targets, shift = student_forward(engine, batch, causal)
+    def loss(self, engine: Any, micro: MicroBatch) -> MicroLoss:
+        batch = self.collate(micro.examples)
+        real, slots = padding_stats(batch, self.setup.causal)
+        logits, labels, targets, shift = student_forward(engine, batch, self.setup.causal)
         if "kd_ids" in targets:
             ids, probs = targets["kd_ids"], targets["kd_probs"]
         else:
             ids, probs = (t.to(labels.device) for t in one_hot_targets(labels))
         return MicroLoss(*distill_loss(logits, labels, ids, probs, targets.get("token_weights"),
-                                       self.train.kd_weight, shift))
+                                       self.train.kd_weight, shift), real, slots)
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SupervisedFineTuning, DistributionMatching)}
+class OnPolicyDistillation(Objective):
+    """GKD (Agarwal et al. 2024): on a fraction ``train.on_policy.lmbda`` of micro-steps the student samples its own
+    completions of the batch's prompts, on the rest it takes the data's (teacher-written) targets; either way the
+    teacher scores every completion token and the loss is the generalized JSD (``beta``) between the teacher's
+    top-k (+ tail) and the student, on completion tokens only (``cotdistill.on_policy``)."""
+
+    name = "on_policy"
+
+    def prepare(self, setup: TrainingSetup) -> None:
+        super().prepare(setup)
+        from cotdistill.alignment import StudentVocab
+
+        self.vocab = StudentVocab(setup.tokenizer)
+        self.scorer = make_scorer(self.train.on_policy, setup.engine)
+
+    def close(self) -> None:
+        scorer = getattr(self, "scorer", None)
+        if scorer is not None:
+            scorer.close()
+
+    def loss(self, engine: Any, micro: MicroBatch) -> MicroLoss:
+        import time
+
+        from cotdistill import on_policy as op
+        from cotdistill.answers import extract_answer, normalize_answer
+        from cotdistill.objectives import generalized_jsd, shift_for_causal
+
+        cfg, setup, t = self.train.on_policy, self.setup, self.train
+        started = time.perf_counter()
+        prompts = [op.prompt_of(e) for e in micro.examples]
+        sampled = op.samples_this_micro_step(t.seed, micro.index, cfg.lmbda)
+        if sampled:
+            completions = op.sample_completions(engine, setup.tokenizer, prompts, setup.causal, cfg.temperature,
+                                                cfg.max_new_tokens, op.sampling_seed(t.seed, micro.index, micro.rank))
+        else:
+            completions = [op.target_of(e) for e in micro.examples]
+        generated = time.perf_counter()
+        targets = op.score_completions(self.scorer, setup.tokenizer, self.vocab, prompts, completions, cfg.top_k)
+        scored = time.perf_counter()
+        batch = op.divergence_batch(prompts, completions, targets, setup.causal, setup.tokenizer.pad_token_id)
+        real, slots = padding_stats(batch, setup.causal)
+        logits, labels, targ, shift = student_forward(engine, batch, setup.causal)
+        ids, probs, weights = targ["kd_ids"], targ["kd_probs"], targ["token_weights"]
+        if shift:
+            logits, labels = shift_for_causal(logits, labels)
+            ids, probs, weights = ids[:, 1:], probs[:, 1:], weights[:, 1:]
+        scored_positions = (labels != IGNORE_INDEX) & (weights > 0)
+        per_token = generalized_jsd(logits, ids, probs, cfg.beta)
+        per_token = torch.where(scored_positions, per_token, torch.zeros_like(per_token))
+        count = int(scored_positions.sum().item())
+        loss = per_token.sum() / max(count, 1)
+        share = 1.0 / t.gradient_accumulation  # per-step times: summed over micro-batches, averaged over ranks
+        metrics = {"divergence": (float(per_token.sum().detach()), float(count)),
+                   "on_policy_fraction": (float(sampled), 1.0),
+                   "generate_s": (generated - started, share), "score_s": (scored - generated, share)}
+        if sampled:
+            texts = [setup.tokenizer.decode(list(c), skip_special_tokens=True) for c in completions]
+            golds = [setup.answers[i] if i < len(setup.answers) else "" for i in micro.indices]
+            found = [extract_answer(text) for text in texts]
+            correct = sum(1 for answer, gold in zip(found, golds, strict=True)
+                          if gold and answer is not None and answer == normalize_answer(gold))
+            metrics["completion_tokens"] = (float(sum(len(c) for c in completions)), float(len(completions)))
+            metrics["sample_accuracy"] = (float(correct), float(len(completions)))
+        else:
+            metrics["completion_tokens"] = (0.0, 0.0)
+            metrics["sample_accuracy"] = (0.0, 0.0)
+        return MicroLoss(loss, count, real, slots, metrics)
+
+
+def make_scorer(cfg: Any, engine: Any) -> Any:
+    """The teacher that scores completions (``train.on_policy.teacher``), loaded outside the student's ZeRO-3."""
+    teacher = cfg.teacher
+    if teacher.backend != "hf":
+        raise ConfigError(f"train.on_policy.teacher.backend={teacher.backend!r}: only hf is available")
+    from cotdistill.teacher.scoring import HFTokenScorer
+
+    with engine.outside_zero3():
+        return HFTokenScorer(teacher.model, teacher.device, teacher.precision, teacher.batch_size)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (SupervisedFineTuning, DistributionMatching,
+                                                                    OnPolicyDistillation)}
 
 
 def objective_name(train: TrainConfig) -> str:
@@ -128,6 +250,17 @@ def check_objective(train: TrainConfig) -> None:
         raise ConfigError(f"train.objective=sft trains on the teacher's text only, but train.kd_weight="
                           f"{train.kd_weight:g} asks for distribution matching: set train.objective=kd (or auto), "
                           "or train.kd_weight=0")
+    if name == OnPolicyDistillation.name:
+        op = train.on_policy
+        if not 0.0 <= op.lmbda <= 1.0 or not 0.0 <= op.beta <= 1.0:
+            raise ConfigError(f"train.on_policy.lmbda and .beta must be in [0, 1], got {op.lmbda:g} and {op.beta:g}")
+        if op.temperature <= 0 or op.max_new_tokens < 1 or op.top_k < 1:
+            raise ConfigError("train.on_policy needs temperature > 0, max_new_tokens >= 1 and top_k >= 1")
+        if not op.teacher.model:
+            raise ConfigError("train.objective=on_policy needs a teacher: set train.on_policy.teacher.model")
+        if train.kd_weight > 0:
+            raise ConfigError("train.kd_weight is distribution matching on stored teacher log-probs; "
+                              "train.objective=on_policy scores with train.on_policy.teacher instead: set kd_weight=0")
     if name == DistributionMatching.name and train.kd_weight <= 0:
         raise ConfigError("train.objective=kd matches the teacher's distribution with weight train.kd_weight, "
                           "which is 0: set train.kd_weight in (0, 1]")

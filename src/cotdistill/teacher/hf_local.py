@@ -61,7 +61,7 @@ class HFTeacher:
             raise TeacherError(f"batch_size must be at least 1, got {batch_size}")
         self.model_name = model
         self.batch_size = batch_size
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cpu" and precision == "fp16":
             log.warning("fp16 is not supported for generation on CPU; loading teacher %s in fp32", model)
             precision = "fp32"
@@ -263,18 +263,18 @@ class HFTeacher:
             return Completion(text, reason), len(spans)
         tokens = tuple(
             TokenLogprob(text[start:stop], chosen[row][step],
-                         tuple((self._alternative(kept[i - 1] if i else None, alt), value)
+                         tuple((alternative_text(self.tokenizer, kept[i - 1] if i else None, alt), value)
                                for alt, value in top[row][step]))
             for i, (step, (start, stop)) in enumerate(zip(steps, spans, strict=True)))
         return Completion(text, reason, tokens), len(tokens)
 
-    def _alternative(self, previous: int | None, token: int) -> str:
-        """An alternative token's text after the previous token, so a sentencepiece "▁" reads as a space."""
-        if previous is None:
-            return self.tokenizer.decode([token])
-        context = self.tokenizer.decode([previous])
-        both = self.tokenizer.decode([previous, token])
-        return both[len(context):] if both.startswith(context) else self.tokenizer.decode([token])
+def alternative_text(tokenizer, previous: int | None, token: int) -> str:
+    """A token's text after the previous token, so a sentencepiece "▁" reads as a space."""
+    if previous is None:
+        return tokenizer.decode([token])
+    context = tokenizer.decode([previous])
+    both = tokenizer.decode([previous, token])
+    return both[len(context):] if both.startswith(context) else tokenizer.decode([token])
 
 
 def _step_logprobs(logits: tuple[torch.Tensor, ...], new_ids: torch.Tensor, k: int,
@@ -310,7 +310,7 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -1,0 +1,114 @@
+"""Teachers that score given text token by token, for on-policy distillation (``train.objective=on_policy``).
+
+The student writes a completion of a prompt; the teacher reports, for each token of that completion in its own
+tokenizer, the token's text, its log-probability and the top-k alternatives there (``TokenLogprob``, the builder's
+format). ``cotdistill.alignment.scored_targets`` then maps them onto the student's tokens, whatever its tokenizer.
+
+Backends: ``HFTokenScorer``, a local causal Hugging Face model in the training process (replicated on every rank:
+loaded outside ZeRO-3, see ``Engine.outside_zero3``). A served teacher (``openai``: legacy completions with
+``echo=True``, ``max_tokens=0``, ``logprobs=k``) is the next backend of this protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from cotdistill.errors import ConfigError
+from cotdistill.teacher.hf_local import PRECISIONS, alternative_text, resolve_device
+from cotdistill.teacher.types import TeacherError, TokenLogprob
+
+log = logging.getLogger(__name__)
+
+
+class TokenScorer(Protocol):
+    """Scores (prompt, completion) pairs: per pair, the completion's tokens in the teacher's tokenizer."""
+
+    def score(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+    def close(self) -> None: ...
+
+
+def completion_start(prompt_ids: Sequence[int], full_ids: Sequence[int]) -> int:
+    """Where the completion's tokens start in the tokenized prompt + completion: after the longest common prefix
+    with the prompt's own tokens. A token that merges the prompt's end with the completion's start (a BPE merge
+    across the boundary) counts as the completion's, so no completion character goes unscored."""
+    common = 0
+    for a, b in zip(prompt_ids, full_ids, strict=False):
+        if a != b:
+            break
+        common += 1
+    return max(common, 1)  # the first token has no prediction to score
+
+
+class HFTokenScorer:
+    """A local causal checkpoint scoring completions with one teacher-forced forward per batch of pairs."""
+
+    def __init__(self, model: str, device: str = "auto", precision: str = "fp32", batch_size: int = 8) -> None:
+        from cotdistill.modeling import detect_kind, load_model, load_tokenizer
+
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown teacher precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if batch_size < 1:
+            raise ConfigError(f"the teacher's batch size must be at least 1, got {batch_size}")
+        if not Path(model).expanduser().exists() and Path(model).is_absolute():
+            raise ConfigError(f"teacher model {model!r} does not exist: no such folder")
+        self.model_name, self.batch_size, self.precision = model, batch_size, precision
+        self.device = resolve_device(device)
+        try:
+            kind = detect_kind(model)
+            if kind != "causal":
+                raise ConfigError(f"teacher {model!r} is a {kind} model: on-policy scoring needs a causal teacher")
+            self.tokenizer = load_tokenizer(model, kind)
+            self.model = load_model(model, kind, PRECISIONS[precision])
+        except (OSError, TeacherError) as exc:
+            raise ConfigError(f"cannot load teacher model {model!r}: {exc}") from exc
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.tokenizer.padding_side = "right"
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "hf", "model": self.model_name, "device": str(self.device), "precision": self.precision}
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+
+    def score(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
+        out: list[tuple[TokenLogprob, ...]] = []
+        for start in range(0, len(pairs), self.batch_size):
+            out += self._score_batch(pairs[start:start + self.batch_size], top_k)
+        return out
+
+    def _score_batch(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
+        tok = self.tokenizer
+        full = [tok(prompt + completion)["input_ids"] for prompt, completion in pairs]
+        starts = [completion_start(tok(prompt)["input_ids"], ids) for (prompt, _), ids in zip(pairs, full,
+                                                                                           strict=True)]
+        width = max(len(ids) for ids in full)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in full], device=self.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in full], device=self.device)
+        with torch.no_grad():
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        vocab = len(tok)
+        out = []
+        for row, (ids, first) in enumerate(zip(full, starts, strict=True)):
+            if first >= len(ids):
+                out.append(())
+                continue
+            logp = logits[row, first - 1:len(ids) - 1].float().log_softmax(-1)  # predicts ids[first:]
+            chosen = logp.gather(-1, torch.tensor(ids[first:], device=logp.device).unsqueeze(-1)).squeeze(-1)
+            best = logp[:, :vocab].topk(min(top_k, vocab), dim=-1)
+            tokens = []
+            for offset, position in enumerate(range(first, len(ids))):
+                previous = ids[position - 1]
+                top = tuple((alternative_text(tok, previous, int(i)), float(v))
+                            for i, v in zip(best.indices[offset].tolist(), best.values[offset].tolist(), strict=True))
+                tokens.append(TokenLogprob(alternative_text(tok, previous, ids[position]), float(chosen[offset]), top))
+            out.append(tuple(tokens))
+        return out

@@ -1,0 +1,189 @@
+"""On-policy distillation (issue 18, items 2-3a): a teacher that scores the student's own tokens across tokenizers,
+the deterministic sampling schedule, and 2-rank ZeRO-3 training of a tiny Llama scored by a tiny GPT-2 teacher
+(another tokenizer), resumed exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import launch
+from cotdistill.alignment import StudentVocab, scored_targets
+from cotdistill.batching import TokenizedExample
+from cotdistill.config import load_config
+from cotdistill.errors import ConfigError
+from cotdistill.objectives import IGNORE_INDEX
+from cotdistill.on_policy import (
+    divergence_batch,
+    prompt_of,
+    samples_this_micro_step,
+    sampling_seed,
+    score_completions,
+    target_of,
+)
+from cotdistill.teacher.scoring import HFTokenScorer, completion_start
+
+PROMPT = "Question: Ann has 3 apples. Ann finds 4 more apples. How many apples does Ann have now?\nAnswer:"
+COMPLETION = " Ann has 3 + 4 = 7 apples. The answer is 7."
+
+
+@pytest.fixture(scope="module")
+def gpt2_scorer(tiny_models) -> HFTokenScorer:
+    return HFTokenScorer(str(tiny_models["gpt2"]), device="cpu", precision="fp32", batch_size=2)
+
+
+def test_the_teacher_scores_each_completion_token_with_its_own_log_probability(tiny_models, gpt2_scorer):
+    tokens, empty = gpt2_scorer.score([(PROMPT, COMPLETION), (PROMPT, "")], top_k=4)
+    assert empty == ()
+    assert "".join(t.token for t in tokens) == COMPLETION
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"]).eval()
+    ids = tokenizer(PROMPT + COMPLETION)["input_ids"]
+    start = completion_start(tokenizer(PROMPT)["input_ids"], ids)
+    with torch.no_grad():
+        logp = model(input_ids=torch.tensor([ids])).logits[0].log_softmax(-1)
+    for offset, token in enumerate(tokens):
+        position = start + offset
+        assert token.logprob == pytest.approx(logp[position - 1, ids[position]].item(), abs=1e-5)
+        assert len(token.top) == 4 and token.top[0][1] >= token.top[-1][1]
+        assert token.top[0][1] == pytest.approx(logp[position - 1].max().item(), abs=1e-5)
+
+
+def test_a_completion_merging_with_the_prompts_last_token_is_scored_from_the_merge():
+    assert completion_start([5, 6, 7], [5, 6, 7, 8, 9]) == 3
+    assert completion_start([5, 6, 7], [5, 6, 70, 9]) == 2  # 7 + the completion's start became one token 70
+    assert completion_start([5], [50]) == 1  # the very first token predicts nothing
+
+
+def test_scored_targets_keep_the_teachers_probability_of_a_token_it_would_not_pick(tiny_models):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    vocab = StudentVocab(tokenizer)
+    ids = tokenizer(" has 7", add_special_tokens=False)["input_ids"]
+    texts = [tokenizer.decode(ids[:k + 1])[len(tokenizer.decode(ids[:k])):] for k in range(len(ids))]
+    # The teacher prefers " had" over the student's " has" (0.6 > 0.3), and offers one word no student token spells.
+    alternatives = [[" had", math.log(0.6)], [texts[0], math.log(0.3)], ["zqxj", math.log(0.05)]]
+    teacher = [[texts[0], math.log(0.3), alternatives]]
+    teacher += [[t, math.log(0.9), [[t, math.log(0.9)]]] for t in texts[1:]]
+    targets = scored_targets(teacher, ids, tokenizer, vocab)
+    first_ids, first_probs = targets[0]
+    assert first_ids[0] == ids[0] and first_probs[0] == pytest.approx(0.3)
+    if vocab.lookup(" had") is not None:
+        assert dict(zip(first_ids, first_probs, strict=True))[vocab.lookup(" had")] == pytest.approx(0.6)
+    assert sum(first_probs) < 1.0  # the unspellable 0.05 and the rest stay in the tail
+    assert all(t is not None and t[0][0] == i for t, i in zip(targets[1:], ids[1:], strict=True))
+
+
+def test_which_micro_steps_sample_is_the_same_on_every_rank_and_resume_and_follows_lambda():
+    draws = [samples_this_micro_step(42, index, 0.5) for index in range(2000)]
+    assert draws == [samples_this_micro_step(42, index, 0.5) for index in range(2000)]
+    assert 0.45 < sum(draws) / len(draws) < 0.55
+    assert all(samples_this_micro_step(42, i, 1.0) for i in range(50))
+    assert not any(samples_this_micro_step(42, i, 0.0) for i in range(50))
+    assert sampling_seed(42, 3, 0) != sampling_seed(42, 3, 1) == sampling_seed(42, 3, 1)
+
+
+def test_a_cross_tokenizer_divergence_batch_puts_the_teachers_targets_on_the_completion_tokens(tiny_models,
+                                                                                               gpt2_scorer):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    prompt = tuple(tokenizer(PROMPT)["input_ids"])
+    completion = tuple(tokenizer(COMPLETION, add_special_tokens=False)["input_ids"]) + (tokenizer.eos_token_id,)
+    example = TokenizedExample(prompt + completion, (IGNORE_INDEX,) * len(prompt) + completion, True)
+    assert prompt_of(example) == prompt and target_of(example) == completion
+    targets = score_completions(gpt2_scorer, tokenizer, StudentVocab(tokenizer), [prompt], [completion], top_k=4)
+    assert len(targets[0]) == len(completion) and targets[0][-1] is None  # EOS: no text for the teacher to score
+    assert sum(t is not None for t in targets[0]) >= len(completion) // 2
+    batch = divergence_batch([prompt], [completion], targets, True, tokenizer.pad_token_id)
+    labelled = (batch["labels"][0] != IGNORE_INDEX).nonzero()[:, 0].tolist()
+    assert len(labelled) == len(completion) and batch["labels"][0, labelled].tolist() == list(completion)
+    for position, target in zip(labelled, targets[0], strict=True):
+        assert batch["token_weights"][0, position] == (target is not None)
+        if target is not None:
+            assert batch["kd_ids"][0, position, 0] == target[0][0]
+            assert batch["kd_probs"][0, position, :len(target[1])].tolist() == pytest.approx(list(target[1]))
+    assert batch["token_weights"][0, :len(prompt)].sum() == 0
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train.objective=on_policy"], "needs a teacher: set train.on_policy.teacher.model"),
+    (["train.objective=on_policy", "train.on_policy.teacher.model=t", "train.on_policy.lmbda=1.5"], "lmbda"),
+    (["train.objective=on_policy", "train.on_policy.teacher.model=t", "train.kd_weight=0.5"], "set kd_weight=0"),
+])
+def test_on_policy_settings_that_cannot_work_are_refused_before_training(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("recipes/demo-gpt2-synthetic.yaml", overrides)
+
+
+# --- 2 ranks under ZeRO-3: a tiny Llama student, a tiny GPT-2 teacher (another tokenizer) -----------------------
+
+
+STEPS = 4
+# With train.seed 42 this samples at micro-steps 0, 1, 4 and 6 of 8 (2 per step): steps 1, 3 and 4 sample, step 2
+# trains on the data's targets, and the resumed part (steps 3-4) samples again.
+LAMBDA = 0.75
+
+
+def on_policy_args(student: Path, teacher: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", "recipes/demo-gpt2-synthetic.yaml", f"model.name_or_path={student}", "model.make_tiny=",
+            f"output_dir={out}", "data.synthetic.train_size=64", "data.synthetic.eval_size=2",
+            "train.micro_batch_size=2", "train.gradient_accumulation=2", f"train.max_steps={STEPS}",
+            "train.warmup_steps=0", "train.lr=1e-3", "train.objective=on_policy", f"train.on_policy.lmbda={LAMBDA}",
+            "train.on_policy.max_new_tokens=12", f"train.on_policy.teacher.model={teacher}",
+            "train.on_policy.teacher.device=cpu", "checkpoint.every=2", "eval.at_end=false", *extra]
+
+
+def sharp_teacher(source: Path, out: Path) -> Path:
+    """The tiny GPT-2 with its logits scaled 20x: a random teacher far from the random student's near-uniform
+    distributions, so the divergence is large enough to say something."""
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(20.0)
+        model.transformer.ln_f.bias.mul_(20.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def on_policy_runs(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("on-policy")
+    student, teacher = tiny_models["llama"], sharp_teacher(tiny_models["gpt2"], root / "teacher")
+    full = root / "full"
+    launch("launchers/train.py", on_policy_args(student, teacher, full))
+    resumed = root / "resumed"
+    launch("launchers/train.py", on_policy_args(student, teacher, resumed, "train.stop_after_steps=2"))
+    launch("launchers/train.py", on_policy_args(student, teacher, resumed))
+    return {"full": full, "resumed": resumed}
+
+
+def logged(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_on_policy_training_logs_the_divergence_samples_and_times(on_policy_runs):
+    rows = logged(on_policy_runs["full"])
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    for row in rows:
+        # The loss is the divergence (float32 per rank, the divergence metric summed in float64 over ranks).
+        assert row["loss"] == pytest.approx(row["divergence"], rel=1e-6) and row["loss"] > 0.1
+        assert 0.0 <= row["on_policy_fraction"] <= 1.0 and row["score_s"] > 0
+        if row["on_policy_fraction"] > 0:
+            assert row["completion_tokens"] > 0 and row["generate_s"] > 0
+            assert 0.0 <= row["sample_accuracy"] <= 1.0
+    schedule = [[samples_this_micro_step(42, 2 * (r["step"] - 1) + k, LAMBDA) for k in range(2)] for r in rows]
+    assert [r["on_policy_fraction"] for r in rows] == [sum(s) / 2 for s in schedule]
+    assert sum(map(sum, schedule[2:])) > 0 and sum(map(sum, schedule)) < 2 * STEPS
+    assert (on_policy_runs["full"] / "final" / "model.safetensors").exists()
+
+
+def test_an_interrupted_on_policy_run_resumes_with_the_uninterrupted_losses(on_policy_runs):
+    keys = ("step", "loss", "divergence", "on_policy_fraction", "completion_tokens", "sample_accuracy", "grad_norm")
+    full = [{k: r[k] for k in keys} for r in logged(on_policy_runs["full"])]
+    resumed = [{k: r[k] for k in keys} for r in logged(on_policy_runs["resumed"])]
+    assert resumed == full
+    shutil.rmtree(on_policy_runs["resumed"] / "final", ignore_errors=True)
