@@ -43,5 +43,5 @@ setup(
         # this release's server honours (seed) and ignores (n, logprobs), and a newer one may change that.
         "serving": ["transformers[serving]>=5.25,<5.26"],
     },
-    entry_points={"console_scripts": ["cotdistill=cotdistill.cli:main"]},
+    entry_points={"console_scripts": ["cotdistill=cotdistill.cli:console_main"]},
 )

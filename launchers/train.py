@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cotdistill.config import describe_config, load_config
-from cotdistill.entrypoints import run_or_exit
+from cotdistill.entrypoints import exit_without_teardown, run_or_exit
 from cotdistill.report import print_run_summary
 from cotdistill.train import train
 
@@ -26,4 +26,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_without_teardown(main)

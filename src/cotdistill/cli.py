@@ -29,7 +29,7 @@ from cotdistill.config import (
     to_yaml,
     validate_run,
 )
-from cotdistill.entrypoints import run_or_exit
+from cotdistill.entrypoints import exit_without_teardown, run_or_exit
 from cotdistill.run_folder import RunFolder
 
 OVERRIDES_HELP = "dotted config overrides KEY=VALUE, e.g. train.max_steps=20"
@@ -343,5 +343,10 @@ def main(argv: list[str] | None = None) -> None:
     fire.Fire(COMMANDS, command=args)
 
 
+def console_main() -> None:
+    """The ``cotdistill`` command: ``main`` ended as every entry point that may start torch.distributed is."""
+    exit_without_teardown(main)
+
+
 if __name__ == "__main__":
-    main()
+    console_main()

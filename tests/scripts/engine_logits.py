@@ -15,6 +15,7 @@ import torch
 
 from cotdistill.batching import padded_prompts
 from cotdistill.engine import Engine
+from cotdistill.entrypoints import exit_without_teardown
 from cotdistill.student import open_student
 
 
@@ -50,4 +51,4 @@ def save_logits(engine: Engine, target: str, out: str, texts: list[str], precisi
 
 
 if __name__ == "__main__":
-    main()
+    exit_without_teardown(main)

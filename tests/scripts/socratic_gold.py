@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict
 
 from cotdistill.engine import Engine
+from cotdistill.entrypoints import exit_without_teardown
 from cotdistill.problems.synthetic import SyntheticSpec, generate_problems
 from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic
 
@@ -35,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_without_teardown(main)

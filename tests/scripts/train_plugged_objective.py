@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "launchers"))
 
 from train import main  # noqa: E402  (launchers/train.py, imported as the launcher imports its modules)
 
+from cotdistill.entrypoints import exit_without_teardown  # noqa: E402
 from cotdistill.training_objectives import OBJECTIVES, MicroLoss, SupervisedFineTuning  # noqa: E402
 
 
@@ -30,4 +31,4 @@ class LoggedSFT(SupervisedFineTuning):
 OBJECTIVES[LoggedSFT.name] = LoggedSFT
 
 if __name__ == "__main__":
-    main()
+    exit_without_teardown(main)
