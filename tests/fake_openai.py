@@ -30,11 +30,15 @@ from typing import Any
 # only half arrives before the close).
 FAULT_STATUSES = ("429", "500", "503", "401", "404", "400")
 FAULT_KINDS = (*FAULT_STATUSES, "hang", "drop", "truncate", "cut")
-IGNORABLE = ("n", "logprobs", "seed")  # n: one choice; logprobs: none returned; seed: every answer differs
+IGNORABLE = ("n", "logprobs", "seed", "echo")  # n: one choice; logprobs: none returned; seed: every answer
+# differs; echo: the prompt is neither echoed nor scored (llama.cpp's server)
 _PIECE = re.compile(r"\s*\S+|\s+")  # tokens: each carries its leading whitespace, so they join to the text
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 Responder = Callable[[str, str, int], str]
+# Scores a whole text for `echo`: (text, k) -> the legacy completions `logprobs` object of every token of it
+# (tokens, token_logprobs and top_logprobs with None first, text_offset). Tests pass one backed by a real model.
+EchoScorer = Callable[[str, int], dict]
 
 
 def pieces(text: str) -> list[str]:
@@ -58,11 +62,13 @@ def echo_responder(question: str, prompt: str, sample: int) -> str:
 
 @dataclass
 class Fault:
-    """Instead of answering, hit the first `times` requests (whose question contains `question`, if set)."""
+    """Instead of answering, hit the first `times` requests (whose question contains `question`, if set) after
+    letting the first `after` of them through."""
 
     kind: str
     times: int = 1
     question: str | None = None
+    after: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -100,7 +106,8 @@ class FakeOpenAIServer:
 
     def __init__(self, responder: Responder = echo_responder, delay: float = 0.0, faults: Sequence[Fault] = (),
                  api_key: str | None = None, hang_seconds: float = 30.0, model: str = "fake-teacher",
-                 port: int = 0, host: str = "127.0.0.1", ignores: Sequence[str] = ()) -> None:
+                 port: int = 0, host: str = "127.0.0.1", ignores: Sequence[str] = (),
+                 echo_scorer: EchoScorer | None = None) -> None:
         unknown = set(ignores) - set(IGNORABLE)
         if unknown:
             raise ValueError(f"cannot ignore {sorted(unknown)}; known: {', '.join(IGNORABLE)}")
@@ -111,7 +118,9 @@ class FakeOpenAIServer:
         self.api_key = api_key
         self.hang_seconds = hang_seconds
         self.model = model
+        self.echo_scorer = echo_scorer
         self._remaining = [f.times for f in self.faults]
+        self._passed = [0 for _ in self.faults]
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._requests = 0
@@ -193,6 +202,9 @@ class FakeOpenAIServer:
         with self._lock:
             for i, fault in enumerate(self.faults):
                 if self._remaining[i] > 0 and (fault.question is None or fault.question in question):
+                    if self._passed[i] < fault.after:
+                        self._passed[i] += 1
+                        continue
                     self._remaining[i] -= 1
                     self._faults_injected[fault.kind] = self._faults_injected.get(fault.kind, 0) + 1
                     return fault.kind
@@ -221,7 +233,7 @@ class FakeOpenAIServer:
         seed = self._next_unseeded(n) if "seed" in self.ignores else int(body.get("seed") or 0)
         stop = body.get("stop") or []
         stops = [stop] if isinstance(stop, str) else list(stop)
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))  # 0 is a limit (echo only)
         out = []
         for i in range(n):
             text, reason = self.responder(question, prompt, seed + i), "stop"
@@ -244,6 +256,15 @@ def _completion_logprobs(text: str, k: int, offset: int) -> dict[str, Any]:
         "top_logprobs": [dict(_alternatives(t, i, k)) for i, t in enumerate(toks)],
         "text_offset": offsets,
     }
+
+
+def _echo_logprobs(text: str, k: int) -> dict[str, Any]:
+    """An echoed text's logprobs as servers send them: nothing predicts the first token, so it has None."""
+    out = _completion_logprobs(text, k, 0)
+    if out["tokens"]:
+        out["token_logprobs"][0] = None
+        out["top_logprobs"][0] = None
+    return out
 
 
 def _chat_logprobs(text: str, k: int) -> dict[str, Any]:
@@ -366,6 +387,12 @@ def _handler_class(fake: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                     logprobs = _chat_logprobs(text, k) if body.get("logprobs") else None
                     choices.append({"index": i, "message": {"role": "assistant", "content": text},
                                     "finish_reason": reason, "logprobs": logprobs})
+                elif body.get("echo") and "echo" not in fake.ignores:
+                    k = body.get("logprobs")
+                    full = prompt + text
+                    logprobs = None if k is None else (fake.echo_scorer(full, int(k)) if fake.echo_scorer
+                                                       else _echo_logprobs(full, int(k)))
+                    choices.append({"index": i, "text": full, "finish_reason": reason, "logprobs": logprobs})
                 else:
                     k = body.get("logprobs")
                     logprobs = _completion_logprobs(text, int(k), len(prompt)) if k is not None else None

@@ -14,6 +14,7 @@ from cotdistill.experiments import (
     ExperimentError,
     LaunchRunner,
     ResultStore,
+    changed_from_defaults,
     comparisons,
     eval_options,
     load_experiment,
@@ -88,7 +89,8 @@ def test_arm_resolution(tmp_path):
 
 def test_the_shipped_experiment_resolves():
     exp = load_experiment(REPO / "recipes" / "experiments" / "socratic-vs-cot.yaml")
-    assert list(exp.arms) == ["answer-only", "cot", "socratic", "socratic-equal-epochs"] and exp.seeds == [1, 2, 3]
+    assert list(exp.arms) == ["answer-only", "cot", "socratic", "socratic-equal-epochs", "socratic-solver",
+                              "socratic-two-model"] and exp.seeds == [1, 2, 3]
     assert resolve_run(exp, "socratic-equal-epochs", 1).config.train.max_steps == 3 * 1800
 
 
@@ -345,3 +347,72 @@ def test_an_arm_must_write_what_its_evaluations_read(tmp_path):
     with pytest.raises(ExperimentError, match=r"evaluation 'gsm' reads the training run's 'gsm8k' evaluation, but the "
                                               r"run's eval.datasets \['svamp'\] does not name it"):
         resolve_run(exp, "cot", 1)
+
+
+def two_model(tmp_path: Path) -> dict:
+    """A decomposer-only arm evaluated with the solver-only arm's model of the same seed (Shridhar et al.'s two
+    models)."""
+    socratic = {"data.per_problem": True, "eval.at_end": False}
+    return {"output_dir": str(tmp_path / "out"), "overrides": {"train.max_steps": 7, "data.synthetic.eval_size": 300},
+            "arms": {
+                "solver": {"recipe": RECIPE, "overrides": {**socratic, "data.formats": {"solver": 1},
+                                                           "eval.at_end": True},
+                           "evals": [{"name": "held-out"}]},
+                "two-model": {"recipe": RECIPE, "overrides": {**socratic, "data.formats": {"decomposer": 1}},
+                              "evals": [{"name": "held-out", "solver_arm": "solver",
+                                         "spec": {"strategy": "socratic"}}]}}}
+
+
+def test_a_two_model_arm_asks_with_its_model_and_answers_with_the_solver_arms_model_of_the_same_seed(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, two_model(tmp_path)))
+    assert select_arms(exp, "two-model") == ["solver", "two-model"]  # the solver's arm is trained first
+    run = resolve_run(exp, "two-model", 2)
+    runner = FakeLaunches()
+    runner(resolve_run(exp, "solver", 2))
+    runner.launched.clear()
+    runner(run)
+    script, args = runner.launched[1]
+    assert script == "evaluate.py" and args[0] == str(run.run_dir / "final")
+    assert f"--solver={exp.run_dir('solver', 2) / 'final'}" in args and "--strategy=socratic" in args
+    # the solver arm's configuration is part of the two-model arm's result
+    changed = two_model(tmp_path)
+    changed["arms"]["solver"]["overrides"]["train.lr"] = 1e-4
+    assert resolve_run(load_experiment(write_experiment(tmp_path, changed, "changed")), "two-model", 2).fingerprint \
+        != run.fingerprint
+
+
+@pytest.mark.parametrize("solver_arm, spec, message", [
+    ("nope", {"strategy": "socratic"}, "'nope' is not an arm"),
+    ("two-model", {"strategy": "socratic"}, "must be another arm"),
+    ("solver", {"strategy": "zero_shot_cot"}, "needs strategy: socratic"),
+])
+def test_a_solver_arm_that_cannot_work_is_refused_naming_the_key(tmp_path, solver_arm, spec, message):
+    body = two_model(tmp_path)
+    body["arms"]["two-model"]["evals"][0].update(solver_arm=solver_arm, spec=spec)
+    with pytest.raises(ExperimentError, match="solver_arm") as err:
+        load_experiment(write_experiment(tmp_path, body))
+    assert message in str(err.value)
+
+
+def test_a_config_key_added_with_its_default_keeps_stored_fingerprints(tmp_path, monkeypatch):
+    import cotdistill.experiments as experiments
+
+    exp = load_experiment(write_experiment(tmp_path, two_arms(tmp_path)))
+    before = resolve_run(exp, "mix", 1).fingerprint
+    real = experiments.to_dict
+
+    def with_new_key(value: str):
+        def to_dict(config):
+            out = real(config)
+            out["train"]["new_option"] = value if config.output_dir != "runs/default" else "off"
+            return out
+        return to_dict
+
+    # a new key whose value is its default (code, like the rest of the package) leaves the result valid
+    monkeypatch.setattr(experiments, "to_dict", with_new_key("off"))
+    assert resolve_run(exp, "mix", 1).fingerprint == before
+    # the same key set to something else by the configuration is a different run
+    monkeypatch.setattr(experiments, "to_dict", with_new_key("on"))
+    assert resolve_run(exp, "mix", 1).fingerprint != before
+    found = changed_from_defaults({"a": {"b": 1, "c": [2]}, "d": 3}, {"a": {"b": 1, "c": [1]}, "d": 3})
+    assert found == {"a": {"c": [2]}}

@@ -90,8 +90,8 @@ class _Data:
 def save(engine: Engine, out: Path, step: int) -> None:
     config = RunConfig(output_dir=str(out))
     config.checkpoint.keep_last = 5
-    _save(engine, config, out, step, samples=step * 8, data=_Data(), loss=1.0, log=logging.getLogger("test"),
-          total_steps=10)
+    _save(engine, config, out, step, samples=step * 8, micro_steps=step, data=_Data(), loss=1.0,
+          log=logging.getLogger("test"), total_steps=10)
 
 
 def test_a_checkpoint_the_disk_cannot_hold_is_refused_before_writing_and_the_previous_one_kept(small_disk):

@@ -101,6 +101,10 @@ def test_resumed_run_reaches_the_end_with_every_step_logged_once(runs):
     latest = ckpt.latest_checkpoint(runs["resumed"])
     assert latest is not None and latest.step == STEPS
     assert latest.meta["world_size"] == 1 and latest.meta["samples"] == 8 * STEPS
+    # Global micro-steps are counted on: 4 on 2 ranks, then 2 per step on 1 rank (gradient accumulation 2); an
+    # index derived from the samples (32 // 4 = 8 at the resume) would have skipped 4 of them (on-policy draws and
+    # sampling seeds are keyed by it; going the other way it would have repeated them).
+    assert latest.meta["micro_steps"] == STEPS // 2 + 2 * (STEPS // 2)
 
 
 @pytest.mark.distributed

@@ -37,6 +37,8 @@ def test_a_unified_gpt2_trains_on_both_tasks_and_is_evaluated_socratically(tiny_
     assert len(losses) == 6 and all(v == v and v > 0 for v in losses.values())
     metrics = json.loads((out / "eval" / "held-out" / "metrics.json").read_text())
     assert metrics["strategy"] == "socratic" and metrics["total"] == 6
+    # The trained weights, not the model training started from, played both parts.
+    assert metrics["decomposer"] == metrics["solver"] == f"{out} at step 6 (the training engine's weights)"
     for prediction in predictions(out / "eval" / "held-out"):
         assert isinstance(prediction["subquestions"], list)
         assert len(prediction["subanswers"]) == len(prediction["subquestions"])

@@ -276,20 +276,23 @@ while a teacher's rationale may start with none or a newline.
     remaining mass (1 - sum) to the student's own token (more conservative: the target stays closer to
     one-hot). Either way every returned distribution sums to 1 and lists the student's token first.
     """
+    return [None if teacher is None else _target_at(teacher, token_id, vocab, renormalize, first)
+            for token_id, teacher, first in _aligned_positions(teacher_tokens, target_ids, tokenizer)]
+
+
+def _aligned_positions(teacher_tokens: Sequence[Sequence[Any]], target_ids: Sequence[int],
+                       tokenizer: PreTrainedTokenizerBase) -> list[tuple[int, Sequence[Any] | None, bool]]:
+    """Per student position: (its id, the teacher token aligned to it or None, whether either is its text's first
+    token). Special tokens and unaligned positions get None."""
     target_ids = [int(i) for i in target_ids]
     special = set(tokenizer.all_special_ids)
     student = token_texts(tokenizer, target_ids)
     teacher = [str(token[0]) for token in teacher_tokens]
     aligned = align(teacher, student)
     t_first, s_first = _first_with_text(teacher), _first_with_text(student)
-    out: list[TeacherTarget | None] = []
-    for position, (token_id, t_index) in enumerate(zip(target_ids, aligned, strict=True)):
-        if token_id in special or t_index is None:
-            out.append(None)
-            continue
-        first = t_index == t_first or position == s_first
-        out.append(_target_at(teacher_tokens[t_index], token_id, vocab, renormalize, first))
-    return out
+    return [(token_id, None, False) if token_id in special or t_index is None
+            else (token_id, teacher_tokens[t_index], t_index == t_first or position == s_first)
+            for position, (token_id, t_index) in enumerate(zip(target_ids, aligned, strict=True))]
 
 
 def _first_with_text(tokens: Sequence[str]) -> int | None:
@@ -355,19 +358,9 @@ def scored_targets(
     positions where no candidate maps into the student's vocabulary. Probabilities sum to at most 1; the
     student's own token is listed first when the teacher gave it any.
     """
-    target_ids = [int(i) for i in target_ids]
-    special = set(tokenizer.all_special_ids)
-    student = token_texts(tokenizer, target_ids)
-    teacher = [str(token[0]) for token in teacher_tokens]
-    aligned = align(teacher, student)
-    t_first, s_first = _first_with_text(teacher), _first_with_text(student)
     out: list[TeacherTarget | None] = []
-    for position, (token_id, t_index) in enumerate(zip(target_ids, aligned, strict=True)):
-        if token_id in special or t_index is None:
-            out.append(None)
-            continue
-        first = t_index == t_first or position == s_first
-        probs = _mapped_probs(teacher_tokens[t_index], token_id, vocab, first)
+    for token_id, teacher, first in _aligned_positions(teacher_tokens, target_ids, tokenizer):
+        probs = _mapped_probs(teacher, token_id, vocab, first) if teacher is not None else {}
         if not probs:
             out.append(None)
             continue

@@ -298,6 +298,16 @@ class BatchStream:
         """The position after the steps taken so far (what a checkpoint saves)."""
         return DataState(self.epoch, flatten(self.steps[self.offset:]))
 
+    def mark(self) -> tuple[int, list, int]:
+        """The position now, without copying the epoch's order (taken every step); ``state_at`` makes it a
+        DataState, for a checkpoint of the step before a failed one."""
+        return self.epoch, self.steps, self.offset
+
+    @staticmethod
+    def state_at(mark: tuple[int, list, int]) -> DataState:
+        epoch, steps, offset = mark
+        return DataState(epoch, flatten(steps[offset:]))
+
 
 def flatten(steps: Sequence[Sequence[Sequence[int]]]) -> tuple[int, ...]:
     """Global micro-steps as one sample sequence: step by step, rank by rank."""

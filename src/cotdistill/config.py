@@ -124,12 +124,23 @@ class DataConfig:
 
 @dataclass
 class OnPolicyTeacherConfig:
-    backend: str = _help("hf: a local causal Hugging Face teacher in the training job (replicated on every rank)",
-                         "hf")
-    model: str = _help("the teacher: a Hugging Face folder or hub id", "")
+    backend: str = _help("hf: a local causal Hugging Face teacher in the training job (replicated on every rank) | "
+                         "openai: a served one (vLLM or the OpenAI legacy API: completions with echo=true, "
+                         "max_tokens=0, logprobs=top_k)", "hf")
+    model: str = _help("the teacher: a Hugging Face folder or hub id (hf), the served model's name (openai)", "")
     device: str = _help("hf: auto | cpu | cuda[:N]", "auto")
     precision: str = _help("hf: bf16 | fp16 | fp32", "fp32")
     batch_size: int = _help("hf: completions scored per teacher forward", 8)
+    base_url: str = _help("openai: the server's URL, e.g. http://localhost:8000/v1", "")
+    api_key_env: str = _help("openai: environment variable holding the API key (never written anywhere)",
+                             "OPENAI_API_KEY")
+    concurrency: int = _help("openai: scoring requests in flight at once, per rank", 16)
+    timeout: float = _help("openai: seconds to wait for one response before retrying", 120.0)
+    max_retries: int = _help("openai: retries of one request on 429, 5xx, timeouts, dropped connections; past "
+                             "them the run saves a checkpoint and exits 75 (rerun to resume)", 8)
+    backoff_initial: float = _help("openai: first retry delay in seconds; doubles each retry, with full jitter",
+                                   1.0)
+    backoff_max: float = _help("openai: longest retry delay in seconds", 60.0)
 
 
 @dataclass

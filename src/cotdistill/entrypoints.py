@@ -16,12 +16,13 @@ T = TypeVar("T")
 
 
 def run_or_exit(fn: Callable[[], T]) -> T:
-    """Call ``fn``; a CotDistillError (bad recipe, data or path) becomes ``error: ...`` and exit code 2."""
+    """Call ``fn``; a CotDistillError (bad recipe, data or path) becomes ``error: ...`` and exit code 2, or the
+    error's own ``exit_code`` (75 for a teacher that stayed down: rerunning is the fix)."""
     try:
         return fn()
     except CotDistillError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(err, "exit_code", 2)) from None
 
 
 def fire_under_launcher(fn: Callable[..., str]) -> NoReturn:

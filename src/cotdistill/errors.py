@@ -11,3 +11,10 @@ class ConfigError(CotDistillError):
 
 class DataError(CotDistillError):
     """A data file is missing, malformed, or lacks a field; the message names file and line or record."""
+
+
+class TeacherUnavailable(CotDistillError):
+    """A served teacher kept failing past its retry budget during training. The run saves a checkpoint of its
+    last finished step and exits 75 (sysexits' EX_TEMPFAIL): rerunning the same command resumes it."""
+
+    exit_code = 75

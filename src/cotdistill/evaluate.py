@@ -129,7 +129,7 @@ def evaluate_set(engine: Engine, student: Student, eval_set: EvalSet, spec: Eval
     # streams (dropout) come back untouched, so a dev eval never changes the run it interrupts.
     with isolated_rng(eval_seed(spec, engine.rank)):
         if spec.strategy == "socratic":
-            settings = SocraticSettings.from_spec(spec, student.model_path)
+            settings = SocraticSettings.from_spec(spec, student.name)
             report = evaluate_socratic_loaded(engine, student, eval_set.problems, settings, name=desc)
         else:
             report = evaluate_problems(engine, student, eval_set.problems, spec, demo_pool=eval_set.demo_pool,

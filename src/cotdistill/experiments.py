@@ -91,7 +91,7 @@ RUN_MARK = "experiment_run.json"  # in a run folder: which experiment arm and se
 _TOP_KEYS = ("description", "name", "seeds", "first_seed", "output_dir", "min_eval_problems", "baseline", "init",
              "overrides", "evals", "arms")
 _ARM_KEYS = ("recipe", "overrides", "evals", "description")
-_EVAL_KEYS = ("name", "dataset", "spec")
+_EVAL_KEYS = ("name", "dataset", "spec", "solver_arm")
 _INIT_KEYS = ("family", "recipe", "overrides")
 _SPEC_KEYS = tuple(f.name for f in dataclasses.fields(EvalSpec))
 
@@ -111,6 +111,7 @@ class EvalEntry:
     name: str
     dataset: str = HELD_OUT
     spec: dict[str, Any] = field(default_factory=dict)  # EvalSpec keys; empty: read the training run's own eval
+    solver_arm: str = ""  # two models (Socratic): this arm's model asks, that arm's model of the same seed answers
 
     @property
     def from_training(self) -> bool:
@@ -229,7 +230,13 @@ def _evals(source: Path, key: str, value: Any) -> list[EvalEntry]:
                 eval_config({"model": "-", "datasets": [_eval_dataset(dataset)], **spec})
             except ConfigError as err:
                 raise _fail(source, f"{where}.spec", str(err)) from None
-        entries.append(EvalEntry(name.strip(), dataset, dict(spec)))
+        solver_arm = item.get("solver_arm", "")
+        if not isinstance(solver_arm, str):
+            raise _fail(source, f"{where}.solver_arm", f"expected an arm name, got {solver_arm!r}")
+        if solver_arm and spec.get("strategy") != "socratic":
+            raise _fail(source, f"{where}.solver_arm", "a solver from another arm answers a decomposer's "
+                                                       "sub-questions: the spec needs strategy: socratic")
+        entries.append(EvalEntry(name.strip(), dataset, dict(spec), solver_arm))
     names = [e.name for e in entries]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -292,6 +299,14 @@ def load_experiment(path: str | Path) -> Experiment:
             raise _fail(source, f"{where}.evals", "no evaluations: give the arm evals, or evals at the top level")
         arms[arm_name] = Arm(arm_name, _recipe(source, f"{where}.recipe", raw.get("recipe")),
                              common + _overrides(source, f"{where}.overrides", raw.get("overrides")), evals)
+    for arm in arms.values():
+        for entry in arm.evals:
+            key = f"arms.{arm.name}.evals ({entry.name}).solver_arm"
+            if entry.solver_arm and entry.solver_arm not in arms:
+                raise _fail(source, key, f"{entry.solver_arm!r} is not an arm; arms: {', '.join(arms)}")
+            if entry.solver_arm == arm.name or any(e.solver_arm for e in arms.get(entry.solver_arm, arm).evals):
+                raise _fail(source, key, f"{entry.solver_arm!r} must be another arm whose own evaluations need no "
+                                         "solver arm")
     baseline = values.get("baseline") or next(iter(arms))
     if baseline not in arms:
         raise _fail(source, "baseline", f"{baseline!r} is not an arm; arms: {', '.join(arms)}")
@@ -320,7 +335,8 @@ def select_arms(experiment: Experiment, arms: str | Iterable[str] | None) -> lis
     if unknown:
         raise ExperimentError(f"{experiment.source}: no arm named {', '.join(unknown)}; arms: "
                               f"{', '.join(experiment.arms)}")
-    return list(dict.fromkeys(chosen))
+    needed = [e.solver_arm for a in chosen for e in experiment.arms[a].evals if e.solver_arm]
+    return list(dict.fromkeys(needed + chosen))  # an arm whose model another arm's evaluation uses runs first
 
 
 def select_seeds(experiment: Experiment, count: int | None) -> list[int]:
@@ -389,10 +405,36 @@ def resolve_run(experiment: Experiment, arm_name: str, seed: int) -> ArmRun:
             raise ExperimentError(f"{where} reads the training run's {entry.dataset!r} evaluation, but the run's "
                                   f"eval.datasets {config.eval.datasets} does not name it; add it there or give the "
                                   "evaluation a spec")
-    payload = {"recipe": arm.recipe, "config": to_dict(config), "evals": [dataclasses.asdict(e) for e in arm.evals],
+    payload = {"recipe": arm.recipe, "config": changed_from_defaults(to_dict(config), to_dict(RunConfig())),
+               "evals": [dataclasses.asdict(e) for e in arm.evals],
                "init": dataclasses.asdict(experiment.init) if experiment.init else None}
+    solvers = sorted({e.solver_arm for e in arm.evals if e.solver_arm})
+    if solvers:  # another arm's model is part of this arm's result
+        payload["solver_arms"] = {name: resolve_run(experiment, name, seed).fingerprint for name in solvers}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return ArmRun(experiment, arm, seed, overrides, config, run_dir, init_dir, digest)
+
+
+def changed_from_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The leaves of a resolved config that differ from the defaults (what a fingerprint hashes).
+
+    A configuration is what a recipe and its overrides set; the defaults are code, like the rest of the package,
+    and no code is fingerprinted. Hashing the whole resolved config made every new config key (added with a
+    default that keeps runs as they were) invalidate every stored result.
+    """
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        base = defaults.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(base, dict):
+            inner = changed_from_defaults(value, base)
+            if inner:
+                out[key] = inner
+        elif value != base:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
 
 
 def _eval_dataset(dataset: str) -> str:
@@ -660,6 +702,8 @@ class LaunchRunner:
             shutil.rmtree(out, ignore_errors=True)  # a half-written evaluation is redone whole
             dataset = _eval_dataset(entry.dataset)
             flags = [f"--{key}={_text(value)}" for key, value in eval_options(run.config, entry).items()]
+            if entry.solver_arm:
+                flags.append(f"--solver={RunFolder(run.experiment.run_dir(entry.solver_arm, run.seed)).final}")
             self._launch("evaluate.py", [str(folder.final), f"--datasets={dataset}", f"--output_dir={out}", *flags])
             results[entry.name] = read_eval(out / folder_name(dataset))
         return results

@@ -32,6 +32,12 @@ class Student:
     model_path: str
     checkpoint: Path | None
     zero_stage: int | None = None  # the inference engine's stage (None: a training engine lent for evaluation)
+    label: str = ""  # what reports name as the model ('': the checkpoint, else model_path)
+
+    @property
+    def name(self) -> str:
+        """The weights behind a report: the label, the checkpoint, or the model folder or hub id."""
+        return self.label or (str(self.checkpoint) if self.checkpoint is not None else self.model_path)
 
 
 # A replicated model needs its weights plus room for generation (KV cache, logits, allocator slack): the

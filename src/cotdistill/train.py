@@ -17,12 +17,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from cotdistill import checkpoints as ckpt
 from cotdistill.batching import (
+    BatchStream,
     DataState,
     LengthGroupedBatches,
     run_batch_order,
@@ -32,7 +33,7 @@ from cotdistill.chat import check_chat_student
 from cotdistill.config import EvalRunConfig, EvalSpec, RunConfig, eval_spec, to_yaml, validate_run
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
-from cotdistill.errors import ConfigError
+from cotdistill.errors import ConfigError, TeacherUnavailable
 from cotdistill.eval_sets import EvalSet, folder_name, resolve_eval_sets
 from cotdistill.evaluate import evaluate_set
 from cotdistill.export import export_from_engine, save_run_meta
@@ -43,7 +44,7 @@ from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.outputs import check_output_dir, removed_on_failure
 from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, can_pack
 from cotdistill.profiling import StepProfiler, parse_step_range
-from cotdistill.rng import seed_everything
+from cotdistill.rng import capture_rng, restore_rng, seed_everything
 from cotdistill.run_data import load_run_problems, run_examples
 from cotdistill.run_folder import RunFolder
 from cotdistill.runs import mixture_strategy
@@ -230,8 +231,9 @@ class Trainer:
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.order.steps_per_epoch
                                                            / t.gradient_accumulation))
         latest = ckpt.latest_checkpoint(self.out) if config.checkpoint.resume else None
-        self.step, self.consumed, data = (_resume(engine, config, self.out, latest, self.order, log)
-                                          if latest is not None else (0, 0, self.order.position(0)))
+        self.step, self.consumed, self.micro_steps, data = (
+            _resume(engine, config, self.out, latest, self.order, log) if latest is not None
+            else (0, 0, 0, self.order.position(0)))
         if latest is None and engine.is_main:
             for stale in ckpt.remove_incomplete(self.out):
                 log.info("removed incomplete checkpoint %s", stale)
@@ -252,9 +254,10 @@ class Trainer:
     def loss_step(self) -> MicroLoss:
         """One micro-batch of this rank: the objective's forward and loss, backward, DeepSpeed's step."""
         engine = self.engine
-        index = self.consumed // self.order.global_batch  # the global micro-step, the same on every rank
+        index = self.micro_steps  # the global micro-step, the same on every rank, on any world size after a resume
         indices = tuple(self.batches.next_step()[engine.rank])
         self.consumed += self.order.global_batch
+        self.micro_steps += 1
         micro = self.objective.loss(engine, MicroBatch(indices, tuple(self.tokenized[i] for i in indices), index,
                                                        engine.rank))
         engine.backward(micro.loss)
@@ -269,8 +272,12 @@ class Trainer:
         started = time.perf_counter()
         loss_sum = tokens = real = slots = 0.0
         metrics: dict[str, tuple[float, float]] = {}
+        step_start = (self.consumed, self.micro_steps, self.batches.mark(), capture_rng())
         for _ in range(t.gradient_accumulation):
-            micro = self.loss_step()
+            try:
+                micro = self.loss_step()
+            except TeacherUnavailable as err:
+                self._stop_for_teacher(err, *step_start)
             real, slots = real + micro.real, slots + micro.slots
             loss_sum, tokens = loss_sum + float(micro.loss.detach()) * micro.tokens, tokens + micro.tokens
             for name, (value, count) in micro.metrics.items():
@@ -356,15 +363,33 @@ class Trainer:
             writer.close()
         return result
 
-    def _save(self, loss: float) -> None:
-        _save(self.engine, self.config, self.out, self.step, self.consumed, self.batches.state(), loss, self.log,
-              self.total_steps)
+    def _save(self, loss: float, data: DataState | None = None) -> None:
+        _save(self.engine, self.config, self.out, self.step, self.consumed, self.micro_steps,
+              data or self.batches.state(), loss, self.log, self.total_steps)
         self.last_saved = self.step
+
+    def _stop_for_teacher(self, err: TeacherUnavailable, consumed: int, micro_steps: int, mark: tuple,
+                          rng: dict) -> NoReturn:
+        """Every rank: checkpoint the last finished step as it stood before this step's micro-batches (weights and
+        optimizer are untouched until the step ends; the data position and RNG streams are put back), then stop
+        with one line. Rerunning resumes there and takes this step again, exactly."""
+        self.consumed, self.micro_steps = consumed, micro_steps
+        restore_rng(rng)
+        if self.step > 0 and self.last_saved != self.step:
+            self._save(self.losses[-1] if self.losses else float("nan"), BatchStream.state_at(mark))
+        if not self.engine.is_main:  # rank 0 prints the one line; the others stop with its exit code
+            raise SystemExit(err.exit_code)
+        if self.step > 0:
+            where = f"checkpoint step {self.step} is saved; rerun the same command to resume from it"
+        else:
+            where = "no step had finished, so there is nothing to resume: rerun the same command"
+        raise TeacherUnavailable(f"{err} during step {self.step + 1}; {where}") from None
 
 
 def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthGroupedBatches,
-            log) -> tuple[int, int, DataState]:
-    """Load the newest complete checkpoint, on any world size; returns (optimizer step, samples, data state).
+            log) -> tuple[int, int, int, DataState]:
+    """Load the newest complete checkpoint, on any world size; returns (optimizer step, samples, global micro-steps,
+    data state).
 
     A checkpoint written by another number of ranks is converted to a universal checkpoint. The data carries
     over as the epoch's unconsumed samples in their sequence (``DataState``), re-cut into this world size's
@@ -411,7 +436,9 @@ def _resume(engine: Engine, config: RunConfig, out: Path, latest, order: LengthG
     log.info("resumed from %s (step %d, epoch %d with %d samples left)", latest.path, step, data.epoch,
              len(data.remaining))
     samples = int(state.get("samples", latest.meta.get("samples", 0)))
-    return step, samples, data
+    # Counted, not derived from the samples: a resume on another world size neither repeats nor skips an index.
+    micro_steps = int(latest.meta.get("micro_steps", samples // order.global_batch))
+    return step, samples, micro_steps, data
 
 
 def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable:
@@ -445,7 +472,8 @@ def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalS
     """Collective: accuracy on each dev set with the live engine, evaluated exactly as ``cotdistill eval``
     evaluates the checkpoint (same spec and defaults, same code); TensorBoard eval/<set>/accuracy."""
     spec = _eval_spec(config)
-    student = Student(tokenizer, causal, config.model.name_or_path, None)
+    student = Student(tokenizer, causal, config.model.name_or_path, None,
+                      label=f"{config.output_dir} at step {step} (the training engine's weights)")
     reports = {}
     for dev in sets:
         report = evaluate_set(engine, student, dev, spec, desc=f"eval {dev.name}")
@@ -458,8 +486,8 @@ def _evaluate_dev_sets(engine: Engine, tokenizer, causal: bool, sets: list[EvalS
     return reports
 
 
-def _save(engine: Engine, config: RunConfig, out: Path, step: int, samples: int, data: DataState, loss: float,
-          log, total_steps: int) -> None:
+def _save(engine: Engine, config: RunConfig, out: Path, step: int, samples: int, micro_steps: int, data: DataState,
+          loss: float, log, total_steps: int) -> None:
     """Collective: write checkpoint ``step``, complete (marker last) or not at all.
 
     A checkpoint that will not fit is refused before anything is written (its size is the previous
@@ -484,7 +512,7 @@ def _save(engine: Engine, config: RunConfig, out: Path, step: int, samples: int,
     if engine.is_main:
         def finish() -> None:
             ckpt.save_data_state(folder, data.to_json())
-            ckpt.mark_complete(folder, {"step": step, "samples": samples, "loss": loss,
+            ckpt.mark_complete(folder, {"step": step, "samples": samples, "micro_steps": micro_steps, "loss": loss,
                                         "total_steps": total_steps, "world_size": engine.world_size,
                                         "time": time.time()})
         failure = _attempt(finish)

@@ -16,7 +16,7 @@ import torch
 
 from cotdistill.batching import TokenizedExample, collate, forward_batch, padding_stats
 from cotdistill.config import TrainConfig
-from cotdistill.errors import ConfigError
+from cotdistill.errors import ConfigError, TeacherUnavailable
 from cotdistill.objectives import IGNORE_INDEX, distill_loss, mean_token_nll, one_hot_targets
 
 AUTO = "auto"
@@ -170,6 +170,19 @@ class OnPolicyDistillation(Objective):
         if scorer is not None:
             scorer.close()
 
+    @staticmethod
+    def _agreed(engine: Any, score: Any) -> Any:
+        """``score()``, or on every rank the same ``TeacherUnavailable`` when the teacher stayed down on any rank:
+        no rank goes on to the backward's collectives while another stops."""
+        try:
+            found, failure = score(), None
+        except TeacherUnavailable as err:
+            found, failure = None, err
+        if engine.any_rank(failure is not None):
+            reasons = [reason for reason in engine.all_gather_objects(str(failure) if failure else None) if reason]
+            raise TeacherUnavailable(reasons[0])  # the same reason on every rank (the first failing rank's)
+        return found
+
     def loss(self, engine: Any, micro: MicroBatch) -> MicroLoss:
         import time
 
@@ -187,7 +200,8 @@ class OnPolicyDistillation(Objective):
         else:
             completions = [op.target_of(e) for e in micro.examples]
         generated = time.perf_counter()
-        targets = op.score_completions(self.scorer, setup.tokenizer, self.vocab, prompts, completions, cfg.top_k)
+        targets = self._agreed(engine, lambda: op.score_completions(self.scorer, setup.tokenizer, self.vocab,
+                                                                    prompts, completions, cfg.top_k))
         scored = time.perf_counter()
         batch = op.divergence_batch(prompts, completions, targets, setup.causal, setup.tokenizer.pad_token_id)
         real, slots = padding_stats(batch, setup.causal)
@@ -219,11 +233,20 @@ class OnPolicyDistillation(Objective):
         return MicroLoss(loss, count, real, slots, metrics)
 
 
+SCORER_BACKENDS = ("hf", "openai")
+
+
 def make_scorer(cfg: Any, engine: Any) -> Any:
-    """The teacher that scores completions (``train.on_policy.teacher``), loaded outside the student's ZeRO-3."""
+    """The teacher that scores completions (``train.on_policy.teacher``): a local one loaded outside the student's
+    ZeRO-3, or a client of a served one."""
     teacher = cfg.teacher
-    if teacher.backend != "hf":
-        raise ConfigError(f"train.on_policy.teacher.backend={teacher.backend!r}: only hf is available")
+    if teacher.backend == "openai":
+        from cotdistill.teacher.openai_scoring import OpenAITokenScorer
+        from cotdistill.teacher.retry import RetryPolicy
+
+        return OpenAITokenScorer(teacher.model, teacher.base_url, teacher.api_key_env, teacher.timeout,
+                                 teacher.concurrency, RetryPolicy(teacher.max_retries, teacher.backoff_initial,
+                                                                  teacher.backoff_max))
     from cotdistill.teacher.scoring import HFTokenScorer
 
     with engine.outside_zero3():
@@ -258,6 +281,18 @@ def check_objective(train: TrainConfig) -> None:
             raise ConfigError("train.on_policy needs temperature > 0, max_new_tokens >= 1 and top_k >= 1")
         if not op.teacher.model:
             raise ConfigError("train.objective=on_policy needs a teacher: set train.on_policy.teacher.model")
+        if op.teacher.backend not in SCORER_BACKENDS:
+            raise ConfigError(f"train.on_policy.teacher.backend={op.teacher.backend!r} is not one of "
+                              f"{', '.join(SCORER_BACKENDS)}")
+        if op.teacher.backend == "openai":
+            if not op.teacher.base_url:
+                raise ConfigError("train.on_policy.teacher.backend=openai needs train.on_policy.teacher.base_url "
+                                  "(e.g. http://localhost:8000/v1)")
+            if op.teacher.concurrency < 1 or op.teacher.timeout <= 0 or op.teacher.max_retries < 0:
+                raise ConfigError("train.on_policy.teacher needs concurrency >= 1, timeout > 0 and max_retries >= 0")
+            if not 0 <= op.teacher.backoff_initial <= op.teacher.backoff_max:
+                raise ConfigError("train.on_policy.teacher needs 0 <= backoff_initial <= backoff_max, got "
+                                  f"{op.teacher.backoff_initial:g} and {op.teacher.backoff_max:g}")
         if train.kd_weight > 0:
             raise ConfigError("train.kd_weight is distribution matching on stored teacher log-probs; "
                               "train.objective=on_policy scores with train.on_policy.teacher instead: set kd_weight=0")

@@ -14,7 +14,8 @@ import logging
 import math
 import os
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import httpx2
 import openai
@@ -64,6 +65,13 @@ def retry_after_seconds(headers: Any) -> float | None:
     return None
 
 
+class EchoedToken(NamedTuple):
+    """One token of a text the server scored: where it starts in the text, and its log-probs."""
+
+    offset: int
+    token: TokenLogprob
+
+
 class OpenAITeacher:
     """Samples `n` completions per request from an OpenAI-compatible server ('completions' or 'chat' API)."""
 
@@ -109,11 +117,52 @@ class OpenAITeacher:
         await self._client.close()
 
     async def sample(self, request: SampleRequest) -> SampleResponse:
+        if self.api == "chat":
+            raw = await self._request(lambda: self._client.chat.completions.create(**self._chat_args(request)))
+        else:
+            raw = await self._request(lambda: self._client.completions.create(**self._completion_args(request)))
+        return self._parse(raw)
+
+    async def echo_logprobs(self, text: str, top_k: int) -> tuple[EchoedToken, ...]:
+        """The server's log-probabilities of the tokens of ``text`` itself, each with its top ``top_k``.
+
+        The request (vLLM's and the OpenAI legacy API's behaviour; servers that do not implement it, such as
+        llama.cpp's, are refused with an error rather than trusted): ``POST /completions`` with
+        ``{"prompt": text, "echo": true, "max_tokens": 0, "logprobs": top_k, "temperature": 0}``. The answer's
+        ``logprobs`` hold every token of ``text`` (the first with a null log-prob: nothing predicts it) and
+        ``text_offset``, each token's first character in ``text``. The first token is left out.
+        """
+        args = {"model": self.model, "prompt": text, "echo": True, "max_tokens": 0, "logprobs": top_k,
+                "temperature": 0.0}
+        raw = await self._request(lambda: self._client.completions.create(**args))
+        choices = getattr(raw, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise self._malformed(f"no choices in a {type(raw).__name__}")
+        logprobs = getattr(choices[0], "logprobs", None)
+        tokens = list(getattr(logprobs, "tokens", None) or [])
+        values = list(getattr(logprobs, "token_logprobs", None) or [])
+        tops = list(getattr(logprobs, "top_logprobs", None) or [])
+        offsets = getattr(logprobs, "text_offset", None)
+        if len(values) != len(tokens):
+            raise self._malformed(f"{len(tokens)} echoed tokens but {len(values)} log-probs")
+        if not isinstance(offsets, list) or len(offsets) != len(tokens):
+            offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]  # the tokens' own lengths
+        covered = (offsets[-1] + len(tokens[-1])) if tokens else 0
+        if not tokens or offsets[0] != 0 or covered < len(text):
+            raise TeacherError(
+                f"{self._where()} returned log-probs for {len(tokens)} tokens covering {covered} of the "
+                f"{len(text)} characters it was asked to echo: the server does not score given text "
+                f"(completions with echo=true, max_tokens=0, logprobs; vLLM does, llama.cpp's server does not)")
+        out = []
+        for i in range(1, len(tokens)):
+            top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+            out.append(EchoedToken(int(offsets[i]), self._token(tokens[i], values[i], top.items())))
+        return tuple(out)
+
+    async def _request(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``await call()`` with every failure mapped to a TransientTeacherError (retry) or a TeacherError."""
         try:
-            if self.api == "chat":
-                raw = await self._client.chat.completions.create(**self._chat_args(request))
-            else:
-                raw = await self._client.completions.create(**self._completion_args(request))
+            return await call()
         except openai.APIStatusError as err:
             raise self._status_error(err) from None
         except openai.APITimeoutError:
@@ -126,7 +175,6 @@ class OpenAITeacher:
             raise TransientTeacherError("malformed", f"{self._where()}: response body is not JSON: {err}") from None
         except openai.OpenAIError as err:
             raise TeacherError(f"{self._where()}: {type(err).__name__}: {self._redact(str(err))}") from None
-        return self._parse(raw)
 
     # -- requests ----------------------------------------------------------------------------------------
 
