@@ -109,6 +109,25 @@ def test_a_cross_tokenizer_divergence_batch_puts_the_teachers_targets_on_the_com
     assert batch["token_weights"][0, :len(prompt)].sum() == 0
 
 
+def test_a_seq2seq_divergence_batch_puts_the_targets_on_the_decoder_positions(tiny_models, gpt2_scorer):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["t5"])
+    prompt = tuple(tokenizer(PROMPT)["input_ids"])
+    completion = tuple(tokenizer(COMPLETION)["input_ids"])  # ends with </s>
+    example = TokenizedExample(prompt, completion, False)
+    assert prompt_of(example) == prompt and target_of(example) == completion
+    targets = score_completions(gpt2_scorer, tokenizer, StudentVocab(tokenizer), [prompt], [completion], top_k=4)
+    assert len(targets[0]) == len(completion) and targets[0][-1] is None  # </s>: nothing for the teacher to score
+    batch = divergence_batch([prompt, prompt[:5]], [completion, completion[:2]], [targets[0], targets[0][:2]],
+                             False, tokenizer.pad_token_id)
+    assert batch["input_ids"][0].tolist() == list(prompt)  # the encoder reads the prompt only
+    assert batch["labels"][0].tolist() == list(completion)  # the decoder position t predicts completion token t
+    assert batch["labels"][1, 2:].eq(IGNORE_INDEX).all() and batch["token_weights"][1, 2:].sum() == 0
+    for position, target in enumerate(targets[0]):
+        assert batch["token_weights"][0, position] == (target is not None)
+        if target is not None:
+            assert batch["kd_ids"][0, position, 0] == target[0][0]
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["train.objective=on_policy"], "needs a teacher: set train.on_policy.teacher.model"),
     (["train.objective=on_policy", "train.on_policy.teacher.model=t", "train.on_policy.lmbda=1.5"], "lmbda"),
@@ -172,6 +191,9 @@ def test_on_policy_training_logs_the_divergence_samples_and_times(on_policy_runs
         # The loss is the divergence (float32 per rank, the divergence metric summed in float64 over ranks).
         assert row["loss"] == pytest.approx(row["divergence"], rel=1e-6) and row["loss"] > 0.1
         assert 0.0 <= row["on_policy_fraction"] <= 1.0 and row["score_s"] > 0
+        # the step's seconds split into generating, scoring and the rest (forward, backward, optimizer)
+        assert row["train_s"] > 0
+        assert row["generate_s"] + row["score_s"] + row["train_s"] == pytest.approx(row["step_time_s"], rel=1e-6)
         if row["on_policy_fraction"] > 0:
             assert row["completion_tokens"] > 0 and row["generate_s"] > 0
             assert 0.0 <= row["sample_accuracy"] <= 1.0
@@ -187,3 +209,38 @@ def test_an_interrupted_on_policy_run_resumes_with_the_uninterrupted_losses(on_p
     resumed = [{k: r[k] for k in keys} for r in logged(on_policy_runs["resumed"])]
     assert resumed == full
     shutil.rmtree(on_policy_runs["resumed"] / "final", ignore_errors=True)
+
+
+def test_the_shipped_on_policy_recipe_trains_a_llama_scored_by_a_gpt2_teacher(tiny_models, tmp_path):
+    recipe = "recipes/on-policy/gkd-llama-synthetic.yaml"
+    config = load_config(recipe)
+    assert config.train.objective == "on_policy" and config.model.make_tiny == "llama"
+    assert config.train.on_policy.teacher.model == "runs/demo-gpt2/final"  # what `make demo` trains
+    teacher = sharp_teacher(tiny_models["gpt2"], tmp_path / "teacher")
+    out = tmp_path / "run"
+    launch("launchers/train.py", ["--config", recipe, f"model.name_or_path={tiny_models['llama']}", "model.make_tiny=",
+                                  f"output_dir={out}", f"train.on_policy.teacher.model={teacher}",
+                                  "train.on_policy.teacher.device=cpu", "train.on_policy.lmbda=1.0",
+                                  "train.on_policy.max_new_tokens=8", "train.micro_batch_size=2", "train.max_steps=2",
+                                  "data.synthetic.train_size=16", "data.synthetic.eval_size=2", "eval.at_end=false",
+                                  "checkpoint.every=0", "checkpoint.export_final=false"], ranks=1)
+    rows = logged(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["on_policy_fraction"] == 1.0 for r in rows)
+    assert all(r["divergence"] > 0 and r["completion_tokens"] > 0 for r in rows)
+
+
+def test_a_t5_student_learns_on_policy_from_a_causal_teacher_with_another_tokenizer(tiny_models, tmp_path):
+    teacher = sharp_teacher(tiny_models["gpt2"], tmp_path / "teacher")
+    out = tmp_path / "run"
+    launch("launchers/train.py", ["--config", "recipes/demo-t5-synthetic.yaml",
+                                  f"model.name_or_path={tiny_models['t5']}", "model.make_tiny=", f"output_dir={out}",
+                                  "train.objective=on_policy", f"train.on_policy.teacher.model={teacher}",
+                                  "train.on_policy.teacher.device=cpu", "train.on_policy.lmbda=1.0",
+                                  "train.on_policy.max_new_tokens=8", "train.micro_batch_size=2", "train.max_steps=2",
+                                  "data.synthetic.train_size=16", "data.synthetic.eval_size=2", "eval.at_end=false",
+                                  "checkpoint.every=0", "checkpoint.export_final=false"], ranks=1)
+    rows = logged(out)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["on_policy_fraction"] == 1.0 for r in rows)
+    # the decoder's sampled tokens are scored: a loss on them, with as many as the student wrote
+    assert all(r["loss"] == pytest.approx(r["divergence"], rel=1e-6) and r["divergence"] > 0 for r in rows)
+    assert all(0 < r["completion_tokens"] <= 8 for r in rows)

@@ -299,6 +299,9 @@ class Trainer:
                        "train/samples_per_s": samples / elapsed, "train/tokens_per_s": real / elapsed,
                        "train/padding_fraction": 1.0 - real / max(slots, 1.0), "train/step_time_s": elapsed,
                        **{f"train/{n}": summed[2 * k] / max(summed[2 * k + 1], 1e-12) for k, n in enumerate(names)}}
+            spent = [scalars[f"train/{n}"] for n in names if n.endswith("_s")]
+            if spent:  # an objective that generates or waits for a teacher: the rest of the step is training
+                scalars["train/train_s"] = max(0.0, elapsed - sum(spent))
             for name, value in scalars.items():
                 writer.add_scalar(name, value, self.step)
             with open(self.run.train_log, "a", encoding="utf-8") as fh:
