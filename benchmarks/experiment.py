@@ -25,6 +25,7 @@ from cotdistill.experiments import (
     find_experiment,
     load_experiment,
     plan_runs,
+    resolve_prepare,
     run_experiment,
     select_arms,
     select_seeds,
@@ -58,7 +59,10 @@ def main() -> None:
             if args.dry_run:
                 runs = plan_runs(experiment, arms, seeds)
                 done = store.done()
-                lines = [f"{r.arm.name} seed {r.seed}: {'done' if r.key in done else 'to run'} -> {r.run_dir} "
+                steps = [resolve_prepare(experiment, step) for step in experiment.prepare]
+                lines = [f"prepare {p.step.name}: {'made' if p.done() else 'to make'} -> {p.folder} ({p.step.kind} "
+                         f"--config {p.step.recipe} {' '.join(p.overrides)})" for p in steps]
+                lines += [f"{r.arm.name} seed {r.seed}: {'done' if r.key in done else 'to run'} -> {r.run_dir} "
                          f"(--config {r.arm.recipe} {' '.join(r.overrides)}; evals "
                          f"{', '.join(e.name for e in r.arm.evals)})" for r in runs]
                 lines += [f"warning: {line}" for line in check_eval_sizes(runs, experiment.min_eval_problems)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -416,3 +417,78 @@ def test_a_config_key_added_with_its_default_keeps_stored_fingerprints(tmp_path,
     assert resolve_run(exp, "mix", 1).fingerprint != before
     found = changed_from_defaults({"a": {"b": 1, "c": [2]}, "d": 3}, {"a": {"b": 1, "c": [1]}, "d": 3})
     assert found == {"a": {"c": [2]}}
+
+
+DATA_RECIPE = "recipes/data/gsm8k-vllm-cot.yaml"
+
+
+def with_prepare(tmp_path: Path) -> dict:
+    """A teacher trained once and the data it writes, shared by every arm and seed."""
+    body = two_arms(tmp_path)
+    body["prepare"] = [{"name": "teacher", "train": RECIPE, "overrides": {"train.max_steps": 5}},
+                       {"name": "teacher-data", "build_data": DATA_RECIPE,
+                        "overrides": {"teacher.backend": "hf", "teacher.model": "{prepare:teacher}/final"}}]
+    body["arms"]["cot"]["overrides"] = {"train.kd_weight": 0.5, "data.dataset": "teacher_data", "data.split": "cot",
+                                        "data.path": "{prepare:teacher-data}"}
+    body["arms"]["cot"]["evals"] = [{"name": "synthetic", "dataset": "synthetic",
+                                     "spec": {"strategy": "zero_shot_cot"}}]
+    return body
+
+
+class FakePrepareLaunches(FakeLaunches):
+    def _run(self, cmd: list[str], what: str) -> None:  # the data build: write a complete manifest
+        self.launched.append((what, cmd))
+        out = Path(next(a for a in cmd if a.startswith("output_dir=")).partition("=")[2])
+        (out / "manifest.json").write_text(json.dumps({"complete": True}))
+
+    def _launch(self, script: str, args: list[str]) -> None:
+        out = Path(next((a for a in args if a.startswith("output_dir=")), "=").partition("=")[2])
+        if "prepare" in out.parts:  # the teacher's training: its export
+            self.launched.append((script, args))
+            (out / "final").mkdir(parents=True)
+            (out / "final" / "config.json").write_text("{}")
+            return
+        super()._launch(script, args)
+
+
+def test_prepare_steps_are_made_once_before_the_arms_and_their_folders_reach_the_arms(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, with_prepare(tmp_path)))
+    teacher, data = exp.prepare_dir("teacher"), exp.prepare_dir("teacher-data")
+    run = resolve_run(exp, "cot", 1)
+    assert run.config.data.path == str(data) and run.config.train.kd_weight == 0.5
+    runner = FakePrepareLaunches()
+    run_experiment(exp, ["cot"], [1, 2], runner, log=lambda line: None, sizer=lambda r, e: 300)
+    steps = [(script, next((a for a in args if a.startswith("output_dir=")), "")) for script, args in runner.launched]
+    runs = [("train.py", f"output_dir={exp.run_dir('cot', seed)}") for seed in (1, 2)]
+    assert [step for step in steps if step[0] != "evaluate.py"] == [
+        ("train.py", f"output_dir={teacher}"), ("build_data.py", f"output_dir={data}"), *runs]
+    assert f"model.name_or_path={tmp_path / 'out' / 'models' / 'prepare' / 'teacher'}" in runner.launched[0][1]
+    build = runner.launched[1][1]
+    assert build[2:4] == ["--config", DATA_RECIPE] and f"teacher.model={teacher}/final" in build
+    runner.launched.clear()
+    run_experiment(exp, ["mix"], [1], runner, log=lambda line: None, sizer=lambda r, e: 300)
+    assert [script for script, _ in runner.launched] == ["train.py", "evaluate.py"]  # nothing made again
+
+    # a prepare step's configuration is part of every arm's result, and of its folder's
+    changed = with_prepare(tmp_path)
+    changed["prepare"][0]["overrides"]["train.max_steps"] = 6
+    other = load_experiment(write_experiment(tmp_path, changed, "changed"))
+    assert resolve_run(other, "mix", 1).fingerprint != resolve_run(exp, "mix", 1).fingerprint
+    shutil.rmtree(teacher / "final")
+    with pytest.raises(ExperimentError, match="was made by another configuration of prepare step teacher"):
+        FakePrepareLaunches().prepare(other)
+
+
+@pytest.mark.parametrize("change, key, message", [
+    (lambda b: b["arms"]["cot"]["overrides"].update({"data.path": "{prepare:nope}"}), "arms.cot.overrides",
+     "{prepare:nope} names no prepare step"),
+    (lambda b: b["prepare"][0].update({"build_data": DATA_RECIPE}), "prepare[0]", "exactly one of train, build_data"),
+    (lambda b: b["prepare"][1].update({"name": "teacher"}), "prepare[1].name", "expected a new name"),
+])
+def test_a_prepare_step_that_cannot_work_is_refused_naming_the_key(tmp_path, change, key, message):
+    body = with_prepare(tmp_path)
+    change(body)
+    path = write_experiment(tmp_path, body, "bad")
+    with pytest.raises(ExperimentError) as err:
+        load_experiment(path)
+    assert str(err.value).startswith(f"{path}: {key}") and message in str(err.value)

@@ -12,6 +12,10 @@ An experiment is a YAML file (``recipes/experiments/<name>.yaml``)::
       family: gpt2              #   a student family (cotdistill.families)
       recipe: recipes/experiment/socratic.yaml   # its texts train the tokenizer, model.tiny sets the size
       overrides: {data.per_problem: true}
+    prepare:                    # optional: made once, before any arm, and shared by every seed (e.g. a teacher)
+      - {name: teacher, train: recipes/demo-gpt2-synthetic.yaml}            # RUN_ROOT/prepare/teacher
+      - {name: teacher-data, build_data: recipes/data/synthetic-demo-teacher.yaml,
+         overrides: {teacher.model: "{prepare:teacher}/final"}}          # RUN_ROOT/prepare/teacher-data
     overrides: {data.synthetic.eval_size: 300}   # applied to every arm, before the arm's own
     evals: [{name: held-out}]   # default evaluations of every arm
     arms:
@@ -27,6 +31,10 @@ is ``held-out``, the default, or one of the run's ``eval.datasets``). One with `
 ``cotdistill.config.EvalSpec``) is run afterwards by ``cotdistill eval`` on ``RUN/final``, with the run's own eval
 section (generation budget, batch size) as its defaults; ``held-out`` then means the run's synthetic held-out set,
 generated with the run's settings.
+
+Prepare steps run in order before the arms, each once: a training run (done when its ``final/`` export exists)
+or a data build (done when its manifest says complete), into ``RUN_ROOT/prepare/<name>``. ``{prepare:<name>}`` in
+any override (a later step's or an arm's) is replaced by that folder. Every arm's fingerprint includes the steps'.
 
 Seeds: a seed ``s`` sets ``train.seed=s``, which draws the batch order, the format mixing, few-shot demonstrations
 and dropout; and the initialisation: with ``init`` the shared tiny model of seed ``s`` is built with seed ``s``
@@ -65,6 +73,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -89,7 +98,9 @@ RESULTS = "results.json"
 RUN_MARK = "experiment_run.json"  # in a run folder: which experiment arm and seed made it, and its fingerprint
 
 _TOP_KEYS = ("description", "name", "seeds", "first_seed", "output_dir", "min_eval_problems", "baseline", "init",
-             "overrides", "evals", "arms")
+             "prepare", "overrides", "evals", "arms")
+_PREPARE_KEYS = ("name", "train", "build_data", "overrides")
+PREPARE_KINDS = ("train", "build_data")
 _ARM_KEYS = ("recipe", "overrides", "evals", "description")
 _EVAL_KEYS = ("name", "dataset", "spec", "solver_arm")
 _INIT_KEYS = ("family", "recipe", "overrides")
@@ -126,6 +137,16 @@ class InitSpec:
 
 
 @dataclass(frozen=True)
+class PrepareStep:
+    """Something every arm uses and no seed changes (a teacher to distill, the data it writes), made once."""
+
+    name: str
+    kind: str  # train | build_data
+    recipe: str
+    overrides: list[str]
+
+
+@dataclass(frozen=True)
 class Arm:
     name: str
     recipe: str
@@ -144,6 +165,7 @@ class Experiment:
     min_eval_problems: int = MIN_EVAL_PROBLEMS
     init: InitSpec | None = None
     description: str = ""
+    prepare: list[PrepareStep] = field(default_factory=list)
 
     @property
     def results_file(self) -> Path:
@@ -157,6 +179,18 @@ class Experiment:
 
     def model_dir(self, arm: str, seed: int) -> Path:
         return self.output_dir / "models" / arm / f"seed-{seed}"
+
+    def prepare_dir(self, step: str) -> Path:
+        return self.output_dir / "prepare" / step
+
+    def substitute(self, overrides: list[str]) -> list[str]:
+        """``{prepare:<name>}`` replaced by that step's folder in each override."""
+        out = []
+        for text in overrides:
+            for step in self.prepare:
+                text = text.replace(f"{{prepare:{step.name}}}", str(self.prepare_dir(step.name)))
+            out.append(text)
+        return out
 
 
 def _fail(source: Path, key: str, message: str) -> ExperimentError:
@@ -284,6 +318,7 @@ def load_experiment(path: str | Path) -> Experiment:
             raise _fail(source, "init.family", f"{family!r} is not one of: {', '.join(family_names())}")
         init = InitSpec(family, _recipe(source, "init.recipe", raw.get("recipe")),
                         _overrides(source, "init.overrides", raw.get("overrides")))
+    prepare = _prepare_steps(source, values.get("prepare"))
     arms_raw = values.get("arms")
     if not isinstance(arms_raw, dict) or not arms_raw:
         raise _fail(source, "arms", f"expected a mapping of arm names to {{recipe, overrides, evals}}, got "
@@ -311,9 +346,41 @@ def load_experiment(path: str | Path) -> Experiment:
     if baseline not in arms:
         raise _fail(source, "baseline", f"{baseline!r} is not an arm; arms: {', '.join(arms)}")
     description = values.get("description") or ""
+    named = {step.name for step in prepare}
+    for where, overrides in [*((f"prepare ({s.name}).overrides", s.overrides) for s in prepare),
+                             *((f"arms.{a.name}.overrides", a.overrides) for a in arms.values())]:
+        for text in overrides:
+            for ref in _PREPARE_REF.findall(text):
+                if ref not in named:
+                    raise _fail(source, where, f"{{prepare:{ref}}} names no prepare step; steps: "
+                                               f"{', '.join(sorted(named)) or 'none'}")
     return Experiment(name=name, source=source, output_dir=Path(output_dir),
                       seeds=list(range(first_seed, first_seed + seeds)), arms=arms, baseline=baseline,
-                      min_eval_problems=minimum, init=init, description=str(description))
+                      min_eval_problems=minimum, init=init, description=str(description), prepare=prepare)
+
+
+_PREPARE_REF = re.compile(r"\{prepare:([^}]*)\}")
+
+
+def _prepare_steps(source: Path, value: Any) -> list[PrepareStep]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _fail(source, "prepare", f"expected a list of steps ({{name: ..., train: RECIPE}} or {{name: ..., "
+                                       f"build_data: RECIPE}}), got {value!r}")
+    steps: list[PrepareStep] = []
+    for i, raw in enumerate(value):
+        where = f"prepare[{i}]"
+        raw = _mapping(source, where, raw, _PREPARE_KEYS)
+        name = raw.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name in {s.name for s in steps}:
+            raise _fail(source, f"{where}.name", f"expected a new name without '/', got {name!r}")
+        kinds = [kind for kind in PREPARE_KINDS if kind in raw]
+        if len(kinds) != 1:
+            raise _fail(source, where, f"give exactly one of {', '.join(PREPARE_KINDS)} (a recipe)")
+        steps.append(PrepareStep(name, kinds[0], _recipe(source, f"{where}.{kinds[0]}", raw[kinds[0]]),
+                                 _overrides(source, f"{where}.overrides", raw.get("overrides"))))
+    return steps
 
 
 def find_experiment(name_or_path: str) -> Path:
@@ -384,7 +451,7 @@ def resolve_run(experiment: Experiment, arm_name: str, seed: int) -> ArmRun:
         harness += [f"model.name_or_path={init_dir}", "model.make_tiny="]
     elif recipe_config.model.make_tiny:
         harness += [f"model.name_or_path={experiment.model_dir(arm_name, seed)}"]
-    overrides = arm.overrides + harness
+    overrides = experiment.substitute(arm.overrides) + harness
     try:
         config = load_config(arm.recipe, overrides)
         validate_run(config)
@@ -408,6 +475,8 @@ def resolve_run(experiment: Experiment, arm_name: str, seed: int) -> ArmRun:
     payload = {"recipe": arm.recipe, "config": changed_from_defaults(to_dict(config), to_dict(RunConfig())),
                "evals": [dataclasses.asdict(e) for e in arm.evals],
                "init": dataclasses.asdict(experiment.init) if experiment.init else None}
+    if experiment.prepare:  # the teacher or data every arm is made from
+        payload["prepare"] = {step.name: resolve_prepare(experiment, step).fingerprint for step in experiment.prepare}
     solvers = sorted({e.solver_arm for e in arm.evals if e.solver_arm})
     if solvers:  # another arm's model is part of this arm's result
         payload["solver_arms"] = {name: resolve_run(experiment, name, seed).fingerprint for name in solvers}
@@ -435,6 +504,49 @@ def changed_from_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> d
 
 
 _MISSING = object()
+
+
+@dataclass
+class PreparedStep:
+    step: PrepareStep
+    folder: Path
+    overrides: list[str]  # everything after --config RECIPE
+    fingerprint: str
+
+    def done(self) -> bool:
+        """A training's export exists, or a data build's manifest says it is complete."""
+        if self.step.kind == "train":
+            return (RunFolder(self.folder).final / "config.json").is_file()
+        manifest = self.folder / "manifest.json"
+        try:
+            return bool(json.loads(manifest.read_text(encoding="utf-8")).get("complete"))
+        except (OSError, ValueError):
+            return False
+
+
+def resolve_prepare(experiment: Experiment, step: PrepareStep) -> PreparedStep:
+    """A prepare step's command-line overrides (its folder set) and fingerprint, validated as its launcher would."""
+    from cotdistill.config import BuildConfig, load_build_config, validate_build
+
+    folder = experiment.prepare_dir(step.name)
+    overrides = experiment.substitute(step.overrides) + [f"output_dir={folder}"]
+    try:
+        if step.kind == "train":
+            if load_config(step.recipe, overrides).model.make_tiny:  # its own tiny model, not the recipe's path
+                overrides.append(f"model.name_or_path={experiment.output_dir / 'models' / 'prepare' / step.name}")
+            config: Any = load_config(step.recipe, overrides)
+            validate_run(config)
+            defaults: Any = RunConfig()
+        else:
+            config = load_build_config(step.recipe, overrides)
+            validate_build(config)
+            defaults = BuildConfig()
+    except CotDistillError as err:
+        raise ExperimentError(f"{experiment.source}: prepare ({step.name}): {err}") from None
+    payload = {"kind": step.kind, "recipe": step.recipe,
+               "config": changed_from_defaults(to_dict(config), to_dict(defaults))}
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return PreparedStep(step, folder, overrides, digest)
 
 
 def _eval_dataset(dataset: str) -> str:
@@ -575,6 +687,9 @@ def run_experiment(experiment: Experiment, arms: list[str], seeds: list[int], ru
     todo = [run for run in runs if run.key not in done]
     log(f"experiment {experiment.name}: {len(runs) - len(todo)} of {len(runs)} runs already in {store.path}; "
         f"{len(todo)} to run")
+    prepare = getattr(runner, "prepare", None)
+    if todo and experiment.prepare and prepare is not None:
+        prepare(experiment)
     ran = []
     for run in todo:
         started = time.monotonic()
@@ -627,6 +742,22 @@ def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], No
     return build_tiny_model(init.family, out_dir, texts, config.model.tiny, seed=seed)
 
 
+def _claim(folder: Path, fingerprint: str, what: str, record: dict[str, Any]) -> None:
+    """Mark ``folder`` as made by this configuration (``RUN_MARK``); refuse one made by another, or by hand."""
+    mark = folder / RUN_MARK
+    if mark.is_file():
+        found = json.loads(mark.read_text(encoding="utf-8"))
+        if found.get("fingerprint") != fingerprint:
+            raise ExperimentError(f"{folder} was made by another configuration of {what} (fingerprint "
+                                  f"{found.get('fingerprint')}, now {fingerprint}); delete the folder to make it anew")
+        return
+    if folder.exists() and any(folder.iterdir()):
+        raise ExperimentError(f"{folder} exists and was not made by this harness; delete it or choose another "
+                              "output_dir")
+    folder.mkdir(parents=True, exist_ok=True)
+    mark.write_text(json.dumps({**record, "fingerprint": fingerprint}) + "\n", encoding="utf-8")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -645,29 +776,38 @@ class LaunchRunner:
         self.log = log
 
     def _launch(self, script: str, args: list[str]) -> None:
-        cmd = [self.python, str(self.repo / "launchers" / "launch.py"), "--num_gpus", str(self.ranks),
-               "--master_port", str(_free_port()), str(self.repo / "launchers" / script), *args]
-        self.log("+ " + " ".join(cmd))
-        proc = subprocess.run(cmd)
-        if proc.returncode != 0:
-            raise ExperimentError(f"{script} exited with status {proc.returncode}: {' '.join(cmd)}")
+        self._run([self.python, str(self.repo / "launchers" / "launch.py"), "--num_gpus", str(self.ranks),
+                   "--master_port", str(_free_port()), str(self.repo / "launchers" / script), *args], script)
 
     def _mark(self, run: ArmRun) -> None:
         """Claim the run folder for this (arm, seed, fingerprint); refuse one made by another configuration."""
-        mark = run.run_dir / RUN_MARK
-        if mark.is_file():
-            found = json.loads(mark.read_text(encoding="utf-8"))
-            if found.get("fingerprint") != run.fingerprint:
-                raise ExperimentError(f"{run.run_dir} was made by another configuration of {run.arm.name} seed "
-                                      f"{run.seed} (fingerprint {found.get('fingerprint')}, now {run.fingerprint}); "
-                                      "delete the folder to train it anew")
-            return
-        if run.run_dir.exists() and any(run.run_dir.iterdir()):
-            raise ExperimentError(f"{run.run_dir} exists and was not made by this harness; delete it or choose "
-                                  "another output_dir")
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        mark.write_text(json.dumps({"experiment": run.experiment.name, "arm": run.arm.name, "seed": run.seed,
-                                    "fingerprint": run.fingerprint}) + "\n", encoding="utf-8")
+        _claim(run.run_dir, run.fingerprint, f"{run.arm.name} seed {run.seed}",
+               {"experiment": run.experiment.name, "arm": run.arm.name, "seed": run.seed})
+
+    def prepare(self, experiment: Experiment) -> None:
+        """Make every prepare step not made yet, in order (a training on ``ranks`` ranks, or a data build)."""
+        for step in experiment.prepare:
+            prepared = resolve_prepare(experiment, step)
+            if prepared.done():
+                self.log(f"   prepare {step.name}: {prepared.folder} was made before")
+                continue
+            _claim(prepared.folder, prepared.fingerprint, f"prepare step {step.name}",
+                   {"experiment": experiment.name, "prepare": step.name})
+            self.log(f"== prepare {step.name} -> {prepared.folder}")
+            if step.kind == "train":
+                self._launch("train.py", ["--config", step.recipe, *prepared.overrides])
+            else:
+                self._run([self.python, str(self.repo / "launchers" / "build_data.py"), "--config", step.recipe,
+                           *prepared.overrides], "build_data.py")
+            if not prepared.done():
+                raise ExperimentError(f"prepare {step.name}: {prepared.folder} is not complete after its command "
+                                      "(stopped by a signal?); run the harness again to finish it")
+
+    def _run(self, cmd: list[str], what: str) -> None:
+        self.log("+ " + " ".join(cmd))
+        proc = subprocess.run(cmd)
+        if proc.returncode != 0:
+            raise ExperimentError(f"{what} exited with status {proc.returncode}: {' '.join(cmd)}")
 
     def _trained(self, run: ArmRun) -> bool:
         """Training finished and wrote every evaluation the arm reads from it (each metrics.json is written
