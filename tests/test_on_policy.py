@@ -203,11 +203,14 @@ def test_on_policy_training_logs_the_divergence_samples_and_times(on_policy_runs
     assert (on_policy_runs["full"] / "final" / "model.safetensors").exists()
 
 
-def test_an_interrupted_on_policy_run_resumes_with_the_uninterrupted_losses(on_policy_runs):
+def compared(run: Path) -> list[dict]:
+    """The logged values a resumed run must repeat exactly (times differ)."""
     keys = ("step", "loss", "divergence", "on_policy_fraction", "completion_tokens", "sample_accuracy", "grad_norm")
-    full = [{k: r[k] for k in keys} for r in logged(on_policy_runs["full"])]
-    resumed = [{k: r[k] for k in keys} for r in logged(on_policy_runs["resumed"])]
-    assert resumed == full
+    return [{k: r[k] for k in keys} for r in logged(run)]
+
+
+def test_an_interrupted_on_policy_run_resumes_with_the_uninterrupted_losses(on_policy_runs):
+    assert compared(on_policy_runs["resumed"]) == compared(on_policy_runs["full"])
     shutil.rmtree(on_policy_runs["resumed"] / "final", ignore_errors=True)
 
 
@@ -216,31 +219,30 @@ def test_the_shipped_on_policy_recipe_trains_a_llama_scored_by_a_gpt2_teacher(ti
     config = load_config(recipe)
     assert config.train.objective == "on_policy" and config.model.make_tiny == "llama"
     assert config.train.on_policy.teacher.model == "runs/demo-gpt2/final"  # what `make demo` trains
-    teacher = sharp_teacher(tiny_models["gpt2"], tmp_path / "teacher")
+    rows = two_sampled_steps(recipe, tiny_models["llama"], tiny_models["gpt2"], tmp_path)
+    assert all(r["divergence"] > 0 and r["completion_tokens"] > 0 for r in rows)
+
+
+def two_sampled_steps(recipe: str, student: Path, teacher_source: Path, tmp_path: Path,
+                      *extra: str) -> list[dict]:
+    """Two 1-rank steps of ``recipe`` in which the student samples every completion (8 tokens at most); the rows
+    of its train_log.jsonl."""
+    teacher = sharp_teacher(teacher_source, tmp_path / "teacher")
     out = tmp_path / "run"
-    launch("launchers/train.py", ["--config", recipe, f"model.name_or_path={tiny_models['llama']}", "model.make_tiny=",
+    launch("launchers/train.py", ["--config", recipe, f"model.name_or_path={student}", "model.make_tiny=",
                                   f"output_dir={out}", f"train.on_policy.teacher.model={teacher}",
                                   "train.on_policy.teacher.device=cpu", "train.on_policy.lmbda=1.0",
                                   "train.on_policy.max_new_tokens=8", "train.micro_batch_size=2", "train.max_steps=2",
                                   "data.synthetic.train_size=16", "data.synthetic.eval_size=2", "eval.at_end=false",
-                                  "checkpoint.every=0", "checkpoint.export_final=false"], ranks=1)
+                                  "checkpoint.every=0", "checkpoint.export_final=false", *extra], ranks=1)
     rows = logged(out)
     assert [r["step"] for r in rows] == [1, 2] and all(r["on_policy_fraction"] == 1.0 for r in rows)
-    assert all(r["divergence"] > 0 and r["completion_tokens"] > 0 for r in rows)
+    return rows
 
 
 def test_a_t5_student_learns_on_policy_from_a_causal_teacher_with_another_tokenizer(tiny_models, tmp_path):
-    teacher = sharp_teacher(tiny_models["gpt2"], tmp_path / "teacher")
-    out = tmp_path / "run"
-    launch("launchers/train.py", ["--config", "recipes/demo-t5-synthetic.yaml",
-                                  f"model.name_or_path={tiny_models['t5']}", "model.make_tiny=", f"output_dir={out}",
-                                  "train.objective=on_policy", f"train.on_policy.teacher.model={teacher}",
-                                  "train.on_policy.teacher.device=cpu", "train.on_policy.lmbda=1.0",
-                                  "train.on_policy.max_new_tokens=8", "train.micro_batch_size=2", "train.max_steps=2",
-                                  "data.synthetic.train_size=16", "data.synthetic.eval_size=2", "eval.at_end=false",
-                                  "checkpoint.every=0", "checkpoint.export_final=false"], ranks=1)
-    rows = logged(out)
-    assert [r["step"] for r in rows] == [1, 2] and all(r["on_policy_fraction"] == 1.0 for r in rows)
+    rows = two_sampled_steps("recipes/demo-t5-synthetic.yaml", tiny_models["t5"], tiny_models["gpt2"], tmp_path,
+                             "train.objective=on_policy")
     # the decoder's sampled tokens are scored: a loss on them, with as many as the student wrote
     assert all(r["loss"] == pytest.approx(r["divergence"], rel=1e-6) and r["divergence"] > 0 for r in rows)
     assert all(0 < r["completion_tokens"] <= 8 for r in rows)

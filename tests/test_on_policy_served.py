@@ -5,7 +5,6 @@ resumes it with exactly the losses of a run the teacher never failed."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from cotdistill.teacher.scoring import HFTokenScorer
 from cotdistill.teacher.types import TeacherError, TokenLogprob
 from fake_openai import FakeOpenAIServer, Fault
 from served_teacher import model_echo_scorer
-from test_on_policy import COMPLETION, PROMPT, on_policy_args, sharp_teacher
+from test_on_policy import COMPLETION, PROMPT, compared, logged, on_policy_args, sharp_teacher
 
 NO_WAIT = RetryPolicy(max_retries=2, initial=0.0, maximum=0.0)
 
@@ -128,10 +127,6 @@ def served_runs(tiny_models, teacher_dir, tmp_path_factory) -> dict:
     return runs
 
 
-def logged(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-
-
 def test_a_served_teacher_trains_a_student_through_retried_faults(served_runs):
     assert served_runs["faults_retried"] == {"503": 1, "429": 1, "drop": 1}
     rows = logged(served_runs["full"])
@@ -151,8 +146,5 @@ def test_a_teacher_that_stays_down_stops_the_run_with_a_checkpoint_and_one_line(
 
 
 def test_rerunning_after_the_teacher_came_back_gives_the_uninterrupted_losses(served_runs):
-    keys = ("step", "loss", "divergence", "on_policy_fraction", "completion_tokens", "sample_accuracy", "grad_norm")
-    full = [{k: r[k] for k in keys} for r in logged(served_runs["full"])]
-    resumed = [{k: r[k] for k in keys} for r in logged(served_runs["resumed"])]
-    assert resumed == full
+    assert compared(served_runs["resumed"]) == compared(served_runs["full"])
     shutil.rmtree(served_runs["resumed"] / "final", ignore_errors=True)
