@@ -272,11 +272,14 @@ class Trainer:
         started = time.perf_counter()
         loss_sum = tokens = real = slots = 0.0
         metrics: dict[str, tuple[float, float]] = {}
-        step_start = (self.consumed, self.micro_steps, self.batches.mark(), capture_rng())
+        step_start = ((self.consumed, self.micro_steps, self.batches.mark(), capture_rng())
+                      if self.objective.asks_a_teacher else None)
         for _ in range(t.gradient_accumulation):
             try:
                 micro = self.loss_step()
             except TeacherUnavailable as err:
+                if step_start is None:
+                    raise
                 self._stop_for_teacher(err, *step_start)
             real, slots = real + micro.real, slots + micro.slots
             loss_sum, tokens = loss_sum + float(micro.loss.detach()) * micro.tokens, tokens + micro.tokens

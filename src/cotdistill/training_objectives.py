@@ -81,6 +81,8 @@ class Objective:
 
     name: ClassVar[str]
     needs: ClassVar[Needs] = Needs()
+    # May raise TeacherUnavailable mid-step: the trainer then keeps each step's starting point to checkpoint it.
+    asks_a_teacher: ClassVar[bool] = False
 
     def __init__(self, train: TrainConfig) -> None:
         self.train = train
@@ -157,6 +159,7 @@ class OnPolicyDistillation(Objective):
     top-k (+ tail) and the student, on completion tokens only (``cotdistill.on_policy``)."""
 
     name = "on_policy"
+    asks_a_teacher = True
 
     def prepare(self, setup: TrainingSetup) -> None:
         super().prepare(setup)
