@@ -26,6 +26,9 @@ Markdown table as it goes, so a run cut off still leaves what it measured:
     export-eval   the GPT-2 run's exported final/ evaluated with `cotdistill eval` on held-out synthetic problems
     throughput    benchmarks/train_throughput.py on one GPU, cotdistill vs the Hugging Face Trainer, on the
                   smallest workload (tiny-gpt2, 60 steps; --throughput_workloads); it writes runs/bench-train/
+    packed-kernels the Llama run again with train.packed_attention=repad: where train-llama's packed rows went
+                  through a varlen flash-attention kernel (flash-attn or torch's varlen_attn), its step-1 loss
+                  must match re-padded SDPA's within --kernel_tolerance ('not available' without such a kernel)
 
 A failed step is recorded with its error tail and the next step runs (a step that needs a failed one is
 skipped); a step that runs out of its budget is stopped (its whole process group) and recorded as a timeout.
@@ -95,7 +98,7 @@ CARRY_LIMIT_MIB = 64  # what one device call carries: the working tree and the c
 MODULES = {"pyyaml": "yaml"}
 
 STEP_BUDGETS = {"environment": 30, "install": 90, "ds-ops": 180, "train-t5": 90, "train-gpt2": 90,
-                "train-llama": 90, "resume": 120, "export-eval": 60, "throughput": 180}
+                "train-llama": 90, "resume": 120, "export-eval": 60, "throughput": 180, "packed-kernels": 60}
 MIN_START_S = 15.0  # a step is not started with less than this left of the whole budget
 
 
@@ -653,6 +656,8 @@ def deepspeed_facts(output: str) -> dict[str, Any]:
         facts["zero_stage"] = int(found.group(1))
     if found := re.search(r"bfloat16_(?:enabled|config)\s*\.*\s*(\S+)", output):
         facts["bf16"] = found.group(1)
+    if found := re.search(r"packed attention: ([^\n]+)", output):  # the trainer's line: varlen kernel or re-padding
+        facts["packed_attention"] = found.group(1).strip()
     return facts
 
 
@@ -814,6 +819,38 @@ def throughput_summary(result: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def plan_packed_kernels(ctx: Context) -> list[list[str]]:
+    return [train_command(ctx, "llama", ctx.work / "llama-repad", ["train.packed_attention=repad"])]
+
+
+def run_packed_kernels(ctx: Context, deadline: Deadline) -> dict[str, Any]:
+    """The Llama run again with every packed row re-padded into SDPA instead of the varlen flash kernel that
+    train-llama used (same model folder and batches): its losses must be those of the kernel's run, step 1
+    within ``--kernel_tolerance`` (bf16 kernels round differently; later steps are reported, not judged)."""
+    reference_run = ctx.work / "llama"
+    used = deepspeed_facts((ctx.logs / "train-llama.log").read_text(encoding="utf-8", errors="replace")
+                           if (ctx.logs / "train-llama.log").is_file() else "").get("packed_attention", "")
+    if "varlen" not in used:
+        raise StepUnavailable(f"train-llama did not use a varlen kernel ({used or 'no packed attention line'}): "
+                              "no flash-attn and no torch.nn.attention.varlen on this GPU")
+    out = ctx.work / "llama-repad"
+    shutil.rmtree(out, ignore_errors=True)
+    ctx.run(plan_packed_kernels(ctx)[0], deadline, "packed-kernels")
+    return compare_kernel_losses(read_losses(reference_run), read_losses(out), used, ctx.args.kernel_tolerance)
+
+
+def compare_kernel_losses(varlen: dict[int, float], repad: dict[int, float], kernel: str,
+                          tolerance: float) -> dict[str, Any]:
+    differences = {step: abs(varlen[step] - repad[step]) for step in varlen if step in repad}
+    result = {"kernel": kernel, "steps_compared": len(differences), "tolerance": tolerance,
+              "first_step_difference": differences.get(1, float("nan")),
+              "max_abs_loss_difference": max(differences.values(), default=float("nan"))}
+    if len(differences) != len(varlen) or not result["first_step_difference"] <= tolerance:
+        raise StepFailed(f"the varlen kernel's step-1 loss differs from re-padded SDPA's by "
+                         f"{result['first_step_difference']:.3g} (over {len(differences)}/{len(varlen)} steps)", result)
+    return result
+
+
 def all_steps() -> list[Step]:
     gpu = ("environment", "install")
     return [
@@ -832,6 +869,9 @@ def all_steps() -> list[Step]:
              summary=eval_summary),
         Step("throughput", run_throughput, lambda ctx: [throughput_command(ctx)], needs=gpu,
              summary=throughput_summary),
+        Step("packed-kernels", run_packed_kernels, plan_packed_kernels, needs=("train-llama",),
+             summary=lambda r: f"{r['kernel']}: step-1 loss {r['first_step_difference']:.2g} from re-padded SDPA, "
+                               f"at most {r['max_abs_loss_difference']:.2g} over {r['steps_compared']} steps"),
     ]
 
 
@@ -870,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a step's own budget; defaults: " + ", ".join(f"{k}={v}" for k, v in STEP_BUDGETS.items()))
     check.add_argument("--steps", default=",".join(STEP_BUDGETS), help="comma-separated steps to run, in order")
     check.add_argument("--train_steps", type=int, default=40, help="optimizer steps of each training run (even)")
+    check.add_argument("--kernel_tolerance", type=float, default=0.02,
+                       help="packed-kernels: largest step-1 loss difference between the varlen kernel and "
+                            "re-padded SDPA (bf16 kernels round differently)")
     check.add_argument("--resume_tolerance", type=float, default=0.0,
                        help="largest loss difference a resumed run may show (0: identical)")
     check.add_argument("--throughput_workloads", default="tiny-gpt2", help="benchmarks/train_throughput.py workloads")

@@ -329,7 +329,9 @@ def test_dry_run_prints_every_planned_command_and_runs_nothing(tmp_path, capsys,
     for name in gpu_check.STEP_BUDGETS:
         assert f"[{name}] budget" in printed
     assert "pip install -q --no-index --no-deps" in printed and "'.whl/*.whl'" in printed
-    assert printed.count("launchers/launch.py --num_gpus 1") == 5  # t5, gpt2, llama, and resume's two runs
+    # t5, gpt2, llama, resume's two runs and the re-padded Llama of packed-kernels
+    assert printed.count("launchers/launch.py --num_gpus 1") == 6
+    assert "train.packed_attention=repad" in printed
     assert "train.stop_after_steps=20" in printed and "ds_configs/zero3.json" in printed
     assert "model.make_tiny=llama" in printed and "train.pack_sequences=true train.precision=bf16" in printed
     assert "cotdistill.cli eval" in printed and str(work / "gpt2" / "final") in printed
@@ -477,3 +479,40 @@ def test_report_path_that_cannot_be_written_stops_the_check_before_any_step(tmp_
         gpu_check.main()
     assert exit_.value.code != 0
     assert not work.exists()
+
+
+def test_packed_kernel_check_compares_the_varlen_runs_first_loss_and_is_unavailable_without_the_kernel(
+        tmp_path, monkeypatch):
+    args = gpu_check.parse_args(["check", "--train_steps", "4"])
+    ctx = gpu_check.Context(work=tmp_path, logs=tmp_path / "logs", args=args)
+    deadline = gpu_check.Deadline(time.monotonic() + 60)
+    write_log(tmp_path / "llama", {1: 4.0, 2: 3.5, 3: 3.0})
+    ctx.logs.mkdir()
+    (ctx.logs / "train-llama.log").write_text("x\npacked attention: examples re-padded inside each attention call "
+                                              "(SDPA)\n", encoding="utf-8")
+    with pytest.raises(gpu_check.StepUnavailable, match="did not use a varlen kernel"):
+        gpu_check.run_packed_kernels(ctx, deadline)
+    (ctx.logs / "train-llama.log").write_text("packed attention: one varlen flash-attention call per layer "
+                                              "(torch.nn.attention.varlen.varlen_attn)\n", encoding="utf-8")
+    commands = []
+
+    def fake_run(cmd, deadline, name, env=None, first=4.01):
+        commands.append(cmd)
+        write_log(tmp_path / "llama-repad", {1: first, 2: 3.6, 3: 3.2})
+        return ""
+
+    monkeypatch.setattr(ctx, "run", fake_run)
+    result = gpu_check.run_packed_kernels(ctx, deadline)
+    assert "train.packed_attention=repad" in commands[0]
+    assert result["kernel"].endswith("(torch.nn.attention.varlen.varlen_attn)")
+    assert result["first_step_difference"] == pytest.approx(0.01)
+    assert result["max_abs_loss_difference"] == pytest.approx(0.2)
+    monkeypatch.setattr(ctx, "run", lambda *a, **k: fake_run(*a, first=4.5))
+    with pytest.raises(gpu_check.StepFailed, match="step-1 loss differs"):
+        gpu_check.run_packed_kernels(ctx, deadline)
+
+
+def test_the_trainers_packed_attention_line_is_kept_with_the_training_facts():
+    facts = gpu_check.deepspeed_facts("a\n[rank0] packed attention: one varlen flash-attention call per layer "
+                                      "(flash_attn.flash_attn_varlen_func)\nb")
+    assert facts["packed_attention"] == "one varlen flash-attention call per layer (flash_attn.flash_attn_varlen_func)"

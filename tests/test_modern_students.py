@@ -212,6 +212,12 @@ def test_the_teachers_word_tokens_give_llama_target_tokens_the_teachers_distribu
     assert "64 training problems -> 64 examples" in llama_runs["output"]
 
 
+def test_the_llama_run_says_once_how_its_packed_rows_are_attended(llama_runs):
+    """On CPU ranks the examples of a packed row are re-padded (a varlen flash kernel needs CUDA)."""
+    lines = [line for line in llama_runs["output"].splitlines() if "packed attention:" in line]
+    assert len(lines) == 1 and lines[0].endswith("examples re-padded inside each attention call (SDPA)"), lines
+
+
 def test_interrupted_run_stopped_with_a_complete_checkpoint_and_no_export(llama_runs):
     assert llama_runs["snapshot"] == {"complete": [EVERY], "exported": False, "logged": list(range(1, EVERY + 1))}
 

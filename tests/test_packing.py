@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cotdistill.batching import TokenizedExample, collate, forward_batch, padding_stats
 from cotdistill.modeling import _enable_checkpointing
@@ -331,3 +332,139 @@ def test_packing_is_refused_for_seq2seq_models_other_than_t5():
     assert not can_pack(model.config) and can_pack(_tiny_t5(packed=False).config)
     with pytest.raises(ValueError, match="model_type 'bart'"):
         use_packed_attention(model)
+
+
+class ReferenceVarlenKernel:
+    """What a varlen flash-attention kernel computes, written plainly (one causal SDPA per example), recording
+    its calls: it stands in for flash-attn / torch's varlen_attn, which run only on CUDA."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.__name__ = "reference"
+
+    def __call__(self, q, k, v, cu, longest, scale, window, dropout):
+        self.calls.append({"cu": cu.tolist(), "dtype": cu.dtype, "longest": longest, "window": window,
+                           "heads": (q.size(1), k.size(1))})
+        out = []
+        for start, end in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+            qi, ki, vi = (t[start:end].transpose(0, 1) for t in (q, k, v))  # [H, n, D]
+            ki = ki.repeat_interleave(q.size(1) // k.size(1), dim=0)
+            vi = vi.repeat_interleave(q.size(1) // v.size(1), dim=0)
+            n = end - start
+            slots = torch.arange(n)
+            allowed = slots[None, :] <= slots[:, None]
+            if window:
+                allowed &= slots[:, None] - slots[None, :] < window
+            out.append(F.scaled_dot_product_attention(qi, ki, vi, attn_mask=allowed, scale=scale).transpose(0, 1))
+        return torch.cat(out)
+
+
+@pytest.fixture
+def reference_kernel(monkeypatch):
+    """Packed causal rows go to the reference kernel, as they go to flash-attn on CUDA."""
+    import cotdistill.packed_attention as pa
+
+    kernel = ReferenceVarlenKernel()
+    monkeypatch.setattr(pa, "varlen_kernel", lambda device, dtype, dropout=False: kernel)
+    return kernel
+
+
+@pytest.mark.parametrize("family", ["gpt2", *ROPE_FAMILIES])
+def test_a_packed_row_through_a_varlen_kernel_has_the_padded_batchs_loss_and_gradients(family, reference_kernel):
+    """The kernel sees the row's tokens first ([tokens, heads, dim]), int32 boundaries, the longest example and the
+    grouped key/value heads unrepeated; what it returns becomes the layer's output."""
+    if family == "gpt2":
+        padded_model, packed_model = _tiny_gpt2(packed=False), _tiny_gpt2(packed=True)
+    else:
+        padded_model, packed_model = _tiny_rope(family, packed=False), _tiny_rope(family, packed=True)
+    examples = random_examples(random.Random(11), 12)
+    assert_packed_matches_padded(padded_model, packed_model, examples, causal=True, grad_atol=1e-5)
+    packed = collate(examples, pad_id=0, pack=True)
+    assert len(reference_kernel.calls) == 2  # one per layer, the backward recomputes nothing
+    call = reference_kernel.calls[0]
+    assert call["cu"] == packed["cu_seq_lens"].tolist() and call["dtype"] == torch.int32
+    assert call["longest"] == max(b - a for a, b in zip(call["cu"][:-1], call["cu"][1:], strict=True))
+    assert call["heads"] == ((4, 4) if family == "gpt2" else (4, 2))
+    assert call["window"] == (512 if family == "gemma3" else 0)  # Gemma 3's first layer is a local one
+
+
+def test_a_varlen_kernel_gets_a_sliding_layers_window_and_matches_the_padded_batch(reference_kernel):
+    from transformers import AutoModelForCausalLM
+
+    def model(packed: bool):
+        config = _tiny_rope("gemma3", packed=False).config
+        config.update(SLIDING["gemma3"])
+        torch.manual_seed(0)
+        built = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+        if packed:
+            use_packed_attention(built)
+        return built
+
+    assert_packed_matches_padded(model(False), model(True), random_examples(random.Random(12), 8), causal=True,
+                                 grad_atol=1e-5)
+    assert [c["window"] for c in reference_kernel.calls] == [0, 4]
+
+
+def test_repad_keeps_packed_rows_away_from_a_varlen_kernel_and_t5_never_reaches_one(reference_kernel):
+    padded_model = _tiny_rope("llama", packed=False)
+    repadded = _tiny_rope("llama", packed=False)
+    use_packed_attention(repadded, "repad")
+    assert_packed_matches_padded(padded_model, repadded, random_examples(random.Random(13), 6), causal=True,
+                                 grad_atol=1e-5)
+    assert_packed_matches_padded(_tiny_t5(packed=False), _tiny_t5(packed=True),
+                                 seq2seq_examples(random.Random(13), 6), causal=False, grad_atol=1e-5)
+    assert reference_kernel.calls == []
+
+
+def test_packed_rows_re_pad_on_cpu_and_a_run_insisting_on_varlen_there_is_refused_naming_the_key():
+    from cotdistill.errors import ConfigError
+    from cotdistill.packed_attention import describe_packed_attention, varlen_kernel
+
+    assert varlen_kernel("cpu", torch.bfloat16) is None
+    assert varlen_kernel("cuda", torch.float32) is None  # flash kernels take half precision only
+    assert "re-padded" in describe_packed_attention("auto", "cpu", torch.bfloat16)
+    with pytest.raises(ConfigError, match=r"train\.packed_attention=varlen needs a CUDA device .* cpu"):
+        describe_packed_attention("varlen", "cpu", torch.bfloat16)
+    with pytest.raises(ConfigError, match="causal students"):
+        describe_packed_attention("varlen", "cuda", torch.bfloat16, causal=False)
+    model = _tiny_rope("llama", packed=False)
+    use_packed_attention(model, "varlen")
+    with pytest.raises(ConfigError, match="varlen needs a CUDA device"):
+        _loss(model, collate(random_examples(random.Random(14), 4), pad_id=0, pack=True))
+
+
+def test_the_flash_kernels_get_a_sliding_window_of_w_as_w_minus_1_keys_back(monkeypatch):
+    """flash-attn's and torch's window_size=(left, right) count keys besides the query's own; transformers'
+    sliding_window W counts the query's own too (our re-padded mask: query - key < W)."""
+    import sys
+    import types
+
+    import torch.nn.attention.varlen as torch_varlen
+
+    from cotdistill.packed_attention import _flash_attn_kernel, _torch_varlen_kernel
+
+    seen: dict[str, dict] = {}
+    fake_flash = types.ModuleType("flash_attn")
+    fake_flash.flash_attn_varlen_func = lambda *args, **kwargs: seen.setdefault("flash", kwargs) and args[0]
+    monkeypatch.setitem(sys.modules, "flash_attn", fake_flash)
+    monkeypatch.setattr(torch_varlen, "varlen_attn", lambda *args, **kwargs: seen.setdefault("torch", kwargs))
+    q, kv, cu = torch.zeros(6, 4, 8), torch.zeros(6, 2, 8), torch.tensor([0, 2, 6], dtype=torch.int32)
+    _flash_attn_kernel()(q, kv, kv, cu, 4, 0.5, 4, 0.1)
+    _torch_varlen_kernel()(q, kv, kv, cu, 4, 0.5, 4, 0.0)
+    assert seen["flash"]["causal"] and seen["flash"]["window_size"][0] == 3
+    assert seen["flash"]["softmax_scale"] == 0.5 and seen["flash"]["dropout_p"] == 0.1
+    assert seen["torch"]["window_size"] == (3, 0) and seen["torch"]["enable_gqa"] and seen["torch"]["scale"] == 0.5
+    seen.clear()
+    _flash_attn_kernel()(q, kv, kv, cu, 4, None, 0, 0.0)
+    _torch_varlen_kernel()(q, kv, kv, cu, 4, None, 0, 0.0)
+    assert seen["flash"]["window_size"] == (-1, -1) and seen["torch"]["window_size"] == (-1, 0)
+
+
+def test_a_model_capping_its_attention_logits_is_padded_not_packed():
+    from transformers import AutoConfig
+
+    from cotdistill.packed_attention import can_pack
+
+    capped = AutoConfig.for_model("gemma2", attn_logit_softcapping=50.0)
+    assert not can_pack(capped)
+    assert can_pack(AutoConfig.for_model("gemma2", attn_logit_softcapping=None))

@@ -181,6 +181,10 @@ class TrainConfig:
         "lay each micro-batch's examples end to end with no padding (GPT-2: one row; T5/mT5: one encoder row "
         "and one decoder row), attention kept inside each example (cotdistill.packed_attention); same loss as "
         "padding, no sorting by length. Other seq2seq architectures are padded", True)
+    packed_attention: str = _help(
+        "how packed causal rows are attended: auto (on CUDA in bf16/fp16 one varlen flash-attention call, "
+        "flash-attn's or torch's, where installed; else each example re-padded inside SDPA) | varlen (insist on "
+        "the kernel) | repad (never use it)", "auto", choices=lambda: ("auto", "varlen", "repad"))
     seed: int = _help("seed for sampling, dropout and data mixing", 42)
     log_every: int = _help("log scalars every N optimizer steps", 1)
     stop_after_steps: int = _help(
@@ -634,6 +638,7 @@ def validate(config: RunConfig) -> None:
     t = config.train
     _choice(t.precision, ("bf16", "fp16", "fp32"), "train.precision")
     _choice(t.schedule, ("cosine", "linear", "constant"), "train.schedule")
+    _choice(t.packed_attention, ("auto", "varlen", "repad"), "train.packed_attention")
     _positive(t.micro_batch_size, "train.micro_batch_size")
     _positive(t.gradient_accumulation, "train.gradient_accumulation")
     _positive(t.lr, "train.lr")

@@ -71,7 +71,10 @@ class Family:
     ``planner_shape`` names the layer shape `memory_plan` and `flops` count ("t5", "gpt2", "llama": grouped-
     query attention, gated MLP, embeddings tied or not, read from the standard config attributes).
     ``decoder_start`` is the special token a seq2seq decoder starts from ("pad" for T5), None for causal LMs.
-    ``init_tiny`` adjusts a freshly built tiny model so its first loss is near ln V.
+    ``init_tiny`` adjusts a freshly built tiny model so its first loss is near ln V. How a family packs follows
+    from its kind: a causal family's rows go to a varlen flash-attention kernel on CUDA where one is installed
+    and are re-padded per example otherwise; T5's rows always re-pad, since its relative position bias is added
+    inside attention (`cotdistill.packed_attention`).
     """
 
     name: str

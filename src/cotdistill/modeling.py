@@ -104,6 +104,7 @@ def load_model(
     dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
     packed: bool = False,
+    packed_kernel: str = "auto",
 ) -> PreTrainedModel:
     """Load a student with ``from_pretrained`` so an active ``HfDeepSpeedConfig`` partitions it at load.
 
@@ -128,7 +129,7 @@ def load_model(
         _enable_checkpointing(model)
         model.config.use_cache = False
     if packed:  # packed training rows (train.pack_sequences); other forwards stay plain SDPA
-        use_packed_attention(model)
+        use_packed_attention(model, packed_kernel)
     return model
 
 

@@ -14,7 +14,10 @@ is the more precise of the two.
 `packed_forward()` marks a forward as packed. The model's mask steps then return the `PACKED` marker
 instead of a mask, and the attention uses the ``cu_seq_lens_q/k`` the forward was given. Every other forward
 (generation, evaluation) is plain SDPA, so a model switched to this implementation behaves as before
-outside packed training. The kwargs are transformers' own varlen names (``cu_seq_lens_q/k``,
+outside packed training. On CUDA in bf16/fp16 a causal LM's row skips the re-padding: one varlen
+flash-attention call (flash-attn's ``flash_attn_varlen_func`` where installed, else PyTorch's
+``torch.nn.attention.varlen.varlen_attn``) attends every example with no padding at all
+(``train.packed_attention``: auto | varlen | repad). The kwargs are transformers' own varlen names (``cu_seq_lens_q/k``,
 ``max_length_q/k``), which reach the attention function through the model's ``**kwargs``; everything the
 attention needs travels in its arguments, so gradient checkpointing's recomputation sees the same.
 
@@ -32,13 +35,14 @@ forward and backward per stack for a row of 800 tokens at t5-small's 8 heads, ag
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from cotdistill.errors import ConfigError
 from cotdistill.families import find_family, packable_seq2seq
 
 NAME = "cotdistill_packed"
@@ -108,12 +112,104 @@ _ROLES = {"causal": ("q", "q", True), "encoder": ("k", "k", False), "decoder": (
           "cross": ("q", "k", False)}
 
 
+# How a packed causal row is attended (train.packed_attention): "auto" takes a varlen flash-attention kernel
+# where one runs (CUDA, bf16/fp16) and re-pads otherwise; "varlen" insists on the kernel; "repad" never uses it.
+PACKED_KERNELS = ("auto", "varlen", "repad")
+_KERNEL_ATTR = "cotdistill_packed_kernel"
+# (q [tokens, Hq, D], k/v [tokens, Hkv, D], cu_seq_lens, longest, scale, window or 0, dropout) -> [tokens, Hq, D]
+VarlenKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, float | None, int, float],
+                        torch.Tensor]
+
+
+def _flash_attn_kernel() -> VarlenKernel | None:
+    """flash-attn's ``flash_attn_varlen_func`` (what transformers' flash_attention_2 calls), where installed."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception:  # not installed, or built for another torch/CUDA: the next kernel or re-padding
+        return None
+
+    def kernel(q, k, v, cu, longest, scale, window, dropout):
+        left = window - 1 if window else -1
+        return flash_attn_varlen_func(q, k, v, cu, cu, longest, longest, dropout_p=dropout, softmax_scale=scale,
+                                      causal=True, window_size=(left, left if window else -1))
+
+    kernel.__name__ = "flash_attn.flash_attn_varlen_func"
+    return kernel
+
+
+def _torch_varlen_kernel() -> VarlenKernel | None:
+    """PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention on CUDA; no dropout)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+
+    def kernel(q, k, v, cu, longest, scale, window, dropout):
+        return varlen_attn(q, k, v, cu, cu, longest, longest, scale=scale,
+                           window_size=(window - 1 if window else -1, 0), enable_gqa=k.size(1) != q.size(1))
+
+    kernel.__name__ = "torch.nn.attention.varlen.varlen_attn"
+    return kernel
+
+
+def varlen_kernel(device: torch.device | str, dtype: torch.dtype, dropout: bool = False) -> VarlenKernel | None:
+    """The varlen flash-attention kernel packed causal rows on ``device`` in ``dtype`` use, or None (re-pad).
+
+    Only CUDA in bf16/fp16: flash-attn first, then PyTorch's varlen_attn (which has no attention dropout, so
+    a layer training with dropout re-pads instead). One call attends every example of the row with no padding
+    at all, where re-padding pays for [examples, longest] slots.
+    """
+    if torch.device(device).type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    return _flash_attn_kernel() or (None if dropout else _torch_varlen_kernel())
+
+
+def attention_dropout(config: Any) -> bool:
+    """Whether a model config trains with attention dropout (GPT-2's attn_pdrop, Llama-likes' attention_dropout)."""
+    return any(float(getattr(config, name, 0.0) or 0.0) > 0 for name in ("attn_pdrop", "attention_dropout"))
+
+
+def describe_packed_attention(choice: str, device: torch.device | str, dtype: torch.dtype,
+                              dropout: bool = False, causal: bool = True) -> str:
+    """The one log line saying how packed rows are attended; ``choice=varlen`` without a kernel is refused."""
+    if choice not in PACKED_KERNELS:
+        raise ConfigError(f"train.packed_attention must be one of {', '.join(PACKED_KERNELS)}, got {choice!r}")
+    if not causal:
+        if choice == "varlen":
+            raise ConfigError("train.packed_attention=varlen is for causal students: T5's relative position bias "
+                              "is added inside attention, which no varlen kernel takes (set auto or repad)")
+        return "packed attention: examples re-padded inside each attention call (SDPA, T5's position bias)"
+    kernel = varlen_kernel(device, dtype, dropout) if choice != "repad" else None
+    if choice == "varlen" and kernel is None:
+        raise ConfigError(f"train.packed_attention=varlen needs a CUDA device in bf16/fp16 and flash-attn (or, "
+                         f"without attention dropout, torch.nn.attention.varlen); this run has "
+                         f"{torch.device(device).type} in {dtype}{' with attention dropout' if dropout else ''} "
+                         f"(set train.packed_attention=auto or repad)")
+    if kernel is None:
+        return "packed attention: examples re-padded inside each attention call (SDPA)"
+    return f"packed attention: one varlen flash-attention call per layer ({kernel.__name__})"
+
+
+def _varlen_attention(kernel: VarlenKernel, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      cu_seq_lens: torch.Tensor, longest: int, scaling: float | None, window: int,
+                      dropout: float) -> torch.Tensor:
+    """A causal packed row through ``kernel``: [1, H, row, D] in, [1, row, Hq, D] out like SDPA's wrapper."""
+    def tokens_first(states: torch.Tensor) -> torch.Tensor:
+        return states[0].transpose(0, 1).contiguous()  # [H, row, D] -> [row, H, D]
+
+    out = kernel(tokens_first(query), tokens_first(key), tokens_first(value), cu_seq_lens.to(torch.int32), longest,
+                 scaling, int(window or 0), dropout)
+    return out.unsqueeze(0)
+
+
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      attention_mask: Any, scaling: float | None = None, dropout: float = 0.0,
                      **kwargs: Any) -> tuple[torch.Tensor, None]:
     """Attention over [1, heads, row, head_dim] packed tensors, kept inside each example.
 
-    Returns [1, row, heads, head_dim] like transformers' SDPA function. Not packed: SDPA itself.
+    Returns [1, row, heads, head_dim] like transformers' SDPA function. Not packed: SDPA itself. A causal LM's
+    row goes to a varlen flash-attention kernel where `varlen_kernel` finds one (``train.packed_attention``);
+    T5's roles carry a relative position bias no such kernel takes, so they always re-pad.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -126,6 +222,15 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if cu_q is None or cu_k is None or query.size(0) != 1:
         raise ValueError("a packed forward needs one row and cu_seq_lens_q/k (cotdistill.packed_attention."
                          f"packed_kwargs); got {query.size(0)} rows and cu_seq_lens_q={kwargs.get('cu_seq_lens_q')!r}")
+    choice = getattr(module, _KERNEL_ATTR, "auto")
+    if role == "causal" and choice != "repad":
+        kernel = varlen_kernel(query.device, query.dtype, dropout > 0)
+        if kernel is None and choice == "varlen":
+            describe_packed_attention("varlen", query.device, query.dtype, dropout > 0)  # raises, saying why
+        if kernel is not None:
+            longest = int(kwargs.get("max_length_q") or _longest(cu_q))
+            return _varlen_attention(kernel, query, key, value, cu_q, longest, scaling, kwargs.get("sliding_window"),
+                                     dropout), None
     if key.size(1) != query.size(1):  # grouped-query attention: one key/value head serves several query heads
         key = key.repeat_interleave(query.size(1) // key.size(1), dim=1)
         value = value.repeat_interleave(query.size(1) // value.size(1), dim=1)
@@ -174,8 +279,11 @@ def can_pack(config: Any) -> bool:
     Llama, Qwen2, Qwen3 and Gemma 3 attention pass the forward's kwargs (``cu_seq_lens_q/k``, and
     ``sliding_window`` for a local layer) to the attention function and take their RoPE angles from the
     restarting ``position_ids``, as GPT-2 takes its position embeddings; their grouped key/value heads are
-    repeated here as transformers' ``repeat_kv`` does.
+    repeated here as transformers' ``repeat_kv`` does. A model that caps its attention logits (Gemma 2's
+    ``attn_logit_softcapping``) is padded: neither re-padded SDPA nor a varlen kernel here applies the cap.
     """
+    if getattr(config, "attn_logit_softcapping", None):
+        return False
     family = find_family(config)
     return family.packs if family is not None else not config.is_encoder_decoder
 
@@ -214,8 +322,11 @@ def _tag_seq2seq_roles(model: torch.nn.Module) -> None:
             setattr(module, _ROLE_ATTR, role)
 
 
-def use_packed_attention(model: torch.nn.Module) -> None:
-    """Switch a model to this implementation (registered with transformers on first use); see `can_pack`."""
+def use_packed_attention(model: torch.nn.Module, kernel: str = "auto") -> None:
+    """Switch a model to this implementation (registered with transformers on first use); see `can_pack`.
+
+    ``kernel`` is ``train.packed_attention``: how its causal rows are attended (`PACKED_KERNELS`).
+    """
     global _registered
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
@@ -227,6 +338,10 @@ def use_packed_attention(model: torch.nn.Module) -> None:
         AttentionInterface.register(NAME, packed_attention)
         AttentionMaskInterface.register(NAME, _packed_mask)
         _registered = True
+    if kernel not in PACKED_KERNELS:
+        raise ValueError(f"train.packed_attention must be one of {', '.join(PACKED_KERNELS)}, got {kernel!r}")
     if model.config.is_encoder_decoder:
         _tag_seq2seq_roles(model)
+    for module in model.modules():
+        setattr(module, _KERNEL_ATTR, kernel)
     model.set_attn_implementation(NAME)

@@ -42,7 +42,7 @@ from cotdistill.generation import EvalReport
 from cotdistill.logs import setup_logging
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.outputs import check_output_dir, removed_on_failure
-from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, can_pack
+from cotdistill.packed_attention import PACKABLE_SEQ2SEQ, attention_dropout, can_pack, describe_packed_attention
 from cotdistill.profiling import StepProfiler, parse_step_range
 from cotdistill.rng import capture_rng, restore_rng, seed_everything
 from cotdistill.run_data import load_run_problems, run_examples
@@ -221,10 +221,15 @@ class Trainer:
         hidden = getattr(model_config, "d_model", None) or getattr(model_config, "hidden_size", None)
         ds_config = resolve_ds_config(template, config, engine.world_size, hidden, source=config.deepspeed_config)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
+        packed_line = (describe_packed_attention(t.packed_attention, engine.device, dtype,
+                                                 attention_dropout(model_config), self.causal)
+                       if self.packed else "")  # refuses varlen where no kernel runs, before loading
         model = engine.load_model(ds_config, lambda: load_model(
             model_path, kind, dtype=dtype, gradient_checkpointing=config.model.gradient_checkpointing,
-            packed=self.packed))
+            packed=self.packed, packed_kernel=t.packed_attention))
         engine.initialize(model)
+        if packed_line and engine.is_main:
+            log.info("%s", packed_line)
 
         self.order = run_batch_order(self.tokenized, self.causal, engine.world_size, t,
                                      config.data.single_format_batches, self.packed)
