@@ -139,6 +139,46 @@ def test_synthetic_set_is_eval_size_held_out_problems_disjoint_from_training():
     assert all(score(p, f"The answer is {p.answer}.").correct for p in found.problems)
 
 
+EXPERIMENT_SYNTHETIC = SyntheticDataConfig(train_size=2000, eval_size=100, min_steps=1, max_steps=3, eval_steps=3,
+                                           operand_max=9)
+
+
+def _numbers(question: str) -> list[int]:
+    import re
+
+    return [int(n) for n in re.findall(r"\d+", question)]
+
+
+@pytest.mark.parametrize("split", ["more_steps", "larger_numbers"])
+def test_out_of_distribution_synthetic_splits_are_unseen_and_differ_from_training_in_their_one_respect(split):
+    found = resolve_eval_set(f"synthetic:{split}", config(synthetic=EXPERIMENT_SYNTHETIC))
+    train, held_out = synthetic_problems(DataConfig(dataset="synthetic", synthetic=EXPERIMENT_SYNTHETIC))
+    assert found.name == f"synthetic:{split}" and len(found.problems) == 100
+    assert {p.question for p in found.demo_pool} == {p.question for p in train}  # demonstrations stay in distribution
+    questions = {p.question for p in found.problems}
+    assert len(questions) == 100 and not questions & {p.question for p in train + held_out}
+    assert all(score(p, f"The answer is {p.answer}.").correct for p in found.problems)
+    steps = {len(p.steps) for p in found.problems}
+    if split == "more_steps":  # every problem one operation longer than any training problem
+        assert steps == {4} and max(len(p.steps) for p in train) == 3
+        assert max(max(_numbers(p.question)) for p in found.problems) <= 9
+    else:  # every operand past the training range, the held-out set's number of operations
+        assert steps == {3}
+        assert min(min(_numbers(p.question)) for p in found.problems) >= 10
+        assert max(max(_numbers(p.question)) for p in train) <= 9
+
+
+def test_the_in_distribution_synthetic_split_is_the_held_out_set_by_either_name():
+    plain = resolve_eval_set("synthetic", config(synthetic=EXPERIMENT_SYNTHETIC))
+    named = resolve_eval_set("synthetic:held_out", config(synthetic=EXPERIMENT_SYNTHETIC))
+    assert named.name == plain.name == "synthetic" and named.problems == plain.problems
+
+
+def test_an_unknown_synthetic_split_is_refused_listing_the_known_ones():
+    with pytest.raises(DataError, match="unknown synthetic split 'longer'.*held_out.*more_steps.*larger_numbers"):
+        resolve_eval_set("synthetic:longer", config(synthetic=EXPERIMENT_SYNTHETIC))
+
+
 @pytest.mark.parametrize("name", MATH_SETS)
 def test_few_shot_math_sets_draw_demonstrations_from_gsm8k_train(name):
     found = resolve_eval_set(name, config(strategy="few_shot_cot", k_shot=4))

@@ -492,3 +492,122 @@ def test_a_prepare_step_that_cannot_work_is_refused_naming_the_key(tmp_path, cha
     with pytest.raises(ExperimentError) as err:
         load_experiment(path)
     assert str(err.value).startswith(f"{path}: {key}") and message in str(err.value)
+
+
+# -- checkpoint evaluations and in- vs out-of-distribution selection ---------------------------------------------
+
+
+def selection_experiment(tmp_path: Path, **selection) -> dict:
+    spec = {"strategy": "zero_shot_cot"}
+    return {"output_dir": str(tmp_path / "out"),
+            "overrides": {"train.max_steps": 6, "data.synthetic.eval_size": 300, "checkpoint.every": 2,
+                          "checkpoint.keep_last": 3},
+            "evals": [{"name": "id", "dataset": "synthetic", "spec": spec, "checkpoints": True},
+                      {"name": "more-steps", "dataset": "synthetic:more_steps", "spec": spec, "checkpoints": True}],
+            "selection": selection or {"in_distribution": "id", "out_of_distribution": ["more-steps"]},
+            "arms": {"cot": {"recipe": RECIPE}}}
+
+
+class FakeCheckpointLaunches(FakeLaunches):
+    """eval_checkpoints.py writes step-NNNNNN/<set>/ for steps 2, 4 and 6."""
+
+    def _launch(self, script: str, args: list[str]) -> None:
+        if script != "eval_checkpoints.py":
+            return super()._launch(script, args)
+        self.launched.append((script, args))
+        out = Path(next(a for a in args if a.startswith("--output_dir=")).partition("=")[2])
+        dataset = next(a for a in args if a.startswith("--datasets=")).partition("=")[2]
+        for step, outcome in ((2, "1000"), (4, "1100"), (6, "1110")):
+            write_fake_eval(out / f"step-{step:06d}" / dataset.replace(":", "_"), outcome, "zero_shot_cot")
+
+
+def test_a_checkpoint_evaluation_scores_every_checkpoint_and_reads_as_the_last(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, selection_experiment(tmp_path)))
+    run = resolve_run(exp, "cot", 1)
+    runner = FakeCheckpointLaunches()
+    results = runner(run)
+    assert [script for script, _ in runner.launched] == ["train.py", "eval_checkpoints.py", "eval_checkpoints.py"]
+    args = runner.launched[2][1]
+    assert args[:2] == [str(run.run_dir), "--datasets=synthetic:more_steps"] and "--strategy=zero_shot_cot" in args
+    assert sorted(results["more-steps"]["per_step"]) == ["2", "4", "6"]
+    assert results["more-steps"]["per_step"]["4"]["correct"] == 2
+    assert results["more-steps"]["correct"] == 3 and results["more-steps"]["per_problem"] == "1110"
+
+
+@pytest.mark.parametrize("change, key, message", [
+    ({"selection": {"in_distribution": "nope", "out_of_distribution": ["more-steps"]}}, "selection.in_distribution",
+     "'nope' is not an evaluation with checkpoints: true"),
+    ({"selection": {"in_distribution": "id", "out_of_distribution": ["id"]}}, "selection.out_of_distribution",
+     "is the in-distribution evaluation"),
+    ({"evals": [{"name": "id", "checkpoints": True}]}, "evals[0].checkpoints", "give a spec"),
+    ({"evals": [{"name": "id", "spec": {"strategy": "zero_shot_cot"}, "checkpoints": "yes"}]}, "evals[0].checkpoints",
+     "expected true or false"),
+])
+def test_a_selection_that_cannot_work_is_refused_naming_the_key(tmp_path, change, key, message):
+    body = {**selection_experiment(tmp_path), **change}
+    with pytest.raises(ExperimentError, match=key.replace("[", r"\[").replace("]", r"\]")) as err:
+        load_experiment(write_experiment(tmp_path, body))
+    assert message in str(err.value)
+
+
+def test_checkpoint_evaluations_need_saved_checkpoints(tmp_path):
+    body = selection_experiment(tmp_path)
+    body["overrides"]["checkpoint.every"] = 0
+    with pytest.raises(ExperimentError, match="checkpoint evaluations need saved checkpoints"):
+        resolve_run(load_experiment(write_experiment(tmp_path, body)), "cot", 1)
+
+
+def test_evaluations_without_checkpoints_fingerprint_as_before_the_flag_existed():
+    from cotdistill.experiments import EvalEntry, _eval_fingerprint
+
+    entry = EvalEntry("few-shot", "held-out", {"strategy": "few_shot_cot"}, "")
+    assert _eval_fingerprint(entry) == {"name": "few-shot", "dataset": "held-out", "spec": {"strategy": "few_shot_cot"},
+                                        "solver_arm": ""}
+    assert _eval_fingerprint(EvalEntry("x", checkpoints=True))["checkpoints"] is True
+
+
+def per_step(outcomes: dict[int, str]) -> dict:
+    steps = {str(step): {"correct": o.count("1"), "total": len(o), "per_problem": o} for step, o in outcomes.items()}
+    return {**steps[str(max(outcomes))], "per_step": steps}
+
+
+def test_selection_statistics_on_known_inputs(tmp_path):
+    from cotdistill.experiment_selection import seed_selections, selection_markdown
+    from cotdistill.experiments import SelectionSpec
+
+    spec = SelectionSpec("id", ("a", "b"))
+    runs = [  # seed 1: ID peaks at step 4, OOD (mean of a and b) at step 2; seed 2: both at step 6 (tie with 4 on ID)
+        {"arm": "cot", "seed": 1, "evals": {"id": per_step({2: "1000", 4: "1110", 6: "1100"}),
+                                             "a": per_step({2: "1111", 4: "1100", 6: "1000"}),
+                                             "b": per_step({2: "1100", 4: "1100", 6: "0000"})}},
+        {"arm": "cot", "seed": 2, "evals": {"id": per_step({2: "1000", 4: "1111", 6: "1111"}),
+                                             "a": per_step({2: "0000", 4: "1000", 6: "1110"}),
+                                             "b": per_step({2: "0000", 4: "0000", 6: "1000"})}},
+    ]
+    first, second = seed_selections(runs, spec)
+    assert (first.by_id, first.by_ood) == (4, 2)
+    assert first.ood_accuracy == {2: 0.75, 4: 0.5, 6: 0.125}
+    assert first.ood_cost == pytest.approx(0.25) and first.id_cost == pytest.approx(0.5)
+    assert (second.by_id, second.by_ood) == (4, 6)  # the earliest of equal ID accuracies
+    assert second.ood_cost == pytest.approx(0.5 - 0.125) and second.id_cost == 0.0
+    assert first.ood_outcomes[2] == "11111100"
+    text = selection_markdown([first, second], spec)
+    assert "| cot | 1 | 2, 4, 6 | 4 (75.0 / 50.0) | 2 (25.0 / 75.0) | 25.0 | 50.0 |" in text
+    assert "0 of 2" in text
+    # the paired difference over the problems: OOD outcomes at the OOD choice minus at the ID choice, averaged
+    d, _, _ = paired_difference(["11111100", "11101000"], ["11001100", "10000000"])
+    assert f"{100 * d:.1f} [" in text
+
+
+def test_a_report_with_a_selection_adds_its_table_and_plot(tmp_path):
+    body = selection_experiment(tmp_path)
+    exp = load_experiment(write_experiment(tmp_path, body))
+    store = ResultStore(exp.results_file, exp.name)
+    for seed in (1, 2):
+        runner = FakeCheckpointLaunches()
+        run = resolve_run(exp, "cot", seed)
+        store.add({"arm": "cot", "seed": seed, "fingerprint": run.fingerprint, "evals": runner(run)})
+    markdown, _ = write_report(exp, store)
+    text = markdown.read_text(encoding="utf-8")
+    assert "## Checkpoint selection: id (ID) vs more-steps (OOD)" in text
+    assert (exp.output_dir / "selection.png").stat().st_size > 1000

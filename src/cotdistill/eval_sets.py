@@ -15,7 +15,7 @@ from cotdistill.errors import DataError
 from cotdistill.problems.loaders import dataset_splits, load_problems, resolve_data_dir
 from cotdistill.problems.reasoning import BBH_TASKS, bbh_cot_prompt, read_bbh_task
 from cotdistill.problems.record import Problem
-from cotdistill.run_data import synthetic_problems
+from cotdistill.run_data import SYNTHETIC_SPLITS, synthetic_problems
 
 GSM8K_TRAIN = ("gsm8k", "train")
 
@@ -94,6 +94,9 @@ def check_eval_set(spec: str) -> None:
             raise DataError(f"unknown BBH task {split!r}; known tasks: {', '.join(BBH_TASKS)}")
         return
     if name == "synthetic":
+        if split not in (None, "default", *SYNTHETIC_SPLITS):
+            raise DataError(f"unknown synthetic split {split!r}; known: "
+                            + "; ".join(f"{k} ({v})" for k, v in SYNTHETIC_SPLITS.items()))
         return
     split = EVAL_SETS[name][0] if split in (None, "default") else split
     if split not in dataset_splits(name):
@@ -112,8 +115,10 @@ def resolve_eval_set(spec: str, config: EvalRunConfig) -> EvalSet:
     if name == "bbh":
         return _bbh_task(str(split), config)
     if name == "synthetic":
-        train, held_out = synthetic_problems(DataConfig(dataset="synthetic", synthetic=config.synthetic))
-        return _limited(EvalSet("synthetic", held_out, train), config)
+        split = default_split if split in (None, "default") else split
+        train, held_out = synthetic_problems(DataConfig(dataset="synthetic", synthetic=config.synthetic), split)
+        return _limited(EvalSet("synthetic" if split == default_split else f"synthetic:{split}", held_out, train),
+                        config)
     split = default_split if split in (None, "default") else split
     problems = load_problems(name, split, data_dir=data_dir)
     demos: list[Problem] = []

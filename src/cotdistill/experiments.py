@@ -98,11 +98,12 @@ RESULTS = "results.json"
 RUN_MARK = "experiment_run.json"  # in a run folder: which experiment arm and seed made it, and its fingerprint
 
 _TOP_KEYS = ("description", "name", "seeds", "first_seed", "output_dir", "min_eval_problems", "baseline", "init",
-             "prepare", "overrides", "evals", "arms")
+             "prepare", "overrides", "evals", "arms", "selection")
 _PREPARE_KEYS = ("name", "train", "build_data", "overrides")
 PREPARE_KINDS = ("train", "build_data")
 _ARM_KEYS = ("recipe", "overrides", "evals", "description")
-_EVAL_KEYS = ("name", "dataset", "spec", "solver_arm")
+_EVAL_KEYS = ("name", "dataset", "spec", "solver_arm", "checkpoints")
+_SELECTION_KEYS = ("in_distribution", "out_of_distribution")
 _INIT_KEYS = ("family", "recipe", "overrides")
 _SPEC_KEYS = tuple(f.name for f in dataclasses.fields(EvalSpec))
 
@@ -123,6 +124,7 @@ class EvalEntry:
     dataset: str = HELD_OUT
     spec: dict[str, Any] = field(default_factory=dict)  # EvalSpec keys; empty: read the training run's own eval
     solver_arm: str = ""  # two models (Socratic): this arm's model asks, that arm's model of the same seed answers
+    checkpoints: bool = False  # every saved checkpoint evaluated (cotdistill eval-checkpoints), not final/ alone
 
     @property
     def from_training(self) -> bool:
@@ -154,6 +156,14 @@ class Arm:
     evals: list[EvalEntry]
 
 
+@dataclass(frozen=True)
+class SelectionSpec:
+    """Checkpoint selection (Fu et al.): which checkpoint evaluations are in distribution and which are not."""
+
+    in_distribution: str
+    out_of_distribution: tuple[str, ...]
+
+
 @dataclass
 class Experiment:
     name: str
@@ -166,6 +176,7 @@ class Experiment:
     init: InitSpec | None = None
     description: str = ""
     prepare: list[PrepareStep] = field(default_factory=list)
+    selection: SelectionSpec | None = None
 
     @property
     def results_file(self) -> Path:
@@ -270,7 +281,13 @@ def _evals(source: Path, key: str, value: Any) -> list[EvalEntry]:
         if solver_arm and spec.get("strategy") != "socratic":
             raise _fail(source, f"{where}.solver_arm", "a solver from another arm answers a decomposer's "
                                                        "sub-questions: the spec needs strategy: socratic")
-        entries.append(EvalEntry(name.strip(), dataset, dict(spec), solver_arm))
+        checkpoints = item.get("checkpoints", False)
+        if not isinstance(checkpoints, bool):
+            raise _fail(source, f"{where}.checkpoints", f"expected true or false, got {checkpoints!r}")
+        if checkpoints and (not spec or solver_arm):
+            raise _fail(source, f"{where}.checkpoints", "checkpoint evaluations run cotdistill eval-checkpoints on "
+                                                        "one run's checkpoints: give a spec and no solver_arm")
+        entries.append(EvalEntry(name.strip(), dataset, dict(spec), solver_arm, checkpoints))
     names = [e.name for e in entries]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -356,7 +373,30 @@ def load_experiment(path: str | Path) -> Experiment:
                                                f"{', '.join(sorted(named)) or 'none'}")
     return Experiment(name=name, source=source, output_dir=Path(output_dir),
                       seeds=list(range(first_seed, first_seed + seeds)), arms=arms, baseline=baseline,
-                      min_eval_problems=minimum, init=init, description=str(description), prepare=prepare)
+                      min_eval_problems=minimum, init=init, description=str(description), prepare=prepare,
+                      selection=_selection(source, values.get("selection"), arms))
+
+
+def _selection(source: Path, value: Any, arms: dict[str, Arm]) -> SelectionSpec | None:
+    """The ``selection`` key: evaluation names, each an evaluation with ``checkpoints: true`` in some arm."""
+    if value is None:
+        return None
+    raw = _mapping(source, "selection", value, _SELECTION_KEYS)
+    in_distribution, ood = raw.get("in_distribution"), raw.get("out_of_distribution")
+    if isinstance(ood, str):
+        ood = [ood]
+    if not isinstance(in_distribution, str) or not isinstance(ood, list) or not ood:
+        raise _fail(source, "selection", "expected {in_distribution: <evaluation>, out_of_distribution: "
+                                         f"[<evaluation>, ...]}}, got {value!r}")
+    per_checkpoint = {e.name for arm in arms.values() for e in arm.evals if e.checkpoints}
+    for key, name in [("selection.in_distribution", in_distribution),
+                      *((f"selection.out_of_distribution[{i}]", n) for i, n in enumerate(ood))]:
+        if name not in per_checkpoint:
+            raise _fail(source, key, f"{name!r} is not an evaluation with checkpoints: true; those are: "
+                                     f"{', '.join(sorted(per_checkpoint)) or 'none'}")
+    if in_distribution in ood:
+        raise _fail(source, "selection.out_of_distribution", f"{in_distribution!r} is the in-distribution evaluation")
+    return SelectionSpec(in_distribution, tuple(ood))
 
 
 _PREPARE_REF = re.compile(r"\{prepare:([^}]*)\}")
@@ -457,6 +497,9 @@ def resolve_run(experiment: Experiment, arm_name: str, seed: int) -> ArmRun:
         validate_run(config)
     except CotDistillError as err:
         raise ExperimentError(f"{experiment.source}: arms.{arm_name}: {err}") from None
+    if any(e.checkpoints for e in arm.evals) and config.checkpoint.every <= 0:
+        raise ExperimentError(f"{experiment.source}: arms.{arm_name}: checkpoint evaluations need saved checkpoints; "
+                              "set checkpoint.every (and checkpoint.keep_last to keep them all)")
     if any(not e.from_training for e in arm.evals) and not config.checkpoint.export_final:
         raise ExperimentError(f"{experiment.source}: arms.{arm_name}: evaluations with a spec evaluate RUN/final, "
                               "which checkpoint.export_final=false does not write")
@@ -473,7 +516,7 @@ def resolve_run(experiment: Experiment, arm_name: str, seed: int) -> ArmRun:
                                   f"eval.datasets {config.eval.datasets} does not name it; add it there or give the "
                                   "evaluation a spec")
     payload = {"recipe": arm.recipe, "config": changed_from_defaults(to_dict(config), to_dict(RunConfig())),
-               "evals": [dataclasses.asdict(e) for e in arm.evals],
+               "evals": [_eval_fingerprint(e) for e in arm.evals],
                "init": dataclasses.asdict(experiment.init) if experiment.init else None}
     if experiment.prepare:  # the teacher or data every arm is made from
         payload["prepare"] = {step.name: resolve_prepare(experiment, step).fingerprint for step in experiment.prepare}
@@ -482,6 +525,16 @@ def resolve_run(experiment: Experiment, arm_name: str, seed: int) -> ArmRun:
         payload["solver_arms"] = {name: resolve_run(experiment, name, seed).fingerprint for name in solvers}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return ArmRun(experiment, arm, seed, overrides, config, run_dir, init_dir, digest)
+
+
+# EvalEntry fields added after results were stored: left out of the fingerprint at their default, so the stored
+# results of experiments that do not use them stay current.
+_LATER_EVAL_FIELDS = {"checkpoints": False}
+
+
+def _eval_fingerprint(entry: EvalEntry) -> dict[str, Any]:
+    return {key: value for key, value in dataclasses.asdict(entry).items()
+            if key not in _LATER_EVAL_FIELDS or value != _LATER_EVAL_FIELDS[key]}
 
 
 def changed_from_defaults(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -727,6 +780,16 @@ def read_eval(folder: Path) -> dict[str, Any]:
             "per_problem": outcome, "folder": str(folder)}
 
 
+def read_checkpoint_evals(out: Path, dataset_folder: str) -> dict[str, Any]:
+    """An eval-checkpoints result: every step's evaluation under ``per_step`` (step as text), and the last
+    checkpoint's at the top level, so the result also reads as the run's final evaluation."""
+    steps = sorted(int(p.name.removeprefix("step-")) for p in out.glob("step-*") if (p / dataset_folder).is_dir())
+    if not steps:
+        raise ExperimentError(f"no checkpoint evaluation under {out}/step-*/{dataset_folder}")
+    per_step = {str(step): read_eval(out / f"step-{step:06d}" / dataset_folder) for step in steps}
+    return {**per_step[str(steps[-1])], "per_step": per_step}
+
+
 def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], None] = print) -> Path:
     """The shared tiny initialisation of ``seed`` (built once, atomically; kept when it exists)."""
     if out_dir.exists():
@@ -842,6 +905,11 @@ class LaunchRunner:
             shutil.rmtree(out, ignore_errors=True)  # a half-written evaluation is redone whole
             dataset = _eval_dataset(entry.dataset)
             flags = [f"--{key}={_text(value)}" for key, value in eval_options(run.config, entry).items()]
+            if entry.checkpoints:
+                self._launch("eval_checkpoints.py", [str(run.run_dir), f"--datasets={dataset}", f"--output_dir={out}",
+                                                     *flags])
+                results[entry.name] = read_checkpoint_evals(out, folder_name(dataset))
+                continue
             if entry.solver_arm:
                 flags.append(f"--solver={RunFolder(run.experiment.run_dir(entry.solver_arm, run.seed)).final}")
             self._launch("evaluate.py", [str(folder.final), f"--datasets={dataset}", f"--output_dir={out}", *flags])
@@ -1008,6 +1076,13 @@ def plot_summaries(summaries: list[EvalSummary], path: str | Path, title: str = 
     ax.set_title(title or "accuracy: mean over seeds, 95% interval over problems, seeds as dots")
     if len(evals) > 1:
         ax.legend(title="evaluation")
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a report's matplotlib figure as a PNG (its folder made) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1024,6 +1099,14 @@ def write_report(experiment: Experiment, store: ResultStore | None = None) -> tu
         return None
     summaries = summarize(runs, list(experiment.arms))
     text = report_markdown(experiment.name, summaries, comparisons(runs, experiment.baseline), experiment.baseline)
+    if experiment.selection is not None:  # here: that module imports this one
+        from cotdistill.experiment_selection import plot_selection_curves, seed_selections, selection_markdown
+
+        selections = seed_selections(runs, experiment.selection)
+        if selections:
+            text += selection_markdown(selections, experiment.selection)
+            plot_selection_curves(selections, experiment.selection, experiment.output_dir / "selection.png")
+            text += "\nAccuracy by checkpoint: selection.png\n"
     markdown = experiment.output_dir / "report.md"
     markdown.parent.mkdir(parents=True, exist_ok=True)
     markdown.write_text(text, encoding="utf-8")

@@ -20,30 +20,51 @@ def synthetic_spec(s: SyntheticDataConfig) -> SyntheticSpec:
                          operand_min=s.operand_min, operand_max=s.operand_max, operations=tuple(s.operations))
 
 
-def synthetic_problems(data: DataConfig) -> tuple[list[Problem], list[Problem]]:
-    """Training problems and a held-out set from a disjoint seed with no question seen in training.
+# Evaluation splits of the embedded generator, all from the run's own settings. "held_out" is in distribution
+# (eval_steps operations, the training operands); the others are out of distribution in one respect each, for
+# checkpoint selection as Fu et al. do it (in- vs out-of-distribution accuracy).
+SYNTHETIC_SPLITS = {
+    "held_out": "unseen problems of eval_steps operations with the training operands (in distribution)",
+    "more_steps": "unseen problems of max_steps + 1 operations, one more than any training problem",
+    "larger_numbers": "unseen problems whose operands lie in operand_max+1 .. 2*operand_max+1, past every "
+                      "training operand",
+}
+_SPLIT_SEED_OFFSET = {"held_out": 7919, "more_steps": 2 * 7919, "larger_numbers": 3 * 7919}
+
+
+def synthetic_problems(data: DataConfig, split: str = "held_out") -> tuple[list[Problem], list[Problem]]:
+    """Training problems and an evaluation split (`SYNTHETIC_SPLITS`) from a disjoint seed, no question of which
+    was seen in training.
 
     Candidates are drawn in growing rounds until ``eval_size`` unseen, distinct questions are found; a
     question space too small for that is an error rather than a silently smaller evaluation.
     """
+    if split not in SYNTHETIC_SPLITS:
+        raise DataError(f"unknown synthetic split {split!r}; known: {', '.join(SYNTHETIC_SPLITS)}")
     s = data.synthetic
     spec = synthetic_spec(s)
     train = generate_problems(spec)
+    steps = s.eval_steps or 0
+    evaluated = replace(spec, seed=s.seed + _SPLIT_SEED_OFFSET[split], min_steps=steps or s.min_steps,
+                        max_steps=steps or s.max_steps)
+    if split == "more_steps":
+        evaluated = replace(evaluated, min_steps=s.max_steps + 1, max_steps=s.max_steps + 1)
+    elif split == "larger_numbers":
+        evaluated = replace(evaluated, operand_min=s.operand_max + 1, operand_max=2 * s.operand_max + 1,
+                            max_total=max(spec.max_total, 4 * (2 * s.operand_max + 1)))
     seen = {p.question for p in train}
-    held_out: list[Problem] = []
+    chosen: list[Problem] = []
     drawn = 0
     for round_size in (2 * s.eval_size, 8 * s.eval_size, 32 * s.eval_size):
-        candidates = generate_problems(replace(spec, n=drawn + round_size, seed=s.seed + 7919,
-                                               min_steps=s.eval_steps or s.min_steps,
-                                               max_steps=s.eval_steps or s.max_steps))[drawn:]
+        candidates = generate_problems(replace(evaluated, n=drawn + round_size))[drawn:]
         drawn += round_size
         for problem in candidates:
-            if problem.question not in seen and len(held_out) < s.eval_size:
-                held_out.append(problem)
+            if problem.question not in seen and len(chosen) < s.eval_size:
+                chosen.append(problem)
                 seen.add(problem.question)
-        if len(held_out) == s.eval_size:
-            return train, held_out
-    raise DataError(f"data.synthetic: only {len(held_out)} of eval_size={s.eval_size} held-out problems differ "
+        if len(chosen) == s.eval_size:
+            return train, chosen
+    raise DataError(f"data.synthetic: only {len(chosen)} of eval_size={s.eval_size} {split} problems differ "
                     "from the training questions; widen operand_min..operand_max or the step range, or lower "
                     "eval_size")
 
