@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -177,7 +178,12 @@ def on_policy_runs(tiny_models, tmp_path_factory) -> dict[str, Path]:
     resumed = root / "resumed"
     launch("launchers/train.py", on_policy_args(student, teacher, resumed, "train.stop_after_steps=2"))
     launch("launchers/train.py", on_policy_args(student, teacher, resumed))
-    return {"full": full, "resumed": resumed}
+    partitioned = root / "partitioned"
+    shown = launch("launchers/train.py", on_policy_args(
+        student, teacher, partitioned, "train.on_policy.teacher.device=auto", "train.on_policy.teacher.partition=true",
+        "checkpoint.export_final=false"))
+    return {"full": full, "resumed": resumed, "partitioned": partitioned,
+            "partitioned_output": shown.stdout + shown.stderr}
 
 
 def logged(run: Path) -> list[dict]:
@@ -212,6 +218,47 @@ def compared(run: Path) -> list[dict]:
 def test_an_interrupted_on_policy_run_resumes_with_the_uninterrupted_losses(on_policy_runs):
     assert compared(on_policy_runs["resumed"]) == compared(on_policy_runs["full"])
     shutil.rmtree(on_policy_runs["resumed"] / "final", ignore_errors=True)
+
+
+def test_a_teacher_partitioned_over_the_ranks_with_zero3_scores_as_the_whole_teacher_does(on_policy_runs):
+    """Each rank holds half the teacher's weights and every scoring forward gathers them; the losses, divergences
+    and gradient norms of every step equal those of the run whose ranks each hold the whole teacher (fp32)."""
+    assert "on-policy teacher: hf" in on_policy_runs["partitioned_output"]
+    held = re.search(r"partitioned over 2 ranks with ZeRO-3 \(rank 0 holds ([\d,]+) of its ([\d,]+) parameters\)",
+                     on_policy_runs["partitioned_output"])
+    assert held, on_policy_runs["partitioned_output"][-2000:]
+    part, whole = (int(n.replace(",", "")) for n in held.groups())
+    assert whole > 10_000 and part < 0.6 * whole  # half of each tensor, a few padding elements more
+    assert compared(on_policy_runs["partitioned"]) == compared(on_policy_runs["full"])
+
+
+def test_a_partitioned_teacher_is_local_and_on_the_training_devices():
+    with pytest.raises(ConfigError, match="partition=true shares a local"):
+        load_config("recipes/demo-gpt2-synthetic.yaml", [
+            "train.objective=on_policy", "train.on_policy.teacher.model=t", "train.on_policy.teacher.partition=true",
+            "train.on_policy.teacher.device=cpu"])
+
+
+def test_a_partitioned_teacher_runs_as_many_forwards_on_every_rank():
+    """A rank with fewer completions to score joins the other ranks' extra forwards on a one-token input."""
+
+    class Ranks:
+        def all_gather_objects(self, value):
+            return [value, 3]  # the other rank has three batches
+
+    calls = []
+
+    class Model:
+        def __call__(self, input_ids, attention_mask=None):
+            calls.append(tuple(input_ids.shape))
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, 5)})()
+
+    scorer = HFTokenScorer.__new__(HFTokenScorer)
+    scorer.engine, scorer.batch_size, scorer.model, scorer.device = Ranks(), 2, Model(), torch.device("cpu")
+    scorer.tokenizer = type("Tok", (), {"pad_token_id": 0})()
+    scorer._score_batch = lambda chunk, top_k: [()] * len(chunk)
+    assert scorer.score([("a", "b"), ("c", "d"), ("e", "f")], 4) == [(), (), ()]
+    assert calls == [(1, 1)]  # two batches of its own, then one idle forward
 
 
 def test_the_shipped_on_policy_recipe_trains_a_llama_scored_by_a_gpt2_teacher(tiny_models, tmp_path):

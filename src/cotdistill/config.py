@@ -131,6 +131,9 @@ class OnPolicyTeacherConfig:
     device: str = _help("hf: auto | cpu | cuda[:N]", "auto")
     precision: str = _help("hf: bf16 | fp16 | fp32", "fp32")
     batch_size: int = _help("hf: completions scored per teacher forward", 8)
+    partition: bool = _help("hf: partition the teacher's weights over the ranks with ZeRO-3 (each rank holds a "
+                            "slice, every forward gathers them) instead of holding it whole on every rank: for a "
+                            "teacher larger than one rank's memory; on the training ranks' devices", False)
     base_url: str = _help("openai: the server's URL, e.g. http://localhost:8000/v1", "")
     api_key_env: str = _help("openai: environment variable holding the API key (never written anywhere)",
                              "OPENAI_API_KEY")

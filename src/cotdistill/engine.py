@@ -208,6 +208,35 @@ class Engine:
             if held is not None:
                 set_hf_deepspeed_config(held)
 
+    def partitioned_inference_model(self, ds_config: dict[str, Any], loader: Callable[[], torch.nn.Module]
+                                    ) -> torch.nn.Module:
+        """A second model beside this engine's, its weights partitioned over the ranks with ZeRO-3 for forward
+        passes only (an on-policy teacher too large to hold whole on every rank), in its own DeepSpeed engine.
+
+        ``loader`` (a from_pretrained call) runs under the second model's ZeRO-3 config; the student's
+        transformers config is restored after, so its generation still finds it. Every forward of the returned
+        module is a collective: all ranks must call it equally often.
+        """
+        from transformers.integrations import HfDeepSpeedConfig
+        from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+        config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
+        if zero_stage(config) != 3:
+            raise ValueError(f"a partitioned inference model needs ZeRO stage 3, got {zero_stage(config)}")
+        held = self._hf_ds_config
+        scope = HfDeepSpeedConfig(config)  # transformers keeps a weak reference: alive while loading
+        try:
+            model = loader()
+            wrapped, _, _, _ = self._deepspeed.initialize(model=model, config=config)
+        finally:
+            del scope
+            if held is not None:
+                set_hf_deepspeed_config(held)
+            else:
+                unset_hf_deepspeed_config()
+        wrapped.eval()
+        return wrapped
+
     def initialize(self, model: torch.nn.Module, ds_config: dict[str, Any] | None = None) -> None:
         """Wrap the model in a DeepSpeed engine with the optimizer the config names."""
         config = ds_config or self.ds_config

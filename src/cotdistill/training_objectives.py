@@ -8,6 +8,7 @@ objective is one class here plus its tests. The loss arithmetic itself lives in 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -167,6 +168,14 @@ class OnPolicyDistillation(Objective):
 
         self.vocab = StudentVocab(setup.tokenizer)
         self.scorer = make_scorer(self.train.on_policy, setup.engine)
+        if setup.engine is not None and setup.engine.is_main:
+            facts = self.scorer.describe()
+            where = facts.get("device") or facts.get("base_url") or "the server"
+            held = (f"partitioned over {setup.engine.world_size} ranks with ZeRO-3 (rank 0 holds "
+                    f"{facts['parameters_held']:,} of its {facts['parameters']:,} parameters)"
+                    if facts.get("partitioned") else f"on {where}")
+            logging.getLogger("cotdistill").info("on-policy teacher: %s %s, %s", facts.get("backend"),
+                                                 facts.get("model"), held)
 
     def close(self) -> None:
         scorer = getattr(self, "scorer", None)
@@ -252,6 +261,9 @@ def make_scorer(cfg: Any, engine: Any) -> Any:
                                                                   teacher.backoff_max))
     from cotdistill.teacher.scoring import HFTokenScorer
 
+    if teacher.partition:
+        return HFTokenScorer(teacher.model, precision=teacher.precision, batch_size=teacher.batch_size,
+                             partition_over=engine)
     with engine.outside_zero3():
         return HFTokenScorer(teacher.model, teacher.device, teacher.precision, teacher.batch_size)
 
@@ -287,6 +299,10 @@ def check_objective(train: TrainConfig) -> None:
         if op.teacher.backend not in SCORER_BACKENDS:
             raise ConfigError(f"train.on_policy.teacher.backend={op.teacher.backend!r} is not one of "
                               f"{', '.join(SCORER_BACKENDS)}")
+        if op.teacher.partition and (op.teacher.backend != "hf" or op.teacher.device != "auto"):
+            raise ConfigError("train.on_policy.teacher.partition=true shares a local (backend=hf) teacher's weights "
+                              "over the training ranks, on their devices: set backend=hf and device=auto, got "
+                              f"backend={op.teacher.backend}, device={op.teacher.device}")
         if op.teacher.backend == "openai":
             if not op.teacher.base_url:
                 raise ConfigError("train.on_policy.teacher.backend=openai needs train.on_policy.teacher.base_url "

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -50,7 +50,10 @@ def completion_start(prompt_ids: Sequence[int], full_ids: Sequence[int]) -> int:
 class HFTokenScorer:
     """A local causal checkpoint scoring completions with one teacher-forced forward per batch of pairs."""
 
-    def __init__(self, model: str, device: str = "auto", precision: str = "fp32", batch_size: int = 8) -> None:
+    def __init__(self, model: str, device: str = "auto", precision: str = "fp32", batch_size: int = 8,
+                 partition_over: Any = None) -> None:
+        """``partition_over``: the training `Engine` whose ranks share the teacher's weights with ZeRO-3 (each
+        rank holds a slice; every forward gathers them), or None to hold the whole teacher on every rank."""
         from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 
         if precision not in PRECISIONS:
@@ -60,29 +63,61 @@ class HFTokenScorer:
         if not Path(model).expanduser().exists() and Path(model).is_absolute():
             raise ConfigError(f"teacher model {model!r} does not exist: no such folder")
         self.model_name, self.batch_size, self.precision = model, batch_size, precision
-        self.device = resolve_device(device)
+        self.engine = partition_over
+        self.device = partition_over.device if partition_over is not None else resolve_device(device)
         try:
             kind = detect_kind(model)
             if kind != "causal":
                 raise ConfigError(f"teacher {model!r} is a {kind} model: on-policy scoring needs a causal teacher")
             self.tokenizer = load_tokenizer(model, kind)
-            self.model = load_model(model, kind, PRECISIONS[precision])
+            if partition_over is None:
+                self.model = load_model(model, kind, PRECISIONS[precision])
+                self.model.to(self.device)
+            else:
+                from cotdistill.student import inference_ds_config
+
+                self.model = partition_over.partitioned_inference_model(
+                    inference_ds_config(precision, zero_stage=3),
+                    lambda: load_model(model, kind, PRECISIONS[precision]))
         except (OSError, TeacherError) as exc:
             raise ConfigError(f"cannot load teacher model {model!r}: {exc}") from exc
-        self.model.to(self.device).eval().requires_grad_(False)
+        self.model.eval()  # a DeepSpeed engine's eval() returns None: not chained
+        self.model.requires_grad_(False)
         self.tokenizer.padding_side = "right"
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "hf", "model": self.model_name, "device": str(self.device), "precision": self.precision}
+        facts: dict[str, object] = {"backend": "hf", "model": self.model_name, "device": str(self.device),
+                                    "precision": self.precision, "partitioned": self.engine is not None}
+        if self.engine is not None:  # what this rank holds of the teacher's weights under ZeRO-3
+            params = list(self.model.parameters())
+            facts["parameters"] = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
+            facts["parameters_held"] = sum(int(p.ds_tensor.numel()) if hasattr(p, "ds_tensor") else p.numel()
+                                           for p in params)
+        return facts
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
 
     def score(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
+        """Each pair's completion tokens with their log-probs and top-k. A partitioned teacher is collective:
+        every rank runs as many forwards as the rank with the most batches, idle ones on a one-token input."""
+        batches = -(-len(pairs) // self.batch_size)
+        if self.engine is not None:
+            batches = max(self.engine.all_gather_objects(batches))
         out: list[tuple[TokenLogprob, ...]] = []
-        for start in range(0, len(pairs), self.batch_size):
-            out += self._score_batch(pairs[start:start + self.batch_size], top_k)
+        for start in range(0, batches * self.batch_size, self.batch_size):
+            chunk = pairs[start:start + self.batch_size]
+            if chunk:
+                out += self._score_batch(chunk, top_k)
+            else:
+                self._idle_forward()
         return out
+
+    def _idle_forward(self) -> None:
+        """A forward that only takes part in the partitioned teacher's weight gathers."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        with torch.no_grad():
+            self.model(input_ids=torch.tensor([[pad]], device=self.device))
 
     def _score_batch(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
         tok = self.tokenizer
