@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	@$(PY) -m pip install -q -e ".[dev,peer,serving]"
+	@$(PY) -m pip install -q -e ".[dev,peer,serving,gkd-peer]"
 	@# DeepSpeed's CPU ops compiled now (a few minutes, once per .venv) instead of in the first runs that need them.
 	@$(PY) -c "from cotdistill.engine import build_cpu_ops; print('DeepSpeed CPU ops:', build_cpu_ops())"
 	@touch $@

@@ -42,6 +42,10 @@ setup(
         # against (tests/test_teacher_real_server.py). Held to the minor release installed: the tests assert what
         # this release's server honours (seed) and ignores (n, logprobs), and a newer one may change that.
         "serving": ["transformers[serving]>=5.25,<5.26"],
+        # TRL's GKD trainer, the peer that cotdistill's on-policy distillation is measured against
+        # (benchmarks/on_policy_vs_trl.py, tests/test_on_policy_vs_trl.py). Pinned: the baseline script uses
+        # trl.experimental.gkd, which TRL marks unstable, and the comparison is of exactly this release.
+        "gkd-peer": ["trl==1.16.0"],
     },
     entry_points={"console_scripts": ["cotdistill=cotdistill.cli:console_main"]},
 )

@@ -1,0 +1,82 @@
+"""benchmarks/on_policy_vs_trl.py and trl_gkd_baseline.py, the parts that run without training: TRL's GKD
+collator gets exactly our tokenized examples, the student shares the teacher's vocabulary, samples/s is read
+the same way from both trainers' logs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # TRL warns on every import of trl.experimental
+
+import on_policy_vs_trl  # noqa: E402
+import trl_gkd_baseline  # noqa: E402
+
+
+def our_examples(tokenizer_dir: Path):
+    from cotdistill.batching import tokenize_examples
+    from cotdistill.config import load_config
+    from cotdistill.modeling import load_tokenizer
+    from cotdistill.run_data import load_run_problems, run_examples
+
+    config = load_config(REPO / "recipes/demo-gpt2-synthetic.yaml", ["data.synthetic.train_size=12"])
+    examples = run_examples(config, load_run_problems(config.data)[0])
+    tokenizer = load_tokenizer(tokenizer_dir)
+    tokenized, _ = tokenize_examples(examples, tokenizer, True, 192, 160)
+    return examples, tokenized, tokenizer
+
+
+def test_trls_collator_trains_on_our_tokens_with_the_loss_where_ours_is(tiny_models):
+    from trl.experimental.utils import DataCollatorForChatML
+
+    examples, tokenized, tokenizer = our_examples(tiny_models["gpt2"])
+    rows = trl_gkd_baseline.gkd_rows(tokenized, [e.source for e in examples])
+    features = [{key: rows[key][i] for key in rows} for i in range(4)]
+    batch = DataCollatorForChatML(tokenizer=tokenizer, max_length=400)(features)
+    for i, example in enumerate(tokenized[:4]):  # TRL pads on the left
+        n = len(example.input_ids)
+        assert batch["input_ids"][i, -n:].tolist() == list(example.input_ids)
+        assert batch["labels"][i, -n:].tolist() == list(example.labels)
+        assert batch["labels"][i, :-n].eq(-100).all() and batch["attention_mask"][i].sum() == n
+        prompt = [t for t, label in zip(example.input_ids, example.labels, strict=True) if label == -100]
+        assert batch["prompts"][i, -len(prompt):].tolist() == prompt  # what the student samples from
+
+
+def test_an_example_without_a_target_is_refused():
+    from cotdistill.batching import TokenizedExample
+
+    with pytest.raises(ValueError, match="a target"):
+        trl_gkd_baseline.gkd_rows([TokenizedExample((1, 2), (-100, -100), True)], ["q"])
+
+
+def test_the_student_shares_the_teachers_vocabulary_and_special_ids(tiny_models, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    student = on_policy_vs_trl.make_student(tiny_models["gpt2"], tmp_path / "s", 32, 1, 2, seed=3)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"])
+    model = AutoModelForCausalLM.from_pretrained(student)
+    assert model.config.vocab_size == teacher.config.vocab_size and model.config.n_embd == 32
+    assert (model.config.eos_token_id, model.config.pad_token_id) == (teacher.config.eos_token_id,
+                                                                    teacher.config.pad_token_id)
+    assert AutoTokenizer.from_pretrained(student).get_vocab() == AutoTokenizer.from_pretrained(
+        tiny_models["gpt2"]).get_vocab()
+    again = AutoModelForCausalLM.from_pretrained(on_policy_vs_trl.make_student(tiny_models["gpt2"], tmp_path / "t",
+                                                                               32, 1, 2, seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters(), strict=True))
+
+
+def test_samples_per_second_counts_both_logs_alike_after_the_skipped_steps():
+    ours = [{"step": s, "samples_per_s": 16 / t, "step_time_s": t} for s, t in ((1, 5.0), (2, 0.5), (3, 1.5))]
+    trl = [{"step": s, "samples": 16, "step_time_s": t} for s, t in ((1, 5.0), (2, 0.5), (3, 1.5))]
+    for rows in (ours, trl):
+        measured = on_policy_vs_trl.throughput(rows, skip=1)
+        assert measured["steps_measured"] == 2 and measured["samples"] == pytest.approx(32)
+        assert measured["samples_per_s"] == pytest.approx(16.0) and measured["step_time_s"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no step after the first 3"):
+        on_policy_vs_trl.throughput(ours, skip=3)
