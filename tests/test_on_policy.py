@@ -56,6 +56,55 @@ def test_the_teacher_scores_each_completion_token_with_its_own_log_probability(t
         assert token.top[0][1] == pytest.approx(logp[position - 1].max().item(), abs=1e-5)
 
 
+def test_a_teacher_sharing_the_students_vocabulary_scores_its_ids_as_the_text_path_does(tiny_models, gpt2_scorer,
+                                                                                        monkeypatch):
+    """Same targets (ids, order, probabilities to 1e-6) as decoding, re-tokenizing and aligning, for completions
+    in their canonical tokenization; no loss on EOS either way. The completion's first token is the exception:
+    across tokenizers the text path folds the teacher's whitespace variants of the first word into one ("Ann"
+    and " Ann" both count for the student's " Ann"); with shared ids each variant stays its own token."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    vocab = StudentVocab(tokenizer)
+    assert gpt2_scorer.shares_vocabulary(tokenizer)
+    assert not gpt2_scorer.shares_vocabulary(AutoTokenizer.from_pretrained(tiny_models["llama"]))
+    prompts = [tuple(tokenizer(PROMPT)["input_ids"])] * 3
+    texts = [COMPLETION, " Ann has 7 apples.", ""]
+    completions = [tuple(tokenizer(t)["input_ids"]) + ((tokenizer.eos_token_id,) if t else ()) for t in texts]
+    by_ids = score_completions(gpt2_scorer, tokenizer, vocab, prompts, completions, top_k=4)
+    monkeypatch.setattr(gpt2_scorer, "shares_vocabulary", lambda _: False)
+    by_text = score_completions(gpt2_scorer, tokenizer, vocab, prompts, completions, top_k=4)
+    assert [len(row) for row in by_ids] == [len(c) for c in completions] and by_ids[2] == []
+    for row_ids, row_text in zip(by_ids, by_text, strict=True):
+        assert [t is None for t in row_ids] == [t is None for t in row_text]
+        for position, (a, b) in enumerate(zip(row_ids, row_text, strict=True)):
+            if a is None:
+                continue
+            assert a[0][0] == b[0][0] and set(b[0]) <= set(a[0])
+            if position == 0:
+                continue
+            probs = dict(zip(*a, strict=True))
+            assert list(b[1]) == pytest.approx([probs[i] for i in b[0]], abs=1e-6)
+            # what only the ids carry: tokens no text spells back to themselves (a partial UTF-8 byte, a
+            # duplicate text), which text cannot name
+            assert all(vocab.text(i) is None or vocab.lookup(vocab.text(i)) != i for i in set(a[0]) - set(b[0]))
+    assert by_ids[0][-1] is None and by_ids[0][0][0][0] == completions[0][0]
+
+
+def test_the_id_path_scores_the_tokens_the_student_wrote_even_where_text_would_retokenize(tiny_models, gpt2_scorer):
+    """A completion in a non-canonical tokenization (digits split one per token here, so a word spelled letter by
+    letter) is scored token by token as written: its own token first, with the teacher's probability of it."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    prompt = tuple(tokenizer(PROMPT)["input_ids"])
+    letters = tuple(tokenizer.convert_tokens_to_ids(list("Ann")))
+    [targets] = gpt2_scorer.score_ids([prompt], [letters], top_k=3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"]).eval()
+    with torch.no_grad():
+        probs = model(input_ids=torch.tensor([prompt + letters])).logits[0].softmax(-1)
+    for offset, (token, target) in enumerate(zip(letters, targets, strict=True)):
+        assert target[0][0] == token
+        assert target[1][0] == pytest.approx(probs[len(prompt) + offset - 1, token].item(), abs=1e-6)
+        assert len(target[0]) <= 4 and len(set(target[0])) == len(target[0])
+
+
 def test_a_completion_merging_with_the_prompts_last_token_is_scored_from_the_merge():
     assert completion_start([5, 6, 7], [5, 6, 7, 8, 9]) == 3
     assert completion_start([5, 6, 7], [5, 6, 70, 9]) == 2  # 7 + the completion's start became one token 70
@@ -174,15 +223,15 @@ def on_policy_runs(tiny_models, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("on-policy")
     student, teacher = tiny_models["llama"], sharp_teacher(tiny_models["gpt2"], root / "teacher")
     full = root / "full"
-    launch("launchers/train.py", on_policy_args(student, teacher, full))
+    output = launch("launchers/train.py", on_policy_args(student, teacher, full))
     resumed = root / "resumed"
     launch("launchers/train.py", on_policy_args(student, teacher, resumed, "train.stop_after_steps=2"))
     launch("launchers/train.py", on_policy_args(student, teacher, resumed))
     partitioned = root / "partitioned"
     shown = launch("launchers/train.py", on_policy_args(
         student, teacher, partitioned, "train.on_policy.teacher.device=auto", "train.on_policy.teacher.partition=true",
-        "checkpoint.export_final=false"))
-    return {"full": full, "resumed": resumed, "partitioned": partitioned,
+        "train.on_policy.gather_for_generation=false", "checkpoint.export_final=false"))
+    return {"full": full, "resumed": resumed, "partitioned": partitioned, "full_output": output.stdout + output.stderr,
             "partitioned_output": shown.stdout + shown.stderr}
 
 
@@ -220,9 +269,13 @@ def test_an_interrupted_on_policy_run_resumes_with_the_uninterrupted_losses(on_p
     shutil.rmtree(on_policy_runs["resumed"] / "final", ignore_errors=True)
 
 
-def test_a_teacher_partitioned_over_the_ranks_with_zero3_scores_as_the_whole_teacher_does(on_policy_runs):
-    """Each rank holds half the teacher's weights and every scoring forward gathers them; the losses, divergences
-    and gradient norms of every step equal those of the run whose ranks each hold the whole teacher (fp32)."""
+def test_a_partitioned_teacher_and_lockstep_sampling_train_as_a_whole_teacher_and_gathered_sampling(on_policy_runs):
+    """Two runs that differ in where the weights are while sampling and scoring, and in nothing they compute:
+    one samples with the student's weights gathered on every rank (auto, a tiny student) and scores with the
+    whole teacher on every rank; the other samples in lockstep on the ZeRO-3 partitions and scores with a teacher
+    of which each rank holds half. Their losses, divergences, samples and gradient norms are equal at every step."""
+    assert "on-policy sampling: the student's weights gathered on every rank" in on_policy_runs["full_output"]
+    assert "on-policy sampling: in lockstep on the ZeRO-3 partitions" in on_policy_runs["partitioned_output"]
     assert "on-policy teacher: hf" in on_policy_runs["partitioned_output"]
     held = re.search(r"partitioned over 2 ranks with ZeRO-3 \(rank 0 holds ([\d,]+) of its ([\d,]+) parameters\)",
                      on_policy_runs["partitioned_output"])

@@ -155,6 +155,11 @@ class OnPolicyConfig:
     temperature: float = _help("the student's sampling temperature", 1.0)
     max_new_tokens: int = _help("longest completion the student samples", 128)
     top_k: int = _help("teacher log-probs per token (the top-k support the divergence compares, plus a tail)", 5)
+    gather_for_generation: str = _help(
+        "auto | true | false: under ZeRO-3, gather the student's whole weights on every rank while it samples "
+        "(each rank then generates alone, no collective per layer and token) instead of generating in lockstep "
+        "on the partitions; auto gathers when the weights take at most a quarter of a rank's memory", "auto",
+        choices=lambda: ("auto", "true", "false"))
     teacher: OnPolicyTeacherConfig = _help("the teacher that scores every completion token",
                                            factory=OnPolicyTeacherConfig)
 

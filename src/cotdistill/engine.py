@@ -310,13 +310,33 @@ class Engine:
         norm = self.ds.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
-    def generate(self, **kwargs: Any) -> torch.Tensor:
-        """``generate`` that is safe under ZeRO-3: every rank joins every forward (synced_gpus)."""
-        if self.is_zero3 and self.world_size > 1:
-            kwargs["synced_gpus"] = True
+    def generate(self, gathered: bool = False, **kwargs: Any) -> torch.Tensor:
+        """``generate`` that is safe under ZeRO-3: every rank joins every forward (synced_gpus).
+
+        ``gathered`` (a training engine under ZeRO-3): the whole model is gathered on every rank once for the
+        call and ZeRO-3's per-module hooks are set aside (DeepSpeed's ``unwrap_model_for_generation``), so each
+        rank generates alone, without collectives per layer and token; it costs the full weights' memory on
+        every rank for the call (`generation_fits_gathered`).
+        """
         inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+        if gathered and self.is_zero3:
+            from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+            with torch.no_grad(), unwrap_model_for_generation(self.ds):
+                return self.module.generate(**inputs)
+        if self.is_zero3 and self.world_size > 1:
+            inputs["synced_gpus"] = True
         with torch.no_grad():
             return self.module.generate(**inputs)
+
+    def model_bytes(self) -> int:
+        """Bytes of the whole model's weights in their training dtype (ZeRO-3 partitions counted whole)."""
+        return sum(int(getattr(p, "ds_numel", p.numel())) * p.element_size() for p in self.module.parameters())
+
+    def generation_fits_gathered(self, share: float = 0.25) -> bool:
+        """Collective: whether every rank can hold the whole model for generation within ``share`` of its memory
+        budget (`device_memory_budget`), leaving the rest to activations, the KV cache and training's own use."""
+        return self.model_bytes() <= share * self.device_memory_budget()
 
     # -- checkpoints and export -------------------------------------------------------------------------
 

@@ -45,7 +45,8 @@ def target_of(example: TokenizedExample) -> tuple[int, ...]:
 
 
 def sample_completions(engine: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], causal: bool,
-                       temperature: float, max_new_tokens: int, seed: int) -> list[tuple[int, ...]]:
+                       temperature: float, max_new_tokens: int, seed: int, gathered: bool = False
+                       ) -> list[tuple[int, ...]]:
     """The student's sampled completion of each prompt (ending with EOS when it stopped), from the live engine.
 
     Plain ancestral sampling at `temperature` (no top-k / top-p from the checkpoint's generation config), in eval
@@ -63,9 +64,10 @@ def sample_completions(engine: Any, tokenizer: Any, prompts: Sequence[Sequence[i
     try:
         with torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            out = engine.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=True,
-                                  temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-                                  pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, use_cache=True)
+            out = engine.generate(gathered=gathered, input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                                  do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                                  use_cache=True)
     finally:
         engine.train()
     new = out[:, width:] if causal else out[:, 1:]  # a seq2seq output starts with the decoder start token
@@ -87,7 +89,12 @@ def score_completions(scorer: Any, tokenizer: Any, vocab: StudentVocab, prompts:
     """Per completion token, the teacher's distribution over student ids there (None: no loss there).
 
     The teacher reads the prompt and completion as text (special tokens left out) and scores the completion's
-    tokens in its own tokenizer; those are aligned to the student's tokens by their text."""
+    tokens in its own tokenizer; those are aligned to the student's tokens by their text. A local teacher with the
+    student's own vocabulary reads the student's ids instead (`HFTokenScorer.score_ids`): no text round trip, and
+    the very tokens the student wrote are scored."""
+    shares = getattr(scorer, "shares_vocabulary", None)
+    if shares is not None and shares(tokenizer):
+        return scorer.score_ids(prompts, completions, top_k)
     pairs = [(tokenizer.decode(list(p), skip_special_tokens=True),
               tokenizer.decode(list(c), skip_special_tokens=True)) for p, c in zip(prompts, completions, strict=True)]
     scored = scorer.score(pairs, top_k)

@@ -168,6 +168,7 @@ class OnPolicyDistillation(Objective):
 
         self.vocab = StudentVocab(setup.tokenizer)
         self.scorer = make_scorer(self.train.on_policy, setup.engine)
+        self.gathered = self._gathers(setup.engine)
         if setup.engine is not None and setup.engine.is_main:
             facts = self.scorer.describe()
             where = facts.get("device") or facts.get("base_url") or "the server"
@@ -176,6 +177,17 @@ class OnPolicyDistillation(Objective):
                     if facts.get("partitioned") else f"on {where}")
             logging.getLogger("cotdistill").info("on-policy teacher: %s %s, %s", facts.get("backend"),
                                                  facts.get("model"), held)
+            if setup.engine.is_zero3:
+                logging.getLogger("cotdistill").info(
+                    "on-policy sampling: %s", "the student's weights gathered on every rank for each generate call"
+                    if self.gathered else "in lockstep on the ZeRO-3 partitions (every rank joins every forward)")
+
+    def _gathers(self, engine: Any) -> bool:
+        """``gather_for_generation`` decided once, the same on every rank (auto asks the ranks' memory)."""
+        choice = self.train.on_policy.gather_for_generation
+        if engine is None or not engine.is_zero3 or choice == "false":
+            return False
+        return choice == "true" or engine.generation_fits_gathered()
 
     def close(self) -> None:
         scorer = getattr(self, "scorer", None)
@@ -208,7 +220,8 @@ class OnPolicyDistillation(Objective):
         sampled = op.samples_this_micro_step(t.seed, micro.index, cfg.lmbda)
         if sampled:
             completions = op.sample_completions(engine, setup.tokenizer, prompts, setup.causal, cfg.temperature,
-                                                cfg.max_new_tokens, op.sampling_seed(t.seed, micro.index, micro.rank))
+                                                cfg.max_new_tokens, op.sampling_seed(t.seed, micro.index, micro.rank),
+                                                gathered=self.gathered)
         else:
             completions = [op.target_of(e) for e in micro.examples]
         generated = time.perf_counter()
@@ -292,6 +305,9 @@ def check_objective(train: TrainConfig) -> None:
         op = train.on_policy
         if not 0.0 <= op.lmbda <= 1.0 or not 0.0 <= op.beta <= 1.0:
             raise ConfigError(f"train.on_policy.lmbda and .beta must be in [0, 1], got {op.lmbda:g} and {op.beta:g}")
+        if op.gather_for_generation not in ("auto", "true", "false"):
+            raise ConfigError(f"train.on_policy.gather_for_generation must be auto, true or false, got "
+                              f"{op.gather_for_generation!r}")
         if op.temperature <= 0 or op.max_new_tokens < 1 or op.top_k < 1:
             raise ConfigError("train.on_policy needs temperature > 0, max_new_tokens >= 1 and top_k >= 1")
         if not op.teacher.model:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
+from cotdistill.alignment import TeacherTarget
 from cotdistill.errors import ConfigError
 from cotdistill.teacher.hf_local import PRECISIONS, alternative_text, resolve_device
 from cotdistill.teacher.types import TeacherError, TokenLogprob
@@ -99,18 +100,74 @@ class HFTokenScorer:
         self.model = None  # type: ignore[assignment]
 
     def score(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
-        """Each pair's completion tokens with their log-probs and top-k. A partitioned teacher is collective:
-        every rank runs as many forwards as the rank with the most batches, idle ones on a one-token input."""
-        batches = -(-len(pairs) // self.batch_size)
+        """Each pair's completion tokens with their log-probs and top-k, in the teacher's tokenizer."""
+        return self._in_batches(pairs, lambda chunk: self._score_batch(chunk, top_k))
+
+    def shares_vocabulary(self, tokenizer: Any) -> bool:
+        """Whether ``tokenizer`` (the student's) is the teacher's: the same tokens at the same ids, the same
+        special ids. Then completions are scored as token ids (`score_ids`), with no text round trip."""
+        cache = self.__dict__.setdefault("_shares", {})
+        if id(tokenizer) not in cache:  # asked every micro-step: compared once per tokenizer
+            mine = self.tokenizer
+            cache[id(tokenizer)] = (mine.get_vocab() == tokenizer.get_vocab()
+                                    and mine.all_special_ids == tokenizer.all_special_ids
+                                    and mine.bos_token_id == tokenizer.bos_token_id
+                                    and mine.eos_token_id == tokenizer.eos_token_id)
+        return cache[id(tokenizer)]
+
+    def score_ids(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+                  top_k: int) -> list[list[TeacherTarget | None]]:
+        """The teacher's distribution at each completion token, for a student with the teacher's vocabulary: the
+        teacher reads the student's very ids (prompt + completion), and each target lists the student's own token
+        first with the teacher's probability of it, then the teacher's top-k others. As on the text path
+        (`cotdistill.alignment.scored_targets`), special tokens get no target and are no alternative."""
+        pairs = list(zip(prompts, completions, strict=True))
+        return self._in_batches(pairs, lambda chunk: self._score_ids_batch(chunk, top_k))
+
+    def _in_batches(self, items: Sequence[Any], score: Any) -> list[Any]:
+        """``score`` over batches of ``batch_size`` items. A partitioned teacher is collective: every rank runs as
+        many forwards as the rank with the most batches, idle ones on a one-token input."""
+        batches = -(-len(items) // self.batch_size)
         if self.engine is not None:
             batches = max(self.engine.all_gather_objects(batches))
-        out: list[tuple[TokenLogprob, ...]] = []
+        out: list[Any] = []
         for start in range(0, batches * self.batch_size, self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
+            chunk = items[start:start + self.batch_size]
             if chunk:
-                out += self._score_batch(chunk, top_k)
+                out += score(chunk)
             else:
                 self._idle_forward()
+        return out
+
+    def _score_ids_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+                         top_k: int) -> list[list[TeacherTarget | None]]:
+        full = [list(prompt) + list(completion) for prompt, completion in pairs]
+        width = max(len(ids) for ids in full)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in full], device=self.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in full], device=self.device)
+        with torch.no_grad():
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        vocab, special = len(self.tokenizer), set(self.tokenizer.all_special_ids)
+        out: list[list[TeacherTarget | None]] = []
+        for row, (prompt, completion) in enumerate(pairs):
+            if not completion:
+                out.append([])
+                continue
+            first = len(prompt)
+            probs = logits[row, first - 1:first + len(completion) - 1, :vocab].float().softmax(-1)
+            best = probs.topk(min(top_k + len(special), vocab), dim=-1)  # room for special ids to drop out
+            chosen = probs.gather(-1, torch.tensor(completion, device=probs.device).unsqueeze(-1)).squeeze(-1)
+            targets: list[TeacherTarget | None] = []
+            for token, own, top_ids, top_probs in zip(completion, chosen.tolist(), best.indices.tolist(),
+                                                      best.values.tolist(), strict=True):
+                if token in special:
+                    targets.append(None)
+                    continue
+                top = [(i, p) for i, p in zip(top_ids, top_probs, strict=True) if i not in special][:top_k]
+                listed = ([(token, own)] if own > 0 else []) + [(i, p) for i, p in top if i != token and p > 0]
+                targets.append((tuple(i for i, _ in listed), tuple(p for _, p in listed)) if listed else None)
+            out.append(targets)
         return out
 
     def _idle_forward(self) -> None:
