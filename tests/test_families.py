@@ -260,3 +260,16 @@ def test_one_registry_entry_makes_a_new_llama_like_family_work_end_to_end(tmp_pa
     with batch.forward_context(), torch.no_grad():
         logits = model(**batch.inputs).logits
     assert logits.shape[:2] == batch.labels.shape and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3", "t5"])
+def test_building_a_tiny_model_warns_about_nothing(family, tmp_path, caplog):
+    """GPT-2's config used to be built with its default ids (50256) and fixed after, which transformers warned
+    about twice per build ("bos_token_id must be None or an integer within the vocabulary")."""
+    import logging
+
+    texts = ["Question: Ann has 3 apples. Ann finds 4 more. How many now? Answer: 3 + 4 = 7. The answer is 7."] * 40
+    with caplog.at_level(logging.WARNING, logger="transformers"):
+        build_tiny_model(family, tmp_path / family, texts, TinyModelConfig(vocab_size=300, d_model=32, num_layers=1,
+                                                                           num_heads=2, d_ff=64), seed=0)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("transformers")] == []

@@ -197,10 +197,11 @@ def _gpt2_tiny_config(size: TinyModelConfig, tokenizer: PreTrainedTokenizerBase 
         embd_pdrop=size.dropout,
         attn_pdrop=size.dropout,
         initializer_range=INITIALIZER_RANGE,
+        # given here, not set after: GPT2Config's default ids (50256) lie outside a tiny vocabulary, which
+        # transformers warns about at construction
+        **({"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id} if tokenizer is not None else {}),
     )
-    if tokenizer is not None:
-        config.bos_token_id, config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-        config.pad_token_id = tokenizer.pad_token_id
     return config
 
 
