@@ -118,8 +118,10 @@ def served_runs(tiny_models, teacher_dir, tmp_path_factory) -> dict:
         launch("launchers/train.py", served_args(student, teacher_dir, root / "full", server.base_url))
         runs["faults_retried"] = server.faults_injected
     with FakeOpenAIServer(echo_scorer=scorer, faults=[Fault("500", times=10**6, after=SCORED_BEFORE_STEP_3)]) as server:
+        # through the real `deepspeed` command, as a user or an sbatch script runs it: its exit code is what a
+        # Slurm requeue rule sees
         runs["down"] = launch("launchers/train.py", served_args(student, teacher_dir, root / "resumed",
-                                                                server.base_url), expect_ok=False)
+                                                                server.base_url), expect_ok=False, deepspeed_cli=True)
         runs["checkpoints_after_down"] = sorted(p.name for p in (root / "resumed" / "checkpoints").iterdir())
     with FakeOpenAIServer(echo_scorer=scorer) as server:
         launch("launchers/train.py", served_args(student, teacher_dir, root / "resumed", server.base_url))
@@ -136,7 +138,7 @@ def test_a_served_teacher_trains_a_student_through_retried_faults(served_runs):
 
 def test_a_teacher_that_stays_down_stops_the_run_with_a_checkpoint_and_one_line(served_runs):
     down = served_runs["down"]
-    assert down.returncode == 75
+    assert down.returncode == 75  # EX_TEMPFAIL, through DeepSpeed's launcher
     errors = [line for line in down.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, down.stderr[-3000:]
     assert "gave up after 3 attempts" in errors[0] and "HTTP 500" in errors[0]
