@@ -26,6 +26,9 @@ Markdown table as it goes, so a run cut off still leaves what it measured:
     export-eval   the GPT-2 run's exported final/ evaluated with `cotdistill eval` on held-out synthetic problems
     throughput    benchmarks/train_throughput.py on one GPU, cotdistill vs the Hugging Face Trainer, on the
                   smallest workload (tiny-gpt2, 60 steps; --throughput_workloads); it writes runs/bench-train/
+    on-policy     6 on-policy steps (GKD, lambda 1) of the Llama student scored by the trained GPT-2 (another
+                  tokenizer), sampling with the student gathered and in lockstep: every step logged with a
+                  positive divergence, the two modes' step-1 divergences within 5%, the time split recorded
     packed-kernels the Llama run again with train.packed_attention=repad: where train-llama's packed rows went
                   through a varlen flash-attention kernel (flash-attn or torch's varlen_attn), its step-1 loss
                   must match re-padded SDPA's within --kernel_tolerance ('not available' without such a kernel)
@@ -98,7 +101,8 @@ CARRY_LIMIT_MIB = 64  # what one device call carries: the working tree and the c
 MODULES = {"pyyaml": "yaml"}
 
 STEP_BUDGETS = {"environment": 30, "install": 90, "ds-ops": 180, "train-t5": 90, "train-gpt2": 90,
-                "train-llama": 90, "resume": 120, "export-eval": 60, "throughput": 180, "packed-kernels": 60}
+                "train-llama": 90, "resume": 120, "export-eval": 60, "throughput": 180, "packed-kernels": 60,
+                "on-policy": 90}
 MIN_START_S = 15.0  # a step is not started with less than this left of the whole budget
 
 
@@ -819,6 +823,54 @@ def throughput_summary(result: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+ON_POLICY_STEPS = 6
+
+
+def plan_on_policy(ctx: Context) -> list[list[str]]:
+    """A few on-policy steps (GKD, lambda 1) of the Llama student on the GPU, the trained GPT-2 (another
+    tokenizer) scoring every sampled token, once with the student gathered for sampling and once in lockstep."""
+    common = ["train.objective=on_policy", "train.on_policy.lmbda=1.0", "train.on_policy.max_new_tokens=24",
+              f"train.on_policy.teacher.model={ctx.work / 'gpt2' / 'final'}", "train.on_policy.teacher.precision=bf16",
+              f"train.max_steps={ON_POLICY_STEPS}", "checkpoint.every=0", "checkpoint.export_final=false"]
+    return [train_command(ctx, "llama", ctx.work / f"on-policy-{mode}", [*common,
+                                                                         f"train.on_policy.gather_for_generation={flag}"])
+            for mode, flag in (("gathered", "true"), ("lockstep", "false"))]
+
+
+def run_on_policy(ctx: Context, deadline: Deadline) -> dict[str, Any]:
+    """Both on-policy runs must log every step with a positive divergence, sampled tokens and the time split; the
+    two sampling modes must agree on step 1 (same weights, same seeds) within bf16's rounding."""
+    result: dict[str, Any] = {}
+    for (mode, cmd) in zip(("gathered", "lockstep"), plan_on_policy(ctx), strict=True):
+        out = ctx.work / f"on-policy-{mode}"
+        shutil.rmtree(out, ignore_errors=True)
+        ctx.run(cmd, deadline, f"on-policy-{mode}")
+        rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+                if line]
+        result[mode] = {key: [row.get(key) for row in rows] for key in
+                        ("divergence", "completion_tokens", "generate_s", "score_s", "train_s", "step_time_s")}
+    problems = [f"{mode}: {len(r['divergence'])} steps logged, not {ON_POLICY_STEPS}" for mode, r in result.items()
+                if len(r["divergence"]) != ON_POLICY_STEPS]
+    problems += [f"{mode}: a divergence is not positive" for mode, r in result.items()
+                 if not all(d is not None and d > 0 for d in r["divergence"])]
+    first = [r["divergence"][0] for r in result.values() if r["divergence"]]
+    if len(first) == 2 and abs(first[0] - first[1]) > 0.05 * max(abs(first[0]), 1e-6):
+        problems.append(f"step-1 divergence differs between gathered and lockstep sampling: {first}")
+    if problems:
+        raise StepFailed("; ".join(problems), result)
+    return result
+
+
+def on_policy_summary(result: dict[str, Any]) -> str:
+    parts = []
+    for mode, r in result.items():
+        means = {key: sum(r[key]) / len(r[key]) if r[key] else float("nan")
+                 for key in ("step_time_s", "generate_s", "score_s")}
+        parts.append(f"{mode}: {means['step_time_s']:.2f} s/step (generate {means['generate_s']:.2f}, score "
+                     f"{means['score_s']:.2f}), divergence {r['divergence'][0]:.3f} -> {r['divergence'][-1]:.3f}")
+    return "; ".join(parts)
+
+
 def plan_packed_kernels(ctx: Context) -> list[list[str]]:
     return [train_command(ctx, "llama", ctx.work / "llama-repad", ["train.packed_attention=repad"])]
 
@@ -869,6 +921,8 @@ def all_steps() -> list[Step]:
              summary=eval_summary),
         Step("throughput", run_throughput, lambda ctx: [throughput_command(ctx)], needs=gpu,
              summary=throughput_summary),
+        Step("on-policy", run_on_policy, plan_on_policy, needs=("train-llama", "train-gpt2"),
+             summary=on_policy_summary),
         Step("packed-kernels", run_packed_kernels, plan_packed_kernels, needs=("train-llama",),
              summary=lambda r: f"{r['kernel']}: step-1 loss {r['first_step_difference']:.2g} from re-padded SDPA, "
                                f"at most {r['max_abs_loss_difference']:.2g} over {r['steps_compared']} steps"),

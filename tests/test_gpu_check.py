@@ -329,8 +329,9 @@ def test_dry_run_prints_every_planned_command_and_runs_nothing(tmp_path, capsys,
     for name in gpu_check.STEP_BUDGETS:
         assert f"[{name}] budget" in printed
     assert "pip install -q --no-index --no-deps" in printed and "'.whl/*.whl'" in printed
-    # t5, gpt2, llama, resume's two runs and the re-padded Llama of packed-kernels
-    assert printed.count("launchers/launch.py --num_gpus 1") == 6
+    # t5, gpt2, llama, resume's two runs, on-policy's two and the re-padded Llama of packed-kernels
+    assert printed.count("launchers/launch.py --num_gpus 1") == 8
+    assert "train.objective=on_policy" in printed and "train.on_policy.gather_for_generation=false" in printed
     assert "train.packed_attention=repad" in printed
     assert "train.stop_after_steps=20" in printed and "ds_configs/zero3.json" in printed
     assert "model.make_tiny=llama" in printed and "train.pack_sequences=true train.precision=bf16" in printed
@@ -516,3 +517,27 @@ def test_the_trainers_packed_attention_line_is_kept_with_the_training_facts():
     facts = gpu_check.deepspeed_facts("a\n[rank0] packed attention: one varlen flash-attention call per layer "
                                       "(flash_attn.flash_attn_varlen_func)\nb")
     assert facts["packed_attention"] == "one varlen flash-attention call per layer (flash_attn.flash_attn_varlen_func)"
+
+
+def test_on_policy_check_wants_every_step_scored_and_both_sampling_modes_to_agree(tmp_path, monkeypatch):
+    args = gpu_check.parse_args(["check"])
+    ctx = gpu_check.Context(work=tmp_path, logs=tmp_path / "logs", args=args)
+    deadline = gpu_check.Deadline(time.monotonic() + 60)
+    steps = gpu_check.ON_POLICY_STEPS
+
+    def fake_run(cmd, deadline, name, env=None, lockstep_first=1.0):
+        out = Path(next(a for a in cmd if a.startswith("output_dir=")).partition("=")[2])
+        out.mkdir(parents=True, exist_ok=True)
+        first = lockstep_first if "gather_for_generation=false" in " ".join(cmd) else 1.0
+        rows = [{"step": s, "divergence": first if s == 1 else 0.5, "completion_tokens": 20.0, "generate_s": 0.2,
+                 "score_s": 0.1, "train_s": 0.1, "step_time_s": 0.4} for s in range(1, steps + 1)]
+        (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return ""
+
+    monkeypatch.setattr(ctx, "run", fake_run)
+    result = gpu_check.run_on_policy(ctx, deadline)
+    assert set(result) == {"gathered", "lockstep"} and result["gathered"]["divergence"][0] == 1.0
+    assert "gathered: 0.40 s/step" in gpu_check.on_policy_summary(result)
+    monkeypatch.setattr(ctx, "run", lambda *a, **k: fake_run(*a, lockstep_first=1.5))
+    with pytest.raises(gpu_check.StepFailed, match="differs between gathered and lockstep"):
+        gpu_check.run_on_policy(ctx, deadline)
