@@ -12,7 +12,7 @@ oracle): the cost is an upper bound on what an OOD development set would recover
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class SeedSelection:
     by_ood: int
     ood_outcomes: dict[int, str]  # step -> per-problem outcomes of every OOD set, concatenated
     id_outcomes: dict[int, str]
+    ood_sets: dict[str, dict[int, float]] = field(default_factory=dict)  # each OOD set's accuracy by step
 
     @property
     def ood_cost(self) -> float:
@@ -70,7 +71,8 @@ def seed_selections(runs: list[dict[str, Any]], spec: SelectionSpec) -> list[See
             by_id=max(steps, key=lambda s: (id_accuracy[s], -s)),
             by_ood=max(steps, key=lambda s: (ood_accuracy[s], -s)),
             ood_outcomes={s: "".join(at(n, s)["per_problem"] for n in spec.out_of_distribution) for s in steps},
-            id_outcomes={s: at(spec.in_distribution, s)["per_problem"] for s in steps}))
+            id_outcomes={s: at(spec.in_distribution, s)["per_problem"] for s in steps},
+            ood_sets={name: {s: _accuracy(at(name, s)) for s in steps} for name in spec.out_of_distribution}))
     return found
 
 
@@ -150,10 +152,14 @@ def plot_selection_curves(selections: list[SeedSelection], spec: SelectionSpec, 
                 ax.plot(s.steps, [100 * values[t] for t in s.steps], color=color, alpha=0.3, linewidth=0.8)
             means = [100 * mean([getattr(s, key)[t] for s in mine if t in getattr(s, key)]) for t in steps]
             ax.plot(steps, means, color=color, linewidth=2.2, marker="o", label=label)
-        for s in mine:
+        for name, style in zip(spec.out_of_distribution, ("--", ":", "-.", "--"), strict=False):
+            means = [100 * mean([s.ood_sets[name][t] for s in mine if t in s.ood_sets.get(name, {})]) for t in steps]
+            ax.plot(steps, means, color="tab:orange", linestyle=style, linewidth=1.2, label=f"{name} (OOD)")
+        for s in mine:  # each seed's two choices
             ax.axvline(s.by_id, color="tab:blue", linestyle=":", alpha=0.5)
             ax.axvline(s.by_ood, color="tab:orange", linestyle=":", alpha=0.5)
-        ax.set_title(f"{arm}: accuracy by checkpoint ({len(mine)} seeds; dotted: each seed's choice)")
+        ax.set_title(f"{arm}: accuracy by checkpoint, {len(mine)} seed{'s' if len(mine) > 1 else ''}\n"
+                     "bold: mean; thin: seeds; vertical: each seed's choice", fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
