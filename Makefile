@@ -10,7 +10,7 @@ NUM_RANKS ?= 2
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/cotdistill/torch_extensions
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo experiment test lint bench bench-eval bench-teacher bench-train bench-large bench-lm-eval gpu-wheels gpu-check clean
+.PHONY: install demo experiment test lint bench bench-eval bench-teacher bench-train bench-large bench-lm-eval bench-on-policy gpu-wheels gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,13 @@ bench-teacher: install
 # t5-small and gpt2-small, one 2-rank run after the other, held-out loss of both: about 14 minutes on 2 CPU cores.
 bench-train: install
 	$(PY) benchmarks/train_throughput.py --out runs/bench-train/result.json
+
+# On-policy distillation against TRL's GKD trainer (the gkd-peer extra): a GPT-2 student over the teacher's
+# tokenizer, one shared SFT warm start, then both trainers on the same micro-batches (samples/s, held-out accuracy).
+# TEACHER: a trained causal teacher (make demo writes runs/demo-gpt2/final).
+TEACHER ?= runs/demo-gpt2/final
+bench-on-policy: install
+	$(PY) benchmarks/on_policy_vs_trl.py --teacher $(TEACHER) --out runs/bench-on-policy/trl/results.json
 
 # GPT-2 large and FlanT5-large (random init) under ZeRO-3 + CPU offload against the memory planner: needs about
 # 21 GiB of RAM, so it is not part of `bench`; about 4 minutes here.
