@@ -611,3 +611,16 @@ def test_a_report_with_a_selection_adds_its_table_and_plot(tmp_path):
     text = markdown.read_text(encoding="utf-8")
     assert "## Checkpoint selection: id (ID) vs more-steps (OOD)" in text
     assert (exp.output_dir / "selection.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("correct", [0, 300])
+def test_an_arm_that_got_none_or_every_problem_right_is_reported_and_plotted(tmp_path, correct):
+    """At p = 0 the interval's lower end came out 8.7e-19 above the mean and matplotlib refused the error bar."""
+    low, high = wilson_interval(correct / 300, 300)
+    assert low <= correct / 300 <= high and (low == 0.0 if correct == 0 else high == 1.0)
+    outcome = "1" * correct + "0" * (300 - correct)
+    runs = [{"arm": "a", "seed": s, "evals": {"x": {"correct": correct, "total": 300, "per_problem": outcome}}}
+            for s in (1, 2)]
+    from cotdistill.experiments import plot_summaries
+
+    assert plot_summaries(summarize(runs), tmp_path / "r.png").stat().st_size > 1000

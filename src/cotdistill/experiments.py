@@ -940,7 +940,9 @@ def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # The interval contains p; at p = 0 or 1 rounding put its end a hair past p (8.7e-19 above 0 at n = 300),
+    # which the report's error bars then drew as a negative length.
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
 
 
 def wilson_half_width(p: float, n: int, z: float = Z95) -> float:
