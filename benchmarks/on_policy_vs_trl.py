@@ -139,6 +139,10 @@ def markdown(results: dict[str, Any]) -> str:
     ours, trl = results["trainers"]["cotdistill"], results["trainers"]["TRL GKD"]
     speed = ours["throughput"]["samples_per_s"] / trl["throughput"]["samples_per_s"]
     met = speed >= 1.3 and ours["eval"]["accuracy"] >= trl["eval"]["accuracy"]
+    start = results.get("start_eval")
+    if start:
+        rows.insert(0, ["(warm start, before on-policy)", "", "", f"{100 * start['accuracy']:.1f}",
+                        f"[{100 * start['interval'][0]:.1f}, {100 * start['interval'][1]:.1f}]", ""])
     return (markdown_table(["trainer", "samples/s", "s per step", "held-out accuracy %", "95% interval", "wall s"],
                            rows)
             + f"\n\nsamples/s ours / TRL: {speed:.2f}x; goal (>= 1.3x at no lower accuracy): "
@@ -188,13 +192,15 @@ def main() -> None:
                 work / "sft.log")
         student = warm / "final"
     recipe_config = load_config(REPO / args.recipe, [])
+    start = evaluate(student, recipe_config, work / "start-eval", args.ranks, work / "start-eval.log",
+                     args.eval_problems)  # where both trainers start from
     on_policy = [*common, f"model.name_or_path={student}", f"train.max_steps={args.steps}", f"train.lr={args.lr}",
                  "train.warmup_steps=0", "train.objective=on_policy", f"train.on_policy.lmbda={args.lmbda}",
                  f"train.on_policy.beta={args.beta}", f"train.on_policy.max_new_tokens={args.max_new_tokens}",
                  f"train.on_policy.teacher.model={args.teacher}", f"train.on_policy.teacher.precision={args.precision}"]
     results: dict[str, Any] = {"teacher": str(args.teacher), "recipe": args.recipe, "argv": sys.argv[1:],
                                "student": {"d_model": d_model, "layers": layers, "heads": heads},
-                               "warm_start": str(student), "ranks": args.ranks, "trainers": {}}
+                               "warm_start": str(student), "start_eval": start, "ranks": args.ranks, "trainers": {}}
     for name, script in TRAINERS.items():
         run_dir = work / name.replace(" ", "-").lower()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -159,6 +159,60 @@ def test_a_cross_tokenizer_divergence_batch_puts_the_teachers_targets_on_the_com
     assert batch["token_weights"][0, :len(prompt)].sum() == 0
 
 
+class ModelAsEngine:
+    """The two things `student_forward` asks of the training engine, on a plain model."""
+
+    def __init__(self, model) -> None:
+        self.module, self.device = model, torch.device("cpu")
+
+    def forward(self, **inputs):
+        return self.module(**inputs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_a_packed_divergence_batch_has_the_padded_batchs_divergence_and_gradients(tiny_models, gpt2_scorer, arch):
+    """Completions of different lengths (what sampling gives), scored by the GPT-2 teacher, laid end to end as
+    packed training does: the same scored tokens, the same divergence to 1e-5, the same gradients."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from cotdistill.objectives import generalized_jsd, shift_for_causal
+    from cotdistill.packed_attention import use_packed_attention
+    from cotdistill.training_objectives import student_forward
+
+    causal = arch != "t5"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    auto = AutoModelForCausalLM if causal else AutoModelForSeq2SeqLM
+    prompts = [tuple(tokenizer(p)["input_ids"]) for p in (PROMPT, PROMPT[:60], PROMPT[10:])]
+    texts = (COMPLETION, " 7.", " Ann has 3 apples and finds 4 more, so she has 3 + 4 = 7 apples. The answer is 7.")
+    completions = [tuple(tokenizer(t, add_special_tokens=False)["input_ids"]) + (tokenizer.eos_token_id,)
+                   for t in texts]
+    targets = score_completions(gpt2_scorer, tokenizer, StudentVocab(tokenizer), prompts, completions, top_k=4)
+
+    def divergence(pack: bool):
+        torch.manual_seed(0)
+        model = auto.from_pretrained(tiny_models[arch], attn_implementation="sdpa").float()
+        if pack:
+            use_packed_attention(model)
+        batch = divergence_batch(prompts, completions, targets, causal, tokenizer.pad_token_id, pack=pack)
+        logits, labels, targ, shift = student_forward(ModelAsEngine(model), batch, causal)
+        ids, probs, weights = targ["kd_ids"], targ["kd_probs"], targ["token_weights"]
+        if shift:
+            logits, labels = shift_for_causal(logits, labels)
+            ids, probs, weights = ids[:, 1:], probs[:, 1:], weights[:, 1:]
+        scored = (labels != IGNORE_INDEX) & (weights > 0)
+        per_token = torch.where(scored, generalized_jsd(logits, ids, probs, 0.5), torch.zeros(()))
+        loss = per_token.sum() / scored.sum()
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        return loss.item(), int(scored.sum()), grads, batch
+
+    padded, packed = divergence(False), divergence(True)
+    assert packed[3]["input_ids"].size(0) == 1 and packed[3]["labels"].numel() < padded[3]["labels"].numel()
+    assert packed[1] == padded[1] > 0
+    assert packed[0] == pytest.approx(padded[0], abs=1e-5)
+    torch.testing.assert_close(packed[2], padded[2], atol=1e-5, rtol=1e-4)
+
+
 def test_a_seq2seq_divergence_batch_puts_the_targets_on_the_decoder_positions(tiny_models, gpt2_scorer):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["t5"])
     prompt = tuple(tokenizer(PROMPT)["input_ids"])

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cotdistill.alignment import StudentVocab, TeacherTarget, scored_targets
-from cotdistill.batching import TokenizedExample, collate
+from cotdistill.batching import TokenizedExample, collate, pack_causal, pack_seq2seq
 from cotdistill.objectives import IGNORE_INDEX
 
 
@@ -106,11 +106,13 @@ def score_completions(scorer: Any, tokenizer: Any, vocab: StudentVocab, prompts:
 
 
 def divergence_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
-                     targets: Sequence[Sequence[TeacherTarget | None]], causal: bool, pad_id: int
-                     ) -> dict[str, torch.Tensor]:
+                     targets: Sequence[Sequence[TeacherTarget | None]], causal: bool, pad_id: int,
+                     pack: bool = False) -> dict[str, torch.Tensor]:
     """The teacher-forced micro-batch of prompts + completions, padded, with ``kd_ids``/``kd_probs`` [B, T, K]
     holding the teacher's distribution at each completion token and ``token_weights`` 1 where it has one (0: no
-    loss there). Labels hold every completion token (a seq2seq decoder reads them as its inputs)."""
+    loss there). Labels hold every completion token (a seq2seq decoder reads them as its inputs). ``pack`` lays
+    the examples end to end as a packed training micro-batch does (`cotdistill.batching.pack_causal`,
+    `pack_seq2seq`): sampled completions differ in length, and padding is what a padded batch pays for."""
     examples = []
     for prompt, completion in zip(prompts, completions, strict=True):
         if causal:
@@ -134,4 +136,8 @@ def divergence_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Seq
             probs[row, position, :len(token_probs)] = torch.tensor(token_probs, dtype=torch.float32)
             weights[row, position] = 1.0
     batch.update(kd_ids=ids, kd_probs=probs, token_weights=weights)
+    if pack and causal:
+        return pack_causal(batch, [len(e.input_ids) for e in examples])
+    if pack:
+        return pack_seq2seq(batch, [len(e.input_ids) for e in examples], [len(e.labels) for e in examples])
     return batch

@@ -228,7 +228,8 @@ class OnPolicyDistillation(Objective):
         targets = self._agreed(engine, lambda: op.score_completions(self.scorer, setup.tokenizer, self.vocab,
                                                                     prompts, completions, cfg.top_k))
         scored = time.perf_counter()
-        batch = op.divergence_batch(prompts, completions, targets, setup.causal, setup.tokenizer.pad_token_id)
+        batch = op.divergence_batch(prompts, completions, targets, setup.causal, setup.tokenizer.pad_token_id,
+                                    pack=setup.packed)
         real, slots = padding_stats(batch, setup.causal)
         logits, labels, targ, shift = student_forward(engine, batch, setup.causal)
         ids, probs, weights = targ["kd_ids"], targ["kd_probs"], targ["token_weights"]
