@@ -262,6 +262,34 @@ def export_final(model: torch.nn.Module, tokenizer: Any, folder: Path, rank: int
         dist.barrier()
 
 
+def trainer_arguments(config: Any) -> dict[str, Any]:
+    """The Trainer's arguments for a cotdistill run config: the same DeepSpeed template, batch sizes, schedule,
+    optimizer settings, seed and precision; on a CPU machine the CPU-only settings the module docstring explains."""
+    t = config.train
+    on_cpu = not torch.cuda.is_available()
+    return dict(
+        output_dir=str(config.output_dir), deepspeed=config.deepspeed_config, use_cpu=on_cpu,
+        ddp_backend="gloo" if on_cpu else "nccl", bf16=t.precision == "bf16", fp16=t.precision == "fp16",
+        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
+        max_steps=t.max_steps, learning_rate=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.grad_clip,
+        warmup_steps=t.warmup_steps, lr_scheduler_type=HF_SCHEDULES[t.schedule],
+        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if t.schedule == "cosine" else None,
+        seed=t.seed, save_strategy="no", report_to=[], logging_steps=1)
+
+
+def train_and_export(trainer: Any, collator: CountingCollator, config: Any, tokenizer: Any, rank: int,
+                     loss_scale: float = 1.0) -> tuple[Any, Path | None]:
+    """Train with the step log, then (checkpoint.export_final) write <output_dir>/final outside the timed steps."""
+    out = Path(config.output_dir)
+    trainer.add_callback(step_logger(collator, out / "train_log.jsonl", rank, loss_scale))
+    result = trainer.train()
+    final = None
+    if config.checkpoint.export_final:
+        final = out / "final"
+        export_final(getattr(trainer.model_wrapped, "module", trainer.model), tokenizer, final, rank)
+    return result, final
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML recipe (recipes/*.yaml), as for launchers/train.py")
@@ -319,16 +347,8 @@ def main() -> None:
                                  "labels": [list(e.labels) for e in tokenized]})
 
     out = Path(config.output_dir)
-    on_cpu = not torch.cuda.is_available()
-    backend = "gloo" if on_cpu else "nccl"
-    training_args = Seq2SeqTrainingArguments(
-        output_dir=str(out), deepspeed=config.deepspeed_config, use_cpu=on_cpu, ddp_backend=backend,
-        bf16=t.precision == "bf16", fp16=t.precision == "fp16",
-        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
-        max_steps=t.max_steps, learning_rate=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.grad_clip,
-        warmup_steps=t.warmup_steps, lr_scheduler_type=HF_SCHEDULES[t.schedule],
-        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if t.schedule == "cosine" else None,
-        seed=t.seed, save_strategy="no", report_to=[], logging_steps=1)
+    training_args = Seq2SeqTrainingArguments(**trainer_arguments(config))
+    backend = training_args.ddp_backend
     rank = training_args.process_index
     # accelerate's multi-CPU state has started torch.distributed (gloo); DeepSpeed's own comm layer must adopt
     # that group before ZeRO-3 builds the model, or zero.Init sees a world of 1 and rejects the batch sizes.
@@ -348,12 +368,7 @@ def main() -> None:
     trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
                             processing_class=tokenizer)
     loss_scale = trainer_loss_scale(trainer, model.config.model_type)
-    trainer.add_callback(step_logger(collator, out / "train_log.jsonl", rank, loss_scale))
-    result = trainer.train()
-    final = None
-    if config.checkpoint.export_final:
-        final = out / "final"
-        export_final(getattr(trainer.model_wrapped, "module", trainer.model), tokenizer, final, rank)
+    result, final = train_and_export(trainer, collator, config, tokenizer, rank, loss_scale)
     if rank == 0:
         engine = trainer.model_wrapped
         print(json.dumps({"steps": result.global_step, "train_loss": result.training_loss,

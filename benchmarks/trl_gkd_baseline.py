@@ -37,39 +37,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_trainer_baseline import HF_SCHEDULES, cotdistill_order, export_final, step_logger, with_sampler  # noqa: E402
-
-
-class CountingChatMLCollator:
-    """TRL's ChatML collator, remembering per batch what `step_logger` reports (samples, tokens, shapes)."""
-
-    def __init__(self, collator: Any) -> None:
-        import collections
-
-        self.collator = collator
-        self.queue: collections.deque[dict[str, Any]] = collections.deque()
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = self.collator(features)
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        targets = (batch["labels"] != -100).sum(dim=1).tolist()
-        self.queue.append({"real": int(sum(lengths)), "slots": int(batch["attention_mask"].numel()),
-                           "samples": len(features),
-                           "examples": [[n - t, t] for n, t in zip(lengths, targets, strict=True)],
-                           "shapes": [[len(features), batch["input_ids"].shape[1], batch["labels"].shape[1]]]})
-        return batch
-
-    def take(self, batches: int) -> dict[str, Any]:
-        merged: dict[str, Any] = {"real": 0, "slots": 0, "samples": 0, "examples": [], "shapes": []}
-        for _ in range(batches):
-            for key, value in self.queue.popleft().items():
-                merged[key] += value
-        return merged
+from hf_trainer_baseline import (  # noqa: E402
+    CountingCollator,
+    cotdistill_order,
+    train_and_export,
+    trainer_arguments,
+    with_sampler,
+)
 
 
 def gkd_rows(tokenized: list, prompts: list[str]) -> dict[str, list]:
@@ -131,18 +109,11 @@ def main() -> None:
     dataset = Dataset.from_dict(gkd_rows(tokenized, [e.source for e in examples]))
 
     out = Path(config.output_dir)
-    on_cpu = not torch.cuda.is_available()
-    backend = "gloo" if on_cpu else "nccl"
     training_args = GKDConfig(
-        output_dir=str(out), deepspeed=config.deepspeed_config, use_cpu=on_cpu, ddp_backend=backend,
-        bf16=t.precision == "bf16", fp16=t.precision == "fp16",
-        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=t.gradient_accumulation,
-        max_steps=t.max_steps, learning_rate=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.grad_clip,
-        warmup_steps=t.warmup_steps, lr_scheduler_type=HF_SCHEDULES[t.schedule],
-        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio} if t.schedule == "cosine" else None,
-        seed=t.seed, save_strategy="no", report_to=[], logging_steps=1, gradient_checkpointing=False,
-        lmbda=op.lmbda, beta=op.beta, temperature=op.temperature, max_new_tokens=op.max_new_tokens,
+        **trainer_arguments(config), gradient_checkpointing=False, lmbda=op.lmbda, beta=op.beta,
+        temperature=op.temperature, max_new_tokens=op.max_new_tokens,
         max_length=config.data.max_source_tokens + config.data.max_target_tokens + 2)
+    backend = training_args.ddp_backend
     rank = training_args.process_index
     deepspeed.init_distributed(dist_backend=backend)  # see hf_trainer_baseline.py: before ZeRO-3 builds models
     if rank == 0:
@@ -151,17 +122,14 @@ def main() -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     teacher = AutoModelForCausalLM.from_pretrained(op.teacher.model, dtype=dtype)
-    collator = CountingChatMLCollator(DataCollatorForChatML(tokenizer=tokenizer, max_length=training_args.max_length))
+    # the HF baseline's counting wrapper reads TRL's batches too (input_ids, attention_mask, labels)
+    collator = CountingCollator(DataCollatorForChatML(tokenizer=tokenizer, max_length=training_args.max_length),
+                                causal=True)
     order = cotdistill_order(config, tokenized, True, training_args.world_size)
     trainer = with_sampler(GKDTrainer, order)(model=model, teacher_model=teacher, args=training_args,
                                               train_dataset=dataset, data_collator=collator,
                                               processing_class=tokenizer)
-    trainer.add_callback(step_logger(collator, out / "train_log.jsonl", rank))
-    result = trainer.train()
-    final = None
-    if config.checkpoint.export_final:
-        final = out / "final"
-        export_final(getattr(trainer.model_wrapped, "module", trainer.model), tokenizer, final, rank)
+    result, final = train_and_export(trainer, collator, config, tokenizer, rank)
     if rank == 0:
         engine = trainer.model_wrapped
         print(json.dumps({"steps": result.global_step, "train_loss": result.training_loss,
