@@ -159,6 +159,33 @@ def test_a_cross_tokenizer_divergence_batch_puts_the_teachers_targets_on_the_com
     assert batch["token_weights"][0, :len(prompt)].sum() == 0
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_the_plain_sampling_loop_draws_what_generate_draws(tiny_models, arch, temperature):
+    """Same seed, left-padded prompts of three lengths, rows finishing at different steps: the very tokens of
+    ``generate(do_sample=True, top_k=0, top_p=1.0)``, pads after each row's EOS included."""
+    from cotdistill.on_policy import ancestral_samples
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models[arch]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models[arch])
+    prompts = [tokenizer(p)["input_ids"] for p in (PROMPT, PROMPT[:25], "Q")]
+    width, pad, eos = max(map(len, prompts)), tokenizer.pad_token_id, tokenizer.eos_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    expected = None
+    with torch.no_grad():
+        for stop in (eos, None):
+            if expected is not None:  # a random model rarely writes its EOS: stop on a token it writes often
+                stop = int(torch.mode(expected[:, width:].flatten()).values)
+            torch.manual_seed(5)
+            expected = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+                                      top_k=0, top_p=1.0, max_new_tokens=30, pad_token_id=pad, eos_token_id=stop)
+            torch.manual_seed(5)
+            drawn = ancestral_samples(model, ids, mask, temperature, 30, stop, pad)
+            assert torch.equal(drawn, expected)
+    assert (expected[:, width:] == stop).any(dim=1).sum() >= 2  # rows that stopped, at their own steps
+
+
 class ModelAsEngine:
     """The two things `student_forward` asks of the training engine, on a plain model."""
 

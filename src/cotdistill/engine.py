@@ -320,14 +320,25 @@ class Engine:
         """
         inputs = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
         if gathered and self.is_zero3:
-            from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
-
-            with torch.no_grad(), unwrap_model_for_generation(self.ds):
+            with torch.no_grad(), self.gathered_weights():
                 return self.module.generate(**inputs)
         if self.is_zero3 and self.world_size > 1:
             inputs["synced_gpus"] = True
         with torch.no_grad():
             return self.module.generate(**inputs)
+
+    @contextmanager
+    def gathered_weights(self) -> Iterator[None]:
+        """Inside the block this rank's ``module`` holds the whole model (a training engine under ZeRO-3; else a
+        no-op) and runs forwards alone, without ZeRO-3's per-module hooks: DeepSpeed's
+        ``unwrap_model_for_generation``. Collective on entry and exit; costs the full weights' memory."""
+        if not self.is_zero3:
+            yield
+            return
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(self.ds):
+            yield
 
     def model_bytes(self) -> int:
         """Bytes of the whole model's weights in their training dtype (ZeRO-3 partitions counted whole)."""

@@ -44,6 +44,37 @@ def target_of(example: TokenizedExample) -> tuple[int, ...]:
     return tuple(label for label in example.labels if label != IGNORE_INDEX)
 
 
+def ancestral_samples(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
+                      max_new_tokens: int, eos_id: int, pad_id: int) -> torch.Tensor:
+    """What ``generate(do_sample=True, top_k=0, top_p=1.0, temperature=...)`` returns for a causal model whose
+    prompts are padded on the left (prompt + new tokens, finished rows filled with ``pad_id``), drawn the same way
+    from the same RNG (fp32 logits, divided by the temperature unless it is 1, softmax, one multinomial draw per
+    row and step; positions counted from each row's first real token), without generate's per-token machinery
+    (logits processors, stopping criteria, cache bookkeeping), which cost a tiny student most of its sampling
+    time on CPU. One forward per new token with the KV cache; stops when every row has its EOS."""
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1)
+    finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+    new: list[torch.Tensor] = []
+    last = positions[:, -1:]
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1, :].float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        token = torch.multinomial(logits.softmax(-1), num_samples=1).squeeze(1)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        new.append(token)
+        finished |= token == eos_id
+        if bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((attention_mask.size(0), 1))], dim=1)
+        last = last + 1
+        out = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=last, cache=out.cache,
+                    use_cache=True)
+    return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1) if new else input_ids
+
+
 def sample_completions(engine: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], causal: bool,
                        temperature: float, max_new_tokens: int, seed: int, gathered: bool = False
                        ) -> list[tuple[int, ...]]:
@@ -64,10 +95,16 @@ def sample_completions(engine: Any, tokenizer: Any, prompts: Sequence[Sequence[i
     try:
         with torch.random.fork_rng(devices=[engine.device] if engine.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            out = engine.generate(gathered=gathered, input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                  do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
-                                  max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                                  use_cache=True)
+            if gathered and causal:  # each rank alone: a plain loop, without generate's per-token machinery
+                with torch.no_grad(), engine.gathered_weights():
+                    out = ancestral_samples(engine.module, torch.tensor(ids, device=engine.device),
+                                            torch.tensor(mask, device=engine.device), temperature, max_new_tokens,
+                                            tokenizer.eos_token_id, pad)
+            else:
+                out = engine.generate(gathered=gathered, input_ids=torch.tensor(ids),
+                                      attention_mask=torch.tensor(mask), do_sample=True, temperature=temperature,
+                                      top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                      eos_token_id=tokenizer.eos_token_id, use_cache=True)
     finally:
         engine.train()
     new = out[:, width:] if causal else out[:, 1:]  # a seq2seq output starts with the decoder start token
