@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cotdistill.entrypoints import run_or_exit
+from cotdistill.outputs import check_output_file
+
 REPO = Path(__file__).resolve().parents[1]
 TRAINERS = {"cotdistill": "launchers/train.py", "TRL GKD": "benchmarks/trl_gkd_baseline.py"}
 
@@ -171,6 +174,8 @@ def main() -> None:
     parser.add_argument("--eval_problems", type=int, default=300)
     parser.add_argument("--precision", default="fp32", choices=["bf16", "fp32"])
     args = parser.parse_args()
+    args.out = args.out or args.work / "results.json"
+    run_or_exit(lambda: check_output_file(args.out, make_parent=True))  # now, not after half an hour of training
 
     from cotdistill.config import load_config
 
@@ -179,7 +184,8 @@ def main() -> None:
     d_model, layers, heads = (int(x) for x in args.student.split(","))
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    out = args.out or work / "results.json"
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     student = make_student(args.teacher, work / "student-init", d_model, layers, heads, args.seed)
     common = ["model.make_tiny=", "checkpoint.every=0", "eval.at_end=false", "checkpoint.export_final=true",
               f"train.seed={args.seed}", f"train.precision={args.precision}",

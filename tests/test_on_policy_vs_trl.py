@@ -80,3 +80,15 @@ def test_samples_per_second_counts_both_logs_alike_after_the_skipped_steps():
         assert measured["samples_per_s"] == pytest.approx(16.0) and measured["step_time_s"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no step after the first 3"):
         on_policy_vs_trl.throughput(ours, skip=3)
+
+
+def test_a_results_file_that_cannot_be_written_stops_the_comparison_before_any_work(tmp_path):
+    import subprocess
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    proc = subprocess.run([sys.executable, "benchmarks/on_policy_vs_trl.py", "--teacher", str(tmp_path / "none"),
+                           "--work", str(tmp_path / "work"), "--out", str(blocker / "r.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--out" in proc.stderr and str(blocker) in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "work").exists()
