@@ -433,7 +433,7 @@ def test_packed_rows_re_pad_on_cpu_and_a_run_insisting_on_varlen_there_is_refuse
         _loss(model, collate(random_examples(random.Random(14), 4), pad_id=0, pack=True))
 
 
-def test_the_flash_kernels_get_a_sliding_window_of_w_as_w_minus_1_keys_back(monkeypatch):
+def test_the_flash_kernels_get_a_sliding_window_of_w_as_w_minus_1_keys_back(monkeypatch, request):
     """flash-attn's and torch's window_size=(left, right) count keys besides the query's own; transformers'
     sliding_window W counts the query's own too (our re-padded mask: query - key < W)."""
     import sys
@@ -443,6 +443,9 @@ def test_the_flash_kernels_get_a_sliding_window_of_w_as_w_minus_1_keys_back(monk
 
     from cotdistill.packed_attention import _flash_attn_kernel, _torch_varlen_kernel
 
+    for getter in (_flash_attn_kernel, _torch_varlen_kernel):  # looked up once per process: look again now,
+        getter.cache_clear()                                    # and forget the fakes' kernels afterwards
+        request.addfinalizer(getter.cache_clear)
     seen: dict[str, dict] = {}
     fake_flash = types.ModuleType("flash_attn")
     fake_flash.flash_attn_varlen_func = lambda *args, **kwargs: seen.setdefault("flash", kwargs) and args[0]
@@ -468,3 +471,14 @@ def test_a_model_capping_its_attention_logits_is_padded_not_packed():
     capped = AutoConfig.for_model("gemma2", attn_logit_softcapping=50.0)
     assert not can_pack(capped)
     assert can_pack(AutoConfig.for_model("gemma2", attn_logit_softcapping=None))
+
+
+def test_the_kernels_are_looked_up_once_not_in_every_attention_call():
+    """Python does not remember a failed import: without flash-attn installed, looking it up in every layer's
+    attention call would search the file system each time."""
+    from cotdistill.packed_attention import _flash_attn_kernel, varlen_kernel
+
+    _flash_attn_kernel.cache_clear()
+    for _ in range(5):
+        varlen_kernel("cuda", torch.bfloat16)
+    assert _flash_attn_kernel.cache_info().misses == 1 and _flash_attn_kernel.cache_info().hits == 4

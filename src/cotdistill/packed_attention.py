@@ -35,6 +35,7 @@ forward and backward per stack for a row of 800 tokens at t5-small's 8 heads, ag
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -121,6 +122,7 @@ VarlenKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                         torch.Tensor]
 
 
+@functools.cache  # asked in every attention call: a failed import is not cached by Python and searches again
 def _flash_attn_kernel() -> VarlenKernel | None:
     """flash-attn's ``flash_attn_varlen_func`` (what transformers' flash_attention_2 calls), where installed."""
     try:
@@ -137,6 +139,7 @@ def _flash_attn_kernel() -> VarlenKernel | None:
     return kernel
 
 
+@functools.cache
 def _torch_varlen_kernel() -> VarlenKernel | None:
     """PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention on CUDA; no dropout)."""
     try:
