@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,6 +104,31 @@ def launch(script: str, args: list[str], ranks: int = 2, timeout: int = 600, exp
         pytest.fail(f"{' '.join(cmd)} ({ranks} ranks) exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
                     f"--- stderr\n{proc.stderr[-6000:]}")
     return proc
+
+
+def kill_job_when(script: str, args: list[str], log_path: Path, condition: Callable[[], bool],
+                  timeout: float = 400) -> None:
+    """Start ``script`` as a user does (the real ``deepspeed`` command, 2 ranks), wait until ``condition`` holds,
+    then ``kill -9`` the whole job: the launcher and every rank (its process group), nothing given time to tidy up.
+    The job's output is appended to ``log_path``; a job that ends first, or a condition not met in ``timeout``
+    seconds, fails the test."""
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), script, *args]
+    with open(log_path, "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        try:
+            while not condition():
+                if proc.poll() is not None:
+                    pytest.fail(f"the job ended ({proc.returncode}) before the kill point; see {log_path}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"kill point not reached in {timeout} s; see {log_path}")
+                time.sleep(0.005)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _run_ranks(cmd: list[str], ranks: int, port: int, timeout: float) -> subprocess.CompletedProcess:

@@ -516,9 +516,11 @@ class FakeCheckpointLaunches(FakeLaunches):
             return super()._launch(script, args)
         self.launched.append((script, args))
         out = Path(next(a for a in args if a.startswith("--output_dir=")).partition("=")[2])
-        dataset = next(a for a in args if a.startswith("--datasets=")).partition("=")[2]
-        for step, outcome in ((2, "1000"), (4, "1100"), (6, "1110")):
-            write_fake_eval(out / f"step-{step:06d}" / dataset.replace(":", "_"), outcome, "zero_shot_cot")
+        datasets = next(a for a in args if a.startswith("--datasets=")).partition("=")[2]
+        for dataset in datasets.split(","):
+            outcomes = ((2, "1000"), (4, "1100"), (6, "1110")) if ":" in dataset else ((2, "0"), (4, "1"), (6, "1"))
+            for step, outcome in outcomes:
+                write_fake_eval(out / f"step-{step:06d}" / dataset.replace(":", "_"), outcome, "zero_shot_cot")
 
 
 def test_a_checkpoint_evaluation_scores_every_checkpoint_and_reads_as_the_last(tmp_path):
@@ -526,12 +528,26 @@ def test_a_checkpoint_evaluation_scores_every_checkpoint_and_reads_as_the_last(t
     run = resolve_run(exp, "cot", 1)
     runner = FakeCheckpointLaunches()
     results = runner(run)
-    assert [script for script, _ in runner.launched] == ["train.py", "eval_checkpoints.py", "eval_checkpoints.py"]
-    args = runner.launched[2][1]
-    assert args[:2] == [str(run.run_dir), "--datasets=synthetic:more_steps"] and "--strategy=zero_shot_cot" in args
+    assert [script for script, _ in runner.launched] == ["train.py", "eval_checkpoints.py"]
+    args = runner.launched[1][1]
+    assert args[:2] == [str(run.run_dir), "--datasets=synthetic,synthetic:more_steps"]
+    assert "--strategy=zero_shot_cot" in args
     assert sorted(results["more-steps"]["per_step"]) == ["2", "4", "6"]
     assert results["more-steps"]["per_step"]["4"]["correct"] == 2
     assert results["more-steps"]["correct"] == 3 and results["more-steps"]["per_problem"] == "1110"
+    assert results["id"]["per_step"]["2"]["correct"] == 0 and results["id"]["per_problem"] == "1"
+
+
+def test_checkpoint_evaluations_with_different_options_are_launched_apart(tmp_path):
+    experiment = selection_experiment(tmp_path)
+    experiment["evals"][1]["spec"] = {"strategy": "zero_shot_cot", "max_new_tokens": 64}
+    run = resolve_run(load_experiment(write_experiment(tmp_path, experiment)), "cot", 1)
+    runner = FakeCheckpointLaunches()
+    results = runner(run)
+    launched = [args for script, args in runner.launched if script == "eval_checkpoints.py"]
+    assert [a[1] for a in launched] == ["--datasets=synthetic", "--datasets=synthetic:more_steps"]
+    assert "--max_new_tokens=64" in launched[1] and "--max_new_tokens=64" not in launched[0]
+    assert results["more-steps"]["correct"] == 3 and results["id"]["correct"] == 1
 
 
 @pytest.mark.parametrize("change, key, message", [

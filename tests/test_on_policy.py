@@ -14,7 +14,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import launch
+from conftest import kill_job_when, launch
+from cotdistill import checkpoints as ckpt
 from cotdistill.alignment import StudentVocab, scored_targets
 from cotdistill.batching import TokenizedExample
 from cotdistill.config import load_config
@@ -305,15 +306,21 @@ def on_policy_runs(tiny_models, tmp_path_factory) -> dict[str, Path]:
     student, teacher = tiny_models["llama"], sharp_teacher(tiny_models["gpt2"], root / "teacher")
     full = root / "full"
     output = launch("launchers/train.py", on_policy_args(student, teacher, full))
+    # kill -9 of the whole job (launcher and both ranks) as soon as checkpoint 2 is complete: inside step 3, while
+    # the ranks sample, score or step; the rerun resumes from step 2.
     resumed = root / "resumed"
-    launch("launchers/train.py", on_policy_args(student, teacher, resumed, "train.stop_after_steps=2"))
-    launch("launchers/train.py", on_policy_args(student, teacher, resumed))
+    resumed.mkdir()
+    kill_job_when("launchers/train.py", on_policy_args(student, teacher, resumed), root / "killed.log",
+                  lambda: (c := ckpt.latest_checkpoint(resumed)) is not None and c.step == 2)
+    killed_with = sorted(p.name for p in (resumed / "checkpoints").iterdir())
+    rerun = launch("launchers/train.py", on_policy_args(student, teacher, resumed))
     partitioned = root / "partitioned"
     shown = launch("launchers/train.py", on_policy_args(
         student, teacher, partitioned, "train.on_policy.teacher.device=auto", "train.on_policy.teacher.partition=true",
         "train.on_policy.gather_for_generation=false", "checkpoint.export_final=false"))
     return {"full": full, "resumed": resumed, "partitioned": partitioned, "full_output": output.stdout + output.stderr,
-            "partitioned_output": shown.stdout + shown.stderr}
+            "partitioned_output": shown.stdout + shown.stderr, "killed_with": killed_with,
+            "rerun_output": rerun.stdout + rerun.stderr}
 
 
 def logged(run: Path) -> list[dict]:
@@ -345,7 +352,9 @@ def compared(run: Path) -> list[dict]:
     return [{k: r[k] for k in keys} for r in logged(run)]
 
 
-def test_an_interrupted_on_policy_run_resumes_with_the_uninterrupted_losses(on_policy_runs):
+def test_an_on_policy_job_killed_with_sigkill_resumes_with_the_uninterrupted_losses(on_policy_runs):
+    assert on_policy_runs["killed_with"] == ["step-000002"], "killed after checkpoint 2, before checkpoint 4"
+    assert "(step 2, epoch 0" in on_policy_runs["rerun_output"], "the rerun resumes from checkpoint 2"
     assert compared(on_policy_runs["resumed"]) == compared(on_policy_runs["full"])
     shutil.rmtree(on_policy_runs["resumed"] / "final", ignore_errors=True)
 

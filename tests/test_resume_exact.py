@@ -13,17 +13,12 @@ the last start resumes 30 steps before the end.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port, launch, synthetic_texts
+from conftest import kill_job_when, launch, synthetic_texts
 from cotdistill import checkpoints as ckpt
 
 pytestmark = pytest.mark.distributed
@@ -65,26 +60,9 @@ def incomplete(run: Path, step: int) -> bool:
     return folder.is_dir() and any(folder.iterdir()) and not (folder / ckpt.MARKER).exists()
 
 
-def kill_when(run: Path, model: Path, condition: Callable[[], bool], timeout: float = 400) -> None:
+def kill_when(run: Path, model: Path, condition: Callable[[], bool]) -> None:
     """Start the 2-rank job, wait until ``condition`` holds, then SIGKILL its whole process group."""
-    deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(deepspeed), "--num_gpus", "2", "--master_port", str(free_port()), "launchers/train.py",
-           *train_args(model, run)]
-    log = open(run.parent / f"{run.name}-killed.log", "a")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + timeout
-    try:
-        while not condition():
-            if proc.poll() is not None:
-                pytest.fail(f"the job ended ({proc.returncode}) before the kill point; see {log.name}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"kill point not reached in {timeout} s; see {log.name}")
-            time.sleep(0.005)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        log.close()
+    kill_job_when("launchers/train.py", train_args(model, run), run.parent / f"{run.name}-killed.log", condition)
 
 
 @pytest.fixture(scope="module")

@@ -882,6 +882,27 @@ class LaunchRunner:
         return exported and all((folder.eval_dir() / folder_name(e.dataset) / "metrics.json").is_file()
                                 for e in run.arm.evals if e.from_training)
 
+    def _checkpoint_evals(self, run: ArmRun) -> dict[str, dict[str, Any]]:
+        """The ``checkpoints: true`` evaluations, one eval-checkpoints launch per set of options: evaluations that
+        differ only in their data set (in- and out-of-distribution) load each checkpoint once, for all of them."""
+        from cotdistill.eval_sets import folder_name
+
+        groups: dict[tuple[str, ...], list[EvalEntry]] = {}
+        for entry in run.arm.evals:
+            if entry.checkpoints:
+                flags = tuple(f"--{key}={_text(value)}" for key, value in eval_options(run.config, entry).items())
+                groups.setdefault(flags, []).append(entry)
+        results = {}
+        for flags, entries in groups.items():
+            out = run.run_dir / "experiment_eval" / "+".join(e.name for e in entries)
+            shutil.rmtree(out, ignore_errors=True)  # a half-written evaluation is redone whole
+            datasets = list(dict.fromkeys(_eval_dataset(e.dataset) for e in entries))
+            self._launch("eval_checkpoints.py", [str(run.run_dir), f"--datasets={','.join(datasets)}",
+                                                 f"--output_dir={out}", *flags])
+            for entry in entries:
+                results[entry.name] = read_checkpoint_evals(out, folder_name(_eval_dataset(entry.dataset)))
+        return results
+
     def __call__(self, run: ArmRun) -> dict[str, dict[str, Any]]:
         from cotdistill.eval_sets import folder_name
 
@@ -896,20 +917,17 @@ class LaunchRunner:
             if not self._trained(run):
                 raise ExperimentError(f"{run.run_dir}: training ended before its last step (stopped by a signal?); "
                                       "run the harness again to resume it")
-        results = {}
+        results = self._checkpoint_evals(run)
         for entry in run.arm.evals:
             if entry.from_training:
                 results[entry.name] = read_eval(folder.eval_dir() / folder_name(entry.dataset))
+                continue
+            if entry.checkpoints:
                 continue
             out = run.run_dir / "experiment_eval" / entry.name
             shutil.rmtree(out, ignore_errors=True)  # a half-written evaluation is redone whole
             dataset = _eval_dataset(entry.dataset)
             flags = [f"--{key}={_text(value)}" for key, value in eval_options(run.config, entry).items()]
-            if entry.checkpoints:
-                self._launch("eval_checkpoints.py", [str(run.run_dir), f"--datasets={dataset}", f"--output_dir={out}",
-                                                     *flags])
-                results[entry.name] = read_checkpoint_evals(out, folder_name(dataset))
-                continue
             if entry.solver_arm:
                 flags.append(f"--solver={RunFolder(run.experiment.run_dir(entry.solver_arm, run.seed)).final}")
             self._launch("evaluate.py", [str(folder.final), f"--datasets={dataset}", f"--output_dir={out}", *flags])

@@ -141,13 +141,7 @@ class HFTokenScorer:
 
     def _score_ids_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                          top_k: int) -> list[list[TeacherTarget | None]]:
-        full = [list(prompt) + list(completion) for prompt, completion in pairs]
-        width = max(len(ids) for ids in full)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in full], device=self.device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in full], device=self.device)
-        with torch.no_grad():
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        logits = self._logits([list(prompt) + list(completion) for prompt, completion in pairs])
         vocab, special = len(self.tokenizer), set(self.tokenizer.all_special_ids)
         out: list[list[TeacherTarget | None]] = []
         for row, (prompt, completion) in enumerate(pairs):
@@ -170,23 +164,28 @@ class HFTokenScorer:
             out.append(targets)
         return out
 
+    def _pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def _logits(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The teacher's logits for token-id rows, right-padded into one batch (padding masked out)."""
+        width, pad = max(len(ids) for ids in rows), self._pad_id()
+        input_ids = torch.tensor([list(ids) + [pad] * (width - len(ids)) for ids in rows], device=self.device)
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows], device=self.device)
+        with torch.no_grad():
+            return self.model(input_ids=input_ids, attention_mask=mask).logits
+
     def _idle_forward(self) -> None:
         """A forward that only takes part in the partitioned teacher's weight gathers."""
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.no_grad():
-            self.model(input_ids=torch.tensor([[pad]], device=self.device))
+            self.model(input_ids=torch.tensor([[self._pad_id()]], device=self.device))
 
     def _score_batch(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
         tok = self.tokenizer
         full = [tok(prompt + completion)["input_ids"] for prompt, completion in pairs]
         starts = [completion_start(tok(prompt)["input_ids"], ids) for (prompt, _), ids in zip(pairs, full,
                                                                                            strict=True)]
-        width = max(len(ids) for ids in full)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in full], device=self.device)
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in full], device=self.device)
-        with torch.no_grad():
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+        logits = self._logits(full)
         vocab = len(tok)
         out = []
         for row, (ids, first) in enumerate(zip(full, starts, strict=True)):
