@@ -24,6 +24,7 @@ from cotdistill.objectives import IGNORE_INDEX
 from cotdistill.on_policy import (
     divergence_batch,
     prompt_of,
+    samples_correct,
     samples_this_micro_step,
     sampling_seed,
     score_completions,
@@ -277,6 +278,20 @@ STEPS = 4
 # With train.seed 42 this samples at micro-steps 0, 1, 4 and 6 of 8 (2 per step): steps 1, 3 and 4 sample, step 2
 # trains on the data's targets, and the resumed part (steps 3-4) samples again.
 LAMBDA = 0.75
+
+
+def test_the_students_samples_are_graded_as_evaluation_grades_them():
+    """The logged sample_accuracy: yes/no answers read as yes/no (a numeric reading found none), numbers within
+    tolerance, and an invented next question after the answer does not decide it."""
+    from cotdistill.problems.record import Problem
+
+    yes_no = Problem(id="s1", question="Is the sky blue?", answer="yes", source="strategyqa")
+    half = Problem(id="g1", question="Half of 1?", answer="0.5", source="gsm8k")
+    seven = Problem(id="g2", question="3 + 4?", answer="7", source="gsm8k")
+    texts = ["The sky is blue. So the answer is yes.", "1 / 2 = 0.50. The answer is 0.50.",
+             "3 + 4 = 7. The answer is 7.\nQuestion: What is 2 + 2? The answer is 4.", "The answer is 7."]
+    assert samples_correct([yes_no, half, seven, None], texts) == 3
+    assert samples_correct([yes_no], ["The answer is no."]) == 0
 
 
 def on_policy_args(student: Path, teacher: Path, out: Path, *extra: str) -> list[str]:

@@ -121,6 +121,17 @@ def sample_completions(engine: Any, tokenizer: Any, prompts: Sequence[Sequence[i
     return completions
 
 
+def samples_correct(problems: Sequence[Any | None], texts: Sequence[str]) -> int:
+    """How many of the student's sampled texts answer their problem, graded as evaluation grades (the cotdistill
+    protocol: the text cut where the student invents a next question, then the problem's answer kind, numbers
+    within tolerance); an example without a problem counts as wrong."""
+    from cotdistill.protocols import CotdistillProtocol
+
+    protocol = CotdistillProtocol()
+    return sum(1 for problem, text in zip(problems, texts, strict=True)
+               if problem is not None and protocol.score(problem, protocol.clean(text)).correct)
+
+
 def score_completions(scorer: Any, tokenizer: Any, vocab: StudentVocab, prompts: Sequence[Sequence[int]],
                       completions: Sequence[Sequence[int]], top_k: int) -> list[list[TeacherTarget | None]]:
     """Per completion token, the teacher's distribution over student ids there (None: no loss there).

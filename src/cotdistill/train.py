@@ -249,9 +249,9 @@ class Trainer:
                          dropped, "s" * (dropped > 1), self.step)
         self.last_saved = self.step if latest is not None else -1
         self.batches = self.order.stream(data)
-        answers = {p.id: p.answer for p in train_problems}
+        by_id = {p.id: p for p in train_problems}
         self.objective.prepare(TrainingSetup(config, tokenizer, self.causal, self.packed, engine.world_size,
-                                             tuple(answers.get(e.problem_id, "") for e in examples), engine))
+                                             tuple(by_id.get(e.problem_id) for e in examples), engine))
         self.losses: list[float] = []
 
     # -- steps ----------------------------------------------------------------------------------------------

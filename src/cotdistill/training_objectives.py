@@ -73,7 +73,7 @@ class TrainingSetup:
     causal: bool
     packed: bool
     world_size: int
-    answers: tuple[str, ...] = ()  # the gold answer of each training example, by its index
+    problems: tuple[Any, ...] = ()  # the Problem of each training example, by its index (None: unknown)
     engine: Any = None
 
 
@@ -211,7 +211,6 @@ class OnPolicyDistillation(Objective):
         import time
 
         from cotdistill import on_policy as op
-        from cotdistill.answers import extract_answer, normalize_answer
         from cotdistill.objectives import generalized_jsd, shift_for_causal
 
         cfg, setup, t = self.train.on_policy, self.setup, self.train
@@ -247,10 +246,8 @@ class OnPolicyDistillation(Objective):
                    "generate_s": (generated - started, share), "score_s": (scored - generated, share)}
         if sampled:
             texts = [setup.tokenizer.decode(list(c), skip_special_tokens=True) for c in completions]
-            golds = [setup.answers[i] if i < len(setup.answers) else "" for i in micro.indices]
-            found = [extract_answer(text) for text in texts]
-            correct = sum(1 for answer, gold in zip(found, golds, strict=True)
-                          if gold and answer is not None and answer == normalize_answer(gold))
+            problems = [setup.problems[i] if i < len(setup.problems) else None for i in micro.indices]
+            correct = op.samples_correct(problems, texts)
             metrics["completion_tokens"] = (float(sum(len(c) for c in completions)), float(len(completions)))
             metrics["sample_accuracy"] = (float(correct), float(len(completions)))
         else:
