@@ -76,3 +76,52 @@ def test_gradients_flow_to_the_student_only_and_are_finite_when_the_top_k_hold_a
 def test_beta_outside_zero_to_one_is_refused():
     with pytest.raises(ValueError, match="beta must be between 0 and 1"):
         generalized_jsd(torch.zeros(1, 1, 2), torch.zeros(1, 1, 1, dtype=torch.long), torch.ones(1, 1, 1), 1.5)
+
+
+def dense_reference_with_gradient(logits: torch.Tensor, ids: torch.Tensor, p: torch.Tensor,
+                                  beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The divergence and its gradient in float64, the student's tail as the sum of its unlisted probabilities."""
+    x = logits.detach().double().requires_grad_(True)
+    log_q = x.log_softmax(-1)
+    listed = torch.zeros_like(log_q, dtype=torch.bool).scatter(-1, ids, True)
+    q = torch.cat([log_q.gather(-1, ids).exp(), log_q.masked_fill(listed, float("-inf")).logsumexp(-1, True).exp()],
+                  dim=-1)
+    value = reference(p.double(), q, beta).sum()
+    value.backward()
+    return value.detach(), x.grad
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("confidence", [16.0, 30.0])
+def test_a_confident_student_keeps_the_exact_value_and_gradient_of_its_tail(beta, confidence):
+    """The student's tail under 1e-7 (1 - sum(q) rounds to 0 in fp32) while the teacher keeps 5% outside its top-2:
+    forward KL read 4.77 instead of 1.51 at logit 16, and the tail's logits got no gradient (-0.05 exact)."""
+    logits = torch.full((1, 1, 50), -10.0)
+    logits[0, 0, 0], logits[0, 0, 1] = confidence, 0.0
+    ids, probs = torch.tensor([[[0, 1]]]), torch.tensor([[[0.9, 0.05]]])
+    student = logits.clone().requires_grad_(True)
+    found = generalized_jsd(student, ids, probs, beta)
+    found.sum().backward()
+    value, gradient = dense_reference_with_gradient(logits, ids, torch.tensor([[[0.9, 0.05, 0.05]]]), beta)
+    torch.testing.assert_close(found.sum().double(), value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(student.grad.double(), gradient, rtol=1e-3, atol=1e-7)
+
+
+def test_a_teacher_token_the_student_rules_out_still_pulls_at_beta_zero():
+    """log q = -110 for a listed token (exp underflows in fp32): its gradient is still q - p = -0.3."""
+    logits = torch.zeros(1, 1, 8)
+    logits[0, 0, 1] = -110.0
+    student = logits.clone().requires_grad_(True)
+    generalized_jsd(student, torch.tensor([[[0, 1]]]), torch.tensor([[[0.6, 0.3]]]), 0.0).sum().backward()
+    assert student.grad[0, 0, 1].item() == pytest.approx(-0.3, abs=1e-6)
+
+
+def test_a_float64_teacher_tail_below_fp32_resolution_is_kept_in_the_reverse_kl():
+    """The teacher's listed token at 1 - 3e-9 (1.0 in fp32): given in float64, its tail of 3e-9 is what the
+    reverse KL divides by, not the floor."""
+    logits = torch.zeros(1, 1, 50)
+    logits[0, 0, 0] = 6.0
+    ids = torch.tensor([[[0]]])
+    p = torch.tensor([[[1 - 3e-9]]], dtype=torch.float64)
+    value, _ = dense_reference_with_gradient(logits, ids, torch.cat([p, 1 - p], dim=-1), 1.0)
+    assert generalized_jsd(logits, ids, p, 1.0).item() == pytest.approx(value.item(), rel=1e-5)

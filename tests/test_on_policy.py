@@ -261,10 +261,29 @@ def test_a_seq2seq_divergence_batch_puts_the_targets_on_the_decoder_positions(ti
             assert batch["kd_ids"][0, position, 0] == target[0][0]
 
 
+def test_a_sentencepiece_students_completion_reaches_the_teacher_with_its_leading_space(tiny_models):
+    """A T5 student's completion decoded alone loses its first space ("How many?Ann has"); the teacher must read
+    the text as the student wrote it after the prompt."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["t5"])
+    prompt = tokenizer("Question: Ann has 3 apples and buys 4. How many?")["input_ids"]
+    completion = tokenizer(" Ann has 7 apples. The answer is 7.")["input_ids"]
+    read = []
+
+    class RecordingTeacher:
+        def score(self, pairs, top_k):
+            read.extend(pairs)
+            return [() for _ in pairs]
+
+    score_completions(RecordingTeacher(), tokenizer, StudentVocab(tokenizer), [prompt], [completion], top_k=4)
+    assert read[0][0].endswith("How many?") and read[0][1].startswith(" Ann has 7 apples.")
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["train.objective=on_policy"], "needs a teacher: set train.on_policy.teacher.model"),
     (["train.objective=on_policy", "train.on_policy.teacher.model=t", "train.on_policy.lmbda=1.5"], "lmbda"),
     (["train.objective=on_policy", "train.on_policy.teacher.model=t", "train.kd_weight=0.5"], "set kd_weight=0"),
+    (["train.objective=on_policy", "train.on_policy.teacher.model=t", "train.loss_weights={zero_shot_cot: 2}"],
+     "does not apply it"),
 ])
 def test_on_policy_settings_that_cannot_work_are_refused_before_training(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -126,28 +128,53 @@ def generalized_jsd(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_pro
     with the mixture ``M = beta P + (1 - beta) Q``. The teacher is known only on its top-k tokens
     (``teacher_ids``/``teacher_probs``: [B, T, K], slots with probability 0 unused), so both distributions are
     compared on those K tokens plus one tail bucket holding the rest of each one's mass: exact for what the
-    teacher reveals, and a one-hot teacher gives the token's cross-entropy at ``beta`` 0. In fp32.
+    teacher reveals, and a one-hot teacher gives the token's cross-entropy at ``beta`` 0.
+
+    In log space, in fp32: the student's tail is the log-sum-exp of its unlisted logits, not ``1 - sum(q)``,
+    which rounds to 0 once the student is confident (below ~1e-7) and left forward KL with a wrong value and no
+    gradient; a listed token the student gives less than ~1e-38 keeps its gradient. The teacher's tail is
+    ``1 - sum(p)`` in float64 (as precise as the probabilities given); a teacher whose listed mass is all of it
+    at that precision has no tail, which only the reverse KL must divide by: it is floored at the smallest fp32.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be between 0 and 1, got {beta}")
     used = teacher_probs > 0
-    p_top = torch.where(used, teacher_probs.float(), torch.zeros_like(teacher_probs, dtype=torch.float32))
-    log_q_top = logits.float().log_softmax(-1).gather(-1, teacher_ids)
-    q_top = torch.where(used, log_q_top.exp(), torch.zeros_like(log_q_top))
-    p = torch.cat([p_top, (1.0 - p_top.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
-    q = torch.cat([q_top, (1.0 - q_top.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    log_q = logits.float().log_softmax(-1)
+    listed = torch.zeros_like(log_q).scatter_add_(-1, teacher_ids, used.to(log_q.dtype)) > 0
+    unlisted = log_q.masked_fill(listed, float("-inf"))
+    has_tail = ~listed.all(-1, keepdim=True)  # a vocabulary the top-k cover entirely leaves the student no tail
+    log_q_tail = torch.where(has_tail, unlisted, torch.zeros_like(unlisted)).logsumexp(-1, keepdim=True)
+    log_q_all = torch.cat([log_q.gather(-1, teacher_ids), log_q_tail], dim=-1)
+    q_present = torch.cat([used, has_tail], dim=-1)
+
+    p_top = torch.where(used, teacher_probs.double(), torch.zeros_like(teacher_probs, dtype=torch.float64))
+    p_all = torch.cat([p_top, (1.0 - p_top.sum(-1, keepdim=True)).clamp(min=0.0)], dim=-1)
+    p_present = p_all > 0
+    log_p_all = p_all.clamp(min=torch.finfo(torch.float64).tiny).log().float().to(log_q.device)
+    p_present = p_present.to(log_q.device)
+    log_p_all, log_q_all = _absent_as_floor(log_p_all, p_present), _absent_as_floor(log_q_all, q_present)
     if beta == 0.0:
-        return _bucket_kl(p, q)
+        return _log_kl(log_p_all, p_present, log_q_all)
     if beta == 1.0:
-        return _bucket_kl(q, p)
-    m = beta * p + (1.0 - beta) * q
-    return beta * _bucket_kl(p, m) + (1.0 - beta) * _bucket_kl(q, m)
+        return _log_kl(log_q_all, q_present, log_p_all)
+    log_m = torch.stack([math.log(beta) + log_p_all, math.log(1.0 - beta) + log_q_all]).logsumexp(0)
+    return beta * _log_kl(log_p_all, p_present, log_m) + (1.0 - beta) * _log_kl(log_q_all, q_present, log_m)
 
 
-def _bucket_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """KL(a || b) over the last dimension, with 0 log 0 = 0 (also in the gradient: a student bucket of exactly 0,
-    the tail when its top-k hold all its mass, must not give 0/0) and b floored at the smallest fp32 (a > 0 where
-    b underflowed to 0 would be infinite)."""
-    tiny = torch.finfo(torch.float32).tiny
-    terms = a * (a.clamp(min=tiny).log() - b.clamp(min=tiny).log())
-    return torch.where(a > 0, terms, torch.zeros_like(terms)).sum(-1)
+_LOG_FLOOR = math.log(torch.finfo(torch.float32).tiny)  # about -87.3: log of the smallest normal fp32
+
+
+def _absent_as_floor(log_x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``log_x`` with its absent entries (unused slots, a missing tail) at the smallest fp32's log: finite, so a
+    present entry over an absent one stays finite and no -inf - -inf reaches a gradient. Present entries are
+    kept as they are, however small (clamping them would cut their gradient)."""
+    return torch.where(present, log_x, torch.full_like(log_x, _LOG_FLOOR))
+
+
+def _log_kl(log_a: torch.Tensor, a_present: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """KL(a || b) over the last dimension from finite log-probabilities, summed over the entries ``a`` has
+    (0 log 0 = 0, also in the gradient)."""
+    safe_a = torch.where(a_present, log_a, torch.zeros_like(log_a))
+    safe_b = torch.where(a_present, log_b, torch.zeros_like(log_b))
+    terms = safe_a.exp() * (safe_a - safe_b)
+    return torch.where(a_present, terms, torch.zeros_like(terms)).sum(-1)

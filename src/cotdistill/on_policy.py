@@ -132,6 +132,18 @@ def samples_correct(problems: Sequence[Any | None], texts: Sequence[str]) -> int
                if problem is not None and protocol.score(problem, protocol.clean(text)).correct)
 
 
+def _prompt_and_completion_text(tokenizer: Any, prompt: Sequence[int], completion: Sequence[int]) -> tuple[str, str]:
+    """The prompt's text and the completion's text as it reads after the prompt: the completion cut from the
+    decode of both (special tokens left out). Decoding the completion alone loses a sentencepiece tokenizer's
+    leading space ("▁Ann" -> "Ann"), and the teacher would read "How many?Ann has ...", a text nobody writes."""
+    head = tokenizer.decode(list(prompt), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    both = tokenizer.decode(list(prompt) + list(completion), skip_special_tokens=True,
+                            clean_up_tokenization_spaces=False)
+    if both.startswith(head):
+        return head, both[len(head):]
+    return head, tokenizer.decode(list(completion), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 def score_completions(scorer: Any, tokenizer: Any, vocab: StudentVocab, prompts: Sequence[Sequence[int]],
                       completions: Sequence[Sequence[int]], top_k: int) -> list[list[TeacherTarget | None]]:
     """Per completion token, the teacher's distribution over student ids there (None: no loss there).
@@ -143,8 +155,7 @@ def score_completions(scorer: Any, tokenizer: Any, vocab: StudentVocab, prompts:
     shares = getattr(scorer, "shares_vocabulary", None)
     if shares is not None and shares(tokenizer):
         return scorer.score_ids(prompts, completions, top_k)
-    pairs = [(tokenizer.decode(list(p), skip_special_tokens=True),
-              tokenizer.decode(list(c), skip_special_tokens=True)) for p, c in zip(prompts, completions, strict=True)]
+    pairs = [_prompt_and_completion_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
     scored = scorer.score(pairs, top_k)
     targets = []
     for tokens, completion in zip(scored, completions, strict=True):
@@ -172,7 +183,8 @@ def divergence_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Seq
     labels = batch["labels"]
     width = max([1] + [len(t[0]) for row in targets for t in row if t is not None])
     ids = torch.zeros((*labels.shape, width), dtype=torch.long)
-    probs = torch.zeros((*labels.shape, width), dtype=torch.float32)
+    # float64: the teacher's tail (1 - the sum) stays as precise as the teacher gave it (generalized_jsd)
+    probs = torch.zeros((*labels.shape, width), dtype=torch.float64)
     weights = torch.zeros(labels.shape, dtype=torch.float32)
     for row, row_targets in enumerate(targets):
         positions = (labels[row] != IGNORE_INDEX).nonzero()[:, 0].tolist()
@@ -181,7 +193,7 @@ def divergence_batch(prompts: Sequence[Sequence[int]], completions: Sequence[Seq
                 continue
             token_ids, token_probs = target
             ids[row, position, :len(token_ids)] = torch.tensor(token_ids, dtype=torch.long)
-            probs[row, position, :len(token_probs)] = torch.tensor(token_probs, dtype=torch.float32)
+            probs[row, position, :len(token_probs)] = torch.tensor(token_probs, dtype=torch.float64)
             weights[row, position] = 1.0
     batch.update(kd_ids=ids, kd_probs=probs, token_weights=weights)
     if pack and causal:

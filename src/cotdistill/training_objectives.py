@@ -326,6 +326,10 @@ def check_objective(train: TrainConfig) -> None:
             if not 0 <= op.teacher.backoff_initial <= op.teacher.backoff_max:
                 raise ConfigError("train.on_policy.teacher needs 0 <= backoff_initial <= backoff_max, got "
                                   f"{op.teacher.backoff_initial:g} and {op.teacher.backoff_max:g}")
+        if train.loss_weights:
+            raise ConfigError(f"train.loss_weights={train.loss_weights} weighs the teacher's text per format; "
+                              "train.objective=on_policy does not apply it (every scored token weighs the same): "
+                              "remove train.loss_weights")
         if train.kd_weight > 0:
             raise ConfigError("train.kd_weight is distribution matching on stored teacher log-probs; "
                               "train.objective=on_policy scores with train.on_policy.teacher instead: set kd_weight=0")
