@@ -125,3 +125,16 @@ def test_a_float64_teacher_tail_below_fp32_resolution_is_kept_in_the_reverse_kl(
     p = torch.tensor([[[1 - 3e-9]]], dtype=torch.float64)
     value, _ = dense_reference_with_gradient(logits, ids, torch.cat([p, 1 - p], dim=-1), 1.0)
     assert generalized_jsd(logits, ids, p, 1.0).item() == pytest.approx(value.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_an_unused_slot_leaves_the_token_its_placeholder_names_in_the_tail(beta):
+    """Unused slots hold id 0 with probability 0; token 0's mass still belongs to the student's tail."""
+    torch.manual_seed(3)
+    logits = torch.randn(1, 1, 9, dtype=torch.float64)
+    logits[0, 0, 0] = 3.0  # most of the student's mass on token 0, which the teacher does not list
+    ids, probs = torch.tensor([[[3, 5, 0]]]), torch.tensor([[[0.5, 0.2, 0.0]]], dtype=torch.float64)
+    listed = torch.tensor([[[3, 5]]])
+    expected = reference(torch.tensor([[[0.5, 0.2, 0.3]]], dtype=torch.float64), bucketed(logits.softmax(-1), listed),
+                         beta)
+    torch.testing.assert_close(generalized_jsd(logits, ids, probs, beta).double(), expected, rtol=1e-5, atol=1e-6)

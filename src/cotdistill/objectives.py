@@ -140,10 +140,7 @@ def generalized_jsd(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_pro
         raise ValueError(f"beta must be between 0 and 1, got {beta}")
     used = teacher_probs > 0
     log_q = logits.float().log_softmax(-1)
-    listed = torch.zeros_like(log_q).scatter_add_(-1, teacher_ids, used.to(log_q.dtype)) > 0
-    unlisted = log_q.masked_fill(listed, float("-inf"))
-    has_tail = ~listed.all(-1, keepdim=True)  # a vocabulary the top-k cover entirely leaves the student no tail
-    log_q_tail = torch.where(has_tail, unlisted, torch.zeros_like(unlisted)).logsumexp(-1, keepdim=True)
+    log_q_tail, has_tail = _unlisted_log_mass(log_q, teacher_ids, used)
     log_q_all = torch.cat([log_q.gather(-1, teacher_ids), log_q_tail], dim=-1)
     q_present = torch.cat([used, has_tail], dim=-1)
 
@@ -159,6 +156,20 @@ def generalized_jsd(logits: torch.Tensor, teacher_ids: torch.Tensor, teacher_pro
         return _log_kl(log_q_all, q_present, log_p_all)
     log_m = torch.stack([math.log(beta) + log_p_all, math.log(1.0 - beta) + log_q_all]).logsumexp(0)
     return beta * _log_kl(log_p_all, p_present, log_m) + (1.0 - beta) * _log_kl(log_q_all, q_present, log_m)
+
+
+def _unlisted_log_mass(log_q: torch.Tensor, ids: torch.Tensor, used: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """log of the student's mass outside the used ``ids`` ([B, T, 1]) and whether there is any. One vocabulary-sized
+    copy of ``log_q`` (the listed ids set to -inf); an unused slot points at the position's first id instead of
+    masking the token its placeholder id names."""
+    if ids.size(-1) >= log_q.size(-1):  # a top-k as wide as the vocabulary may cover it: a tail can be empty
+        listed = torch.zeros_like(log_q).scatter_add_(-1, ids, used.to(log_q.dtype)) > 0
+        has_tail = ~listed.all(-1, keepdim=True)
+        unlisted = torch.where(has_tail, log_q.masked_fill(listed, float("-inf")), torch.zeros_like(log_q))
+        return unlisted.logsumexp(-1, keepdim=True), has_tail
+    unlisted = log_q.scatter(-1, torch.where(used, ids, ids[..., :1]), float("-inf"))
+    return unlisted.logsumexp(-1, keepdim=True), torch.ones_like(used[..., :1])
 
 
 _LOG_FLOOR = math.log(torch.finfo(torch.float32).tiny)  # about -87.3: log of the smallest normal fp32
