@@ -436,9 +436,14 @@ def with_prepare(tmp_path: Path) -> dict:
 
 
 class FakePrepareLaunches(FakeLaunches):
-    def _run(self, cmd: list[str], what: str) -> None:  # the data build: write a complete manifest
+    def _run(self, cmd: list[str], what: str) -> None:
+        """The data build: the builder's own check of its folder (it refuses files it did not write), then a
+        complete manifest."""
+        from cotdistill.teacher.builder import _check_output_dir
+
         self.launched.append((what, cmd))
         out = Path(next(a for a in cmd if a.startswith("output_dir=")).partition("=")[2])
+        _check_output_dir(out)
         (out / "manifest.json").write_text(json.dumps({"complete": True}))
 
     def _launch(self, script: str, args: list[str]) -> None:

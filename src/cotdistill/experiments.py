@@ -805,9 +805,9 @@ def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], No
     return build_tiny_model(init.family, out_dir, texts, config.model.tiny, seed=seed)
 
 
-def _claim(folder: Path, fingerprint: str, what: str, record: dict[str, Any]) -> None:
-    """Mark ``folder`` as made by this configuration (``RUN_MARK``); refuse one made by another, or by hand."""
-    mark = folder / RUN_MARK
+def _claim(folder: Path, fingerprint: str, what: str, record: dict[str, Any], mark_name: str = RUN_MARK) -> None:
+    """Mark ``folder`` as made by this configuration (``mark_name``); refuse one made by another, or by hand."""
+    mark = folder / mark_name
     if mark.is_file():
         found = json.loads(mark.read_text(encoding="utf-8"))
         if found.get("fingerprint") != fingerprint:
@@ -854,8 +854,10 @@ class LaunchRunner:
             if prepared.done():
                 self.log(f"   prepare {step.name}: {prepared.folder} was made before")
                 continue
+            # A data build's folder holds the builder's files only (it refuses others): the mark is hidden there.
             _claim(prepared.folder, prepared.fingerprint, f"prepare step {step.name}",
-                   {"experiment": experiment.name, "prepare": step.name})
+                   {"experiment": experiment.name, "prepare": step.name},
+                   RUN_MARK if step.kind == "train" else "." + RUN_MARK)
             self.log(f"== prepare {step.name} -> {prepared.folder}")
             if step.kind == "train":
                 self._launch("train.py", ["--config", step.recipe, *prepared.overrides])
