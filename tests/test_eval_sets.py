@@ -598,3 +598,19 @@ def test_a_run_folder_lends_its_synthetic_settings_to_an_evaluation_that_gives_n
     assert with_run_synthetic(str(run), {"datasets": "gsm8k"}) == ({"datasets": "gsm8k"}, None)
     outside, note = with_run_synthetic(str(tmp_path / "elsewhere"), {"datasets": "synthetic"})
     assert "synthetic.operand_max" not in outside and "defaults" in note
+
+
+def test_a_training_runs_synthetic_dev_set_is_the_one_cotdistill_eval_scores_for_the_run():
+    """`eval.datasets: [synthetic]` in a training run generated the generator's defaults (100 problems, operands to
+    20) while `cotdistill eval` of the run's checkpoints and the experiment harness's size check used the run's
+    `data.synthetic` (300 problems, operands to 9): the run reported accuracy on other, fewer problems."""
+    from cotdistill.config import load_config
+    from cotdistill.train import _dev_sets
+
+    config = load_config("recipes/demo-gpt2-synthetic.yaml", [
+        "eval.datasets=[synthetic]", "data.synthetic.eval_size=7", "data.synthetic.operand_max=5"])
+    [dev] = [s for s in _dev_sets(config, [], []) if s.name == "synthetic"]
+    [run_settings] = resolve_eval_sets(EvalRunConfig(model="-", datasets=["synthetic"],
+                                                     synthetic=config.data.synthetic))
+    assert len(dev.problems) == 7
+    assert [p.question for p in dev.problems] == [p.question for p in run_settings.problems]

@@ -466,14 +466,16 @@ def _teacher_fn(config: RunConfig, tokenizer, examples: list) -> Callable:
 
 
 def _dev_sets(config: RunConfig, train_problems: list, held_out: list) -> list[EvalSet]:
-    """The held-out synthetic problems plus ``eval.datasets``, each capped at ``eval.limit`` problems."""
+    """The held-out synthetic problems plus ``eval.datasets``, each capped at ``eval.limit`` problems. A
+    ``synthetic`` set among them is generated with the run's ``data.synthetic`` settings, as ``cotdistill eval``
+    generates it for the run's checkpoints (`cotdistill.runs.with_run_synthetic`), not with the defaults."""
     spec = _eval_spec(config)
     limit = config.eval.limit
     sets = [EvalSet(HELD_OUT, held_out[: limit or len(held_out)], train_problems)] if held_out else []
     if config.eval.datasets:
         request = EvalRunConfig(**vars(eval_spec(spec, strategy=spec.strategy or "answer_only")),
                                 model=config.model.name_or_path, datasets=list(config.eval.datasets),
-                                data_dir=config.data.data_dir)
+                                data_dir=config.data.data_dir, synthetic=config.data.synthetic)
         sets += resolve_eval_sets(request)
     return sets
 
