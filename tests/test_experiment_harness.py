@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -479,9 +478,8 @@ def test_prepare_steps_are_made_once_before_the_arms_and_their_folders_reach_the
     changed["prepare"][0]["overrides"]["train.max_steps"] = 6
     other = load_experiment(write_experiment(tmp_path, changed, "changed"))
     assert resolve_run(other, "mix", 1).fingerprint != resolve_run(exp, "mix", 1).fingerprint
-    shutil.rmtree(teacher / "final")
     with pytest.raises(ExperimentError, match="was made by another configuration of prepare step teacher"):
-        FakePrepareLaunches().prepare(other)
+        FakePrepareLaunches().prepare(other)  # a finished teacher of another configuration is not reused
 
 
 @pytest.mark.parametrize("change, key, message", [
@@ -611,13 +609,52 @@ def test_selection_statistics_on_known_inputs(tmp_path):
     assert first.ood_cost == pytest.approx(0.25) and first.id_cost == pytest.approx(0.5)
     assert (second.by_id, second.by_ood) == (4, 6)  # the earliest of equal ID accuracies
     assert second.ood_cost == pytest.approx(0.5 - 0.125) and second.id_cost == 0.0
-    assert first.ood_outcomes[2] == "11111100"
+    assert first.ood_outcomes["a"][2] == "1111" and first.ood_outcomes["b"][2] == "1100"
     text = selection_markdown([first, second], spec)
     assert "| cot | 1 | 2, 4, 6 | 4 (75.0 / 50.0) | 2 (25.0 / 75.0) | 25.0 | 50.0 |" in text
     assert "0 of 2" in text
-    # the paired difference over the problems: OOD outcomes at the OOD choice minus at the ID choice, averaged
+    # the paired difference over the problems: OOD outcomes at the OOD choice minus at the ID choice, averaged;
+    # with sets of equal size the mean of the sets' differences is the pooled difference
     d, _, _ = paired_difference(["11111100", "11101000"], ["11001100", "10000000"])
     assert f"{100 * d:.1f} [" in text
+
+
+def test_ood_selection_ties_exactly_and_weighs_each_ood_set_as_its_accuracy_does():
+    """Three OOD sets at 3, 2, 1 of 10 (step 2) and 1, 2, 3 of 10 (step 4): both 20% exactly, so the earliest
+    wins (averaging floats gave step 4 0.20000000000000004). With sets of 2 and 8 problems the summary's
+    OOD cost is the mean of the two sets' paired differences, as the per-seed cost is, not the pooled
+    difference (which had the opposite sign)."""
+    from cotdistill.experiment_selection import paired_over_sets, seed_selections, selection_markdown
+    from cotdistill.experiments import SelectionSpec
+
+    ten = {2: ("1110000000", "1100000000", "1000000000"), 4: ("1000000000", "1100000000", "1110000000")}
+    run = {"arm": "cot", "seed": 1, "evals": {"id": per_step({2: "10", 4: "10"}),
+                                             **{n: per_step({s: ten[s][k] for s in ten}) for k, n in
+                                                enumerate("abc")}}}
+    [tied] = seed_selections([run], SelectionSpec("id", ("a", "b", "c")))
+    assert tied.by_ood == 2 and tied.ood_accuracy[2] == tied.ood_accuracy[4]
+
+    run = {"arm": "cot", "seed": 1, "evals": {"id": per_step({2: "11", 4: "10"}),
+                                             "small": per_step({2: "00", 4: "11"}),
+                                             "big": per_step({2: "11111111", 4: "01010100"})}}
+    spec = SelectionSpec("id", ("small", "big"))
+    [seed] = seed_selections([run], spec)
+    assert (seed.by_id, seed.by_ood) == (2, 4) and seed.ood_cost == pytest.approx((1.0 + 3 / 8) / 2 - 0.5)
+    d, low, high = paired_over_sets({"small": ["11"], "big": ["01010100"]}, {"small": ["00"], "big": ["11111111"]})
+    assert d == pytest.approx(seed.ood_cost) and low < d < high
+    assert f"{100 * seed.ood_cost:.1f} [" in selection_markdown([seed], spec)
+
+
+def test_the_selection_curve_takes_each_arms_own_checkpoints():
+    from cotdistill.experiment_selection import seed_selections, selection_markdown
+    from cotdistill.experiments import SelectionSpec
+
+    runs = [{"arm": arm, "seed": 1, "evals": {"id": per_step({s: "10" for s in steps}),
+                                              "ood": per_step({s: "01" for s in steps})}}
+            for arm, steps in (("a", (2, 4)), ("b", (3, 6)))]
+    spec = SelectionSpec("id", ("ood",))
+    text = selection_markdown(seed_selections(runs, spec), spec)
+    assert "| a | 2 |" in text and "| b | 3 |" in text and "| a | 3 |" not in text
 
 
 def test_a_report_with_a_selection_adds_its_table_and_plot(tmp_path):

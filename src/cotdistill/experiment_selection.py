@@ -12,11 +12,22 @@ oracle): the cost is an upper bound on what an OOD development set would recover
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from cotdistill.experiments import ExperimentError, SelectionSpec, mean, paired_difference, sample_sd, save_figure
+from cotdistill.experiments import (
+    Z95,
+    ExperimentError,
+    SelectionSpec,
+    mean,
+    paired_difference,
+    per_problem_means,
+    sample_sd,
+    save_figure,
+)
 
 
 @dataclass
@@ -24,27 +35,27 @@ class SeedSelection:
     arm: str
     seed: int
     steps: list[int]
-    id_accuracy: dict[int, float]
-    ood_accuracy: dict[int, float]
+    id_accuracy: dict[int, Fraction]
+    ood_accuracy: dict[int, Fraction]  # the mean over the OOD sets, exact: equal accuracies tie exactly
     by_id: int
     by_ood: int
-    ood_outcomes: dict[int, str]  # step -> per-problem outcomes of every OOD set, concatenated
+    ood_outcomes: dict[str, dict[int, str]]  # OOD set -> step -> its per-problem outcomes
     id_outcomes: dict[int, str]
     ood_sets: dict[str, dict[int, float]] = field(default_factory=dict)  # each OOD set's accuracy by step
 
     @property
     def ood_cost(self) -> float:
         """OOD accuracy lost by taking the checkpoint in-distribution accuracy chooses."""
-        return self.ood_accuracy[self.by_ood] - self.ood_accuracy[self.by_id]
+        return float(self.ood_accuracy[self.by_ood] - self.ood_accuracy[self.by_id])
 
     @property
     def id_cost(self) -> float:
         """In-distribution accuracy lost by taking the checkpoint OOD accuracy chooses."""
-        return self.id_accuracy[self.by_id] - self.id_accuracy[self.by_ood]
+        return float(self.id_accuracy[self.by_id] - self.id_accuracy[self.by_ood])
 
 
-def _accuracy(result: dict[str, Any]) -> float:
-    return result["correct"] / result["total"] if result["total"] else 0.0
+def _accuracy(result: dict[str, Any]) -> Fraction:
+    return Fraction(result["correct"], result["total"]) if result["total"] else Fraction(0)
 
 
 def seed_selections(runs: list[dict[str, Any]], spec: SelectionSpec) -> list[SeedSelection]:
@@ -65,19 +76,38 @@ def seed_selections(runs: list[dict[str, Any]], spec: SelectionSpec) -> list[See
             return evals[name]["per_step"][str(step)]
 
         id_accuracy = {step: _accuracy(at(spec.in_distribution, step)) for step in steps}
-        ood_accuracy = {step: mean([_accuracy(at(name, step)) for name in spec.out_of_distribution]) for step in steps}
+        ood_accuracy = {step: sum((_accuracy(at(name, step)) for name in spec.out_of_distribution), Fraction(0))
+                        / len(spec.out_of_distribution) for step in steps}
         found.append(SeedSelection(
             arm=run["arm"], seed=run["seed"], steps=steps, id_accuracy=id_accuracy, ood_accuracy=ood_accuracy,
             by_id=max(steps, key=lambda s: (id_accuracy[s], -s)),
             by_ood=max(steps, key=lambda s: (ood_accuracy[s], -s)),
-            ood_outcomes={s: "".join(at(n, s)["per_problem"] for n in spec.out_of_distribution) for s in steps},
+            ood_outcomes={n: {s: at(n, s)["per_problem"] for s in steps} for n in spec.out_of_distribution},
             id_outcomes={s: at(spec.in_distribution, s)["per_problem"] for s in steps},
             ood_sets={name: {s: _accuracy(at(name, s)) for s in steps} for name in spec.out_of_distribution}))
     return found
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}"
+def paired_over_sets(a: dict[str, list[str]], b: dict[str, list[str]], z: float = Z95) -> tuple[float, float, float]:
+    """Arm A minus arm B where accuracy is the unweighted mean over several sets (as the OOD accuracy is): the mean
+    of the per-set paired differences, with the variance of that mean summed from each set's (sets of different
+    sizes weigh the same, as in the accuracy the choice was made by). ``a``, ``b``: set -> per seed, '0'/'1' per
+    problem. One set is `paired_difference`."""
+    diffs, variance = [], 0.0
+    for name in a:
+        pa, pb = per_problem_means(a[name]), per_problem_means(b[name])
+        if pa is None or pb is None or len(pa) != len(pb) or not pa:
+            raise ExperimentError(f"{name}: a paired comparison needs both choices scored on the same problems")
+        per_problem = [x - y for x, y in zip(pa, pb, strict=True)]
+        diffs.append(mean(per_problem))
+        variance += (sample_sd(per_problem) or 0.0) ** 2 / len(per_problem)
+    d = mean(diffs)
+    half = z * math.sqrt(variance) / len(diffs)
+    return d, d - half, d + half
+
+
+def _pct(value: float | Fraction) -> str:
+    return f"{100 * float(value):.1f}"
 
 
 def _sd(values: list[float]) -> str:
@@ -105,8 +135,9 @@ def selection_markdown(selections: list[SeedSelection], spec: SelectionSpec) -> 
     summary = []
     for arm in arms:
         mine = [s for s in selections if s.arm == arm]
-        ood_d, ood_low, ood_high = paired_difference([s.ood_outcomes[s.by_ood] for s in mine],
-                                                     [s.ood_outcomes[s.by_id] for s in mine])
+        ood_d, ood_low, ood_high = paired_over_sets(
+            {n: [s.ood_outcomes[n][s.by_ood] for s in mine] for n in spec.out_of_distribution},
+            {n: [s.ood_outcomes[n][s.by_id] for s in mine] for n in spec.out_of_distribution})
         id_d, id_low, id_high = paired_difference([s.id_outcomes[s.by_id] for s in mine],
                                                   [s.id_outcomes[s.by_ood] for s in mine])
         same = sum(s.by_id == s.by_ood for s in mine)
@@ -117,16 +148,16 @@ def selection_markdown(selections: list[SeedSelection], spec: SelectionSpec) -> 
     text += [markdown_table(["arm", "seeds", "same checkpoint chosen", "OOD points lost choosing by ID, 95% interval",
                              "ID points lost choosing by OOD, 95% interval"], summary), "",
              "A choice is the checkpoint with the highest accuracy (earliest on ties); OOD accuracy is the mean over "
-             f"{ood}. The interval is paired over the problems, each problem's outcome averaged over the seeds at "
-             "each seed's chosen checkpoint. Choosing by OOD accuracy on the problems it is scored on is an oracle, "
-             "so the OOD loss is an upper bound."]
-    steps = sorted({step for s in selections for step in s.steps})
+             f"{ood}, each set weighing the same. The interval is paired over the problems, each problem's outcome "
+             "averaged over the seeds at each seed's chosen checkpoint (for OOD: the mean of the sets' paired "
+             "differences). Choosing by OOD accuracy on the problems it is scored on is an oracle, so the OOD loss is "
+             "an upper bound."]
     curve = []
     for arm in arms:
         mine = [s for s in selections if s.arm == arm]
-        for step in steps:
-            ids = [s.id_accuracy[step] for s in mine if step in s.id_accuracy]
-            oods = [s.ood_accuracy[step] for s in mine if step in s.ood_accuracy]
+        for step in sorted({step for s in mine for step in s.steps}):  # an arm's own checkpoints
+            ids = [float(s.id_accuracy[step]) for s in mine if step in s.id_accuracy]
+            oods = [float(s.ood_accuracy[step]) for s in mine if step in s.ood_accuracy]
             curve.append([arm, step, f"{_pct(mean(ids))} (sd {_sd(ids)})", f"{_pct(mean(oods))} (sd {_sd(oods)})"])
     text += ["", markdown_table(["arm", "step", f"{spec.in_distribution} (ID) %, mean over seeds",
                                  f"OOD ({ood}) %, mean over seeds"], curve)]
@@ -149,11 +180,12 @@ def plot_selection_curves(selections: list[SeedSelection], spec: SelectionSpec, 
                                   (f"OOD: {' + '.join(spec.out_of_distribution)}", "ood_accuracy", "tab:orange")):
             for s in mine:
                 values = getattr(s, key)
-                ax.plot(s.steps, [100 * values[t] for t in s.steps], color=color, alpha=0.3, linewidth=0.8)
-            means = [100 * mean([getattr(s, key)[t] for s in mine if t in getattr(s, key)]) for t in steps]
+                ax.plot(s.steps, [100 * float(values[t]) for t in s.steps], color=color, alpha=0.3, linewidth=0.8)
+            means = [100 * mean([float(getattr(s, key)[t]) for s in mine if t in getattr(s, key)]) for t in steps]
             ax.plot(steps, means, color=color, linewidth=2.2, marker="o", label=label)
         for name, style in zip(spec.out_of_distribution, ("--", ":", "-.", "--"), strict=False):
-            means = [100 * mean([s.ood_sets[name][t] for s in mine if t in s.ood_sets.get(name, {})]) for t in steps]
+            means = [100 * mean([float(s.ood_sets[name][t]) for s in mine if t in s.ood_sets.get(name, {})])
+                     for t in steps]
             ax.plot(steps, means, color="tab:orange", linestyle=style, linewidth=1.2, label=f"{name} (OOD)")
         for s in mine:  # each seed's two choices
             ax.axvline(s.by_id, color="tab:blue", linestyle=":", alpha=0.5)

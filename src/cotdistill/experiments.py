@@ -851,13 +851,14 @@ class LaunchRunner:
         """Make every prepare step not made yet, in order (a training on ``ranks`` ranks, or a data build)."""
         for step in experiment.prepare:
             prepared = resolve_prepare(experiment, step)
-            if prepared.done():
-                self.log(f"   prepare {step.name}: {prepared.folder} was made before")
-                continue
+            # Claimed before anything is reused: a folder made by another configuration is refused, made or not.
             # A data build's folder holds the builder's files only (it refuses others): the mark is hidden there.
             _claim(prepared.folder, prepared.fingerprint, f"prepare step {step.name}",
                    {"experiment": experiment.name, "prepare": step.name},
                    RUN_MARK if step.kind == "train" else "." + RUN_MARK)
+            if prepared.done():
+                self.log(f"   prepare {step.name}: {prepared.folder} was made before")
+                continue
             self.log(f"== prepare {step.name} -> {prepared.folder}")
             if step.kind == "train":
                 self._launch("train.py", ["--config", step.recipe, *prepared.overrides])
