@@ -62,7 +62,12 @@ def main() -> None:
                 steps = [resolve_prepare(experiment, step) for step in experiment.prepare]
                 lines = [f"prepare {p.step.name}: {'made' if p.done() else 'to make'} -> {p.folder} ({p.step.kind} "
                          f"--config {p.step.recipe} {' '.join(p.overrides)})" for p in steps]
-                lines += [f"{r.arm.name} seed {r.seed}: {'done' if r.key in done else 'to run'} -> {r.run_dir} "
+                def state(r) -> str:
+                    if r.key not in done:
+                        return "to run"
+                    return "done" if done[r.key].get("fingerprint") == r.fingerprint else "stale (other config)"
+
+                lines += [f"{r.arm.name} seed {r.seed}: {state(r)} -> {r.run_dir} "
                          f"(--config {r.arm.recipe} {' '.join(r.overrides)}; evals "
                          f"{', '.join(e.name for e in r.arm.evals)})" for r in runs]
                 lines += [f"warning: {line}" for line in check_eval_sizes(runs, experiment.min_eval_problems)]

@@ -228,6 +228,20 @@ def test_report_writes_markdown_and_png(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+def test_a_report_leaves_out_results_of_an_arm_changed_since_they_ran(tmp_path):
+    """Running other arms after changing one (its results stale) reported the changed arm's old numbers beside the
+    new ones, without a word."""
+    exp = load_experiment(write_experiment(tmp_path, two_arms(tmp_path)))
+    run_experiment(exp, ["cot", "mix"], [1], lambda run: fake_results(run, 240), log=lambda line: None)
+    changed = two_arms(tmp_path)
+    changed["arms"]["mix"]["overrides"]["train.max_steps"] = 11
+    exp = load_experiment(write_experiment(tmp_path, changed))
+    markdown, _ = write_report(exp)
+    text = markdown.read_text()
+    assert "| cot | held-out |" in text and "| mix |" not in text
+    assert "Left out, made by another configuration than the experiment file's now (rerun them): mix seed 1" in text
+
+
 TINY = {"data.synthetic.train_size": 64, "data.synthetic.eval_size": 6, "model.tiny.d_model": 32,
         "model.tiny.num_layers": 1, "model.tiny.num_heads": 2, "model.tiny.d_ff": 64, "model.tiny.vocab_size": 300}
 
@@ -316,14 +330,17 @@ def test_cli_dry_run_lists_the_runs(tmp_path):
     import subprocess
     import sys
 
-    path = write_experiment(tmp_path, two_arms(tmp_path, seeds=2))
-    ResultStore(tmp_path / "out" / "results.json").add(
-        {"arm": "cot", "seed": 1, "fingerprint": resolve_run(load_experiment(path), "cot", 1).fingerprint, "evals": {}})
+    path = write_experiment(tmp_path, two_arms(tmp_path, seeds=3))
+    store = ResultStore(tmp_path / "out" / "results.json")
+    store.add({"arm": "cot", "seed": 1, "fingerprint": resolve_run(load_experiment(path), "cot", 1).fingerprint,
+               "evals": {}})
+    store.add({"arm": "cot", "seed": 3, "fingerprint": "made-by-an-older-file", "evals": {}})
     proc = subprocess.run([sys.executable, "benchmarks/experiment.py", str(path), "--arms", "cot", "--dry_run"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert [line.split(" -> ")[0] for line in lines] == ["cot seed 1: done", "cot seed 2: to run"]
+    assert [line.split(" -> ")[0] for line in lines] == ["cot seed 1: done", "cot seed 2: to run",
+                                                         "cot seed 3: stale (other config)"]
     assert "--config recipes/demo-gpt2-synthetic.yaml train.max_steps=7 data.synthetic.eval_size=300 train.seed=2" \
         in lines[1]
     proc = subprocess.run([sys.executable, "benchmarks/experiment.py", str(path), "--arms", "nope"],

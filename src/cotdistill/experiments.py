@@ -1114,14 +1114,30 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return out
 
 
+def current_results(experiment: Experiment, runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The stored results the experiment file still makes (its arm exists, its fingerprint is the arm's now), and
+    a label for each of the others: a report must not mix a changed arm's old numbers with the new ones."""
+    fresh, stale = [], []
+    for entry in runs:
+        arm, seed = entry["arm"], int(entry["seed"])
+        if arm in experiment.arms and entry.get("fingerprint") == resolve_run(experiment, arm, seed).fingerprint:
+            fresh.append(entry)
+        else:
+            stale.append(f"{arm} seed {seed}")
+    return fresh, stale
+
+
 def write_report(experiment: Experiment, store: ResultStore | None = None) -> tuple[Path, Path] | None:
     """report.md and report.png next to the results file (None when nothing has finished yet)."""
     store = store or ResultStore(experiment.results_file)
-    runs = store.runs()
+    runs, stale = current_results(experiment, store.runs())
     if not runs:
         return None
     summaries = summarize(runs, list(experiment.arms))
     text = report_markdown(experiment.name, summaries, comparisons(runs, experiment.baseline), experiment.baseline)
+    if stale:
+        text += ("\nLeft out, made by another configuration than the experiment file's now (rerun them): "
+                 + ", ".join(stale) + "\n")
     if experiment.selection is not None:  # here: that module imports this one
         from cotdistill.experiment_selection import plot_selection_curves, seed_selections, selection_markdown
 
