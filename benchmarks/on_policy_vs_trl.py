@@ -87,6 +87,22 @@ def run(script: str, recipe: str, overrides: list[str], ranks: int, log_file: Pa
     return time.monotonic() - started
 
 
+WARM_START_MARK = "warm_start.json"
+
+
+def warm_start_reusable(warm: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``warm`` holds a finished warm start made with exactly ``settings`` (its SFT launch's arguments). A
+    folder made with other settings (another seed, other steps) or by an older script without the mark is not
+    reused: the comparison would start both trainers from a student nobody asked for."""
+    mark = warm / WARM_START_MARK
+    if not (warm / "final" / "config.json").is_file() or not mark.is_file():
+        return False
+    try:
+        return json.loads(mark.read_text(encoding="utf-8")) == settings
+    except ValueError:
+        return False
+
+
 def step_rows(run_dir: Path) -> list[dict[str, Any]]:
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
             if line.strip()]
@@ -192,10 +208,15 @@ def main() -> None:
               f"train.micro_batch_size={args.micro_batch_size}", "train.gradient_accumulation=1"]
     if args.sft_steps:
         warm = work / "sft"
-        if not (warm / "final" / "config.json").is_file():
-            run(TRAINERS["cotdistill"], args.recipe, [*common, f"model.name_or_path={student}", f"output_dir={warm}",
-                                                      f"train.max_steps={args.sft_steps}"], args.ranks,
-                work / "sft.log")
+        sft = [*common, f"model.name_or_path={student}", f"output_dir={warm}", f"train.max_steps={args.sft_steps}"]
+        settings = {"recipe": args.recipe, "overrides": sft, "ranks": args.ranks, "teacher": str(args.teacher),
+                    "student": args.student}
+        if warm_start_reusable(warm, settings):
+            log(f"warm start: {warm} was made with these settings before")
+        else:
+            shutil.rmtree(warm, ignore_errors=True)
+            run(TRAINERS["cotdistill"], args.recipe, sft, args.ranks, work / "sft.log")
+            (warm / WARM_START_MARK).write_text(json.dumps(settings, indent=2), encoding="utf-8")
         student = warm / "final"
     recipe_config = load_config(REPO / args.recipe, [])
     start = evaluate(student, recipe_config, work / "start-eval", args.ranks, work / "start-eval.log",

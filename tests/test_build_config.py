@@ -171,6 +171,7 @@ def test_files_backend_needs_no_model():
 
 SPEC = cot_prompt(BUILTIN_EXEMPLARS[:1])
 PROBLEMS = [Problem(id=f"p/{i}", question=f"What is {i} + 1?", answer=str(i + 1), source="gsm8k") for i in range(3)]
+KEY = [SPEC.request_hash(p.question) for p in PROBLEMS]  # the cache key's prompt part of each problem
 
 
 @pytest.mark.parametrize(("samples", "per_request", "groups"), [
@@ -202,10 +203,10 @@ def test_plan_jobs_asks_every_group_of_an_empty_cache(tmp_path):
 def test_plan_jobs_skips_cached_groups_and_reasks_partial_ones_with_the_same_seed(tmp_path):
     plan = TaskPlan("cot", SPEC, samples=8, per_request=4)
     with SampleCache(tmp_path / "c.jsonl") as cache:
-        cache.append("p/0", SPEC.hash, [0, 1, 2, 3], [_text(i) for i in range(4)], {})  # p/0 group 1 complete
-        cache.append("p/0", SPEC.hash, [4], [_text(4)], {})  # p/0 group 2 partial: its first index is cached
+        cache.append("p/0", KEY[0], [0, 1, 2, 3], [_text(i) for i in range(4)], {})  # p/0 group 1 complete
+        cache.append("p/0", KEY[0], [4], [_text(4)], {})  # p/0 group 2 partial: its first index is cached
         cache.append("p/1", "other-prompt-hash", [0, 1, 2, 3], [_text(i) for i in range(4)], {})  # other prompt
-        cache.append("p/2", SPEC.hash, list(range(8)), [_text(i) for i in range(8)], {})  # p/2 complete
+        cache.append("p/2", KEY[2], list(range(8)), [_text(i) for i in range(8)], {})  # p/2 complete
         jobs = plan_jobs([plan], PROBLEMS, {"cot": cache}, base_seed=7)
     assert [(j.problem.id, j.group, j.missing, j.seed) for j in jobs] == [
         ("p/0", (4, 5, 6, 7), (5, 6, 7), 11),
@@ -213,11 +214,37 @@ def test_plan_jobs_skips_cached_groups_and_reasks_partial_ones_with_the_same_see
         ("p/1", (4, 5, 6, 7), (4, 5, 6, 7), 11)]
 
 
+def test_a_cached_answer_is_not_reused_for_another_question_under_the_same_id(tmp_path):
+    # Another data file with the same ids: the old key (id, index, template hash) handed p/0's samples to the
+    # new question, and the grader then graded them against the new gold.
+    plan = TaskPlan("cot", SPEC, samples=2, per_request=2)
+    changed = Problem(id="p/0", question="What is 40 + 2?", answer="42", source="gsm8k")
+    with SampleCache(tmp_path / "c.jsonl") as cache:
+        cache.append("p/0", SPEC.request_hash(PROBLEMS[0].question), [0, 1], [_text(0), _text(1)], {})
+        assert plan_jobs([plan], PROBLEMS[:1], {"cot": cache}, base_seed=0) == []
+        (job,) = plan_jobs([plan], [changed], {"cot": cache}, base_seed=0)
+    assert job.missing == (0, 1)
+    assert SPEC.request_hash(changed.question) != SPEC.request_hash(PROBLEMS[0].question) != SPEC.hash
+
+
+def test_answers_cached_without_question_hashes_are_asked_again_with_one_warning(tmp_path, caplog):
+    from cotdistill.teacher.builder import _warn_of_unkeyed_lines
+
+    plan = TaskPlan("cot", SPEC, samples=2, per_request=2)
+    with SampleCache(tmp_path / "c.jsonl") as cache:
+        cache.append("p/0", SPEC.hash, [0, 1], [_text(0), _text(1)], {})  # the key builds wrote before
+        (job,) = plan_jobs([plan], PROBLEMS[:1], {"cot": cache}, base_seed=0)
+        with caplog.at_level("WARNING"):
+            _warn_of_unkeyed_lines(cache, PROBLEMS[:1], plan)
+    assert job.missing == (0, 1)
+    assert "1 cached answers were stored without their question's text hash" in caplog.text
+
+
 def test_plan_jobs_looks_in_each_tasks_own_cache(tmp_path):
     cot = TaskPlan("cot", SPEC, samples=2, per_request=2)
     dec = TaskPlan("decompose", SPEC, samples=1, per_request=1)
     with SampleCache(tmp_path / "cot.jsonl") as cot_cache, SampleCache(tmp_path / "dec.jsonl") as dec_cache:
-        cot_cache.append("p/0", SPEC.hash, [0, 1], [_text(0), _text(1)], {})
+        cot_cache.append("p/0", KEY[0], [0, 1], [_text(0), _text(1)], {})
         jobs = plan_jobs([cot, dec], PROBLEMS[:1], {"cot": cot_cache, "decompose": dec_cache}, base_seed=0)
     assert [(j.plan.task, j.group) for j in jobs] == [("decompose", (0,))]
 
@@ -243,7 +270,7 @@ def test_a_partially_cached_group_is_asked_whole_and_only_its_missing_samples_ar
     plan = TaskPlan("cot", SPEC, samples=4, per_request=4)
     path = tmp_path / "c.jsonl"
     with SampleCache(path) as cache:
-        cache.append("p/0", SPEC.hash, [0, 2], [_text(0), _text(2)], {})
+        cache.append("p/0", KEY[0], [0, 2], [_text(0), _text(2)], {})
         (job,) = plan_jobs([plan], PROBLEMS[:1], {"cot": cache}, base_seed=10)
         assert isinstance(job, Job) and job.missing == (1, 3)
         teacher, counters = _RecordingTeacher(), RunCounters()
@@ -257,8 +284,8 @@ def test_a_partially_cached_group_is_asked_whole_and_only_its_missing_samples_ar
         last = cache.lines[-1]
         assert last["indices"] == [1, 3] and last["seed"] == 10
         assert [s["text"] for s in last["samples"]] == ["g1", "g3"]  # completion k answers group[k]
-        assert cache.samples[("p/0", 0, SPEC.hash)] == _text(0)  # the earlier answers are untouched
-        assert cache.samples[("p/0", 2, SPEC.hash)] == _text(2)
+        assert cache.samples[("p/0", 0, KEY[0])] == _text(0)  # the earlier answers are untouched
+        assert cache.samples[("p/0", 2, KEY[0])] == _text(2)
         assert plan_jobs([plan], PROBLEMS[:1], {"cot": cache}, base_seed=10) == []
 
 

@@ -19,6 +19,7 @@ from cotdistill.experiments import (
     eval_options,
     load_experiment,
     paired_difference,
+    read_eval,
     resolve_run,
     run_experiment,
     sample_sd,
@@ -214,6 +215,31 @@ def test_statistics_on_known_inputs():
     assert second.arm == "a" and second.sd == 0.0
     ((arm, name, d, low, high),) = comparisons(runs, "a")
     assert (arm, name) == ("b", "e") and d == pytest.approx(0.05)  # problems 151-180 right in some seeds of b only
+
+
+def test_evaluations_of_other_problems_under_the_same_ids_are_not_paired(tmp_path):
+    # A generator run with other settings reuses ids ("synthetic/<seed>/<i>") for other problems: the ids' hash
+    # matched, and the two arms were paired problem by problem over different problems.
+    def folder(name: str, questions: list[str], outcome: str) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        rows = [{"index": i, "id": f"p{i}", "question": q, "gold": "7", "correct": c == "1"}
+                for i, (q, c) in enumerate(zip(questions, outcome, strict=True))]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "metrics.json").write_text(json.dumps({"correct": outcome.count("1"), "total": len(outcome),
+                                                      "accuracy": outcome.count("1") / len(outcome)}))
+        return read_eval(out)
+
+    same = [f"What is {i} + 3?" for i in range(4)]
+    other = [f"What is {i} + 9?" for i in range(4)]
+    base = {"arm": "a", "seed": 1, "evals": {"e": folder("a", same, "1100")}}
+    paired = {"arm": "b", "seed": 1, "evals": {"e": folder("b", same, "1110")}}
+    moved = {"arm": "c", "seed": 1, "evals": {"e": folder("c", other, "1111")}}
+    assert base["evals"]["e"]["problems_sha"] == moved["evals"]["e"]["problems_sha"]  # the ids are the same
+    assert [c[0] for c in comparisons([base, paired, moved], "a")] == ["b"]
+    legacy = {**moved["evals"]["e"]}
+    del legacy["problems_text_sha"]  # stored before the text hash existed: judged by its ids, as before
+    assert [c[0] for c in comparisons([base, {"arm": "c", "seed": 1, "evals": {"e": legacy}}], "a")] == ["c"]
 
 
 def test_report_writes_markdown_and_png(tmp_path):

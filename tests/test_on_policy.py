@@ -61,7 +61,7 @@ def test_the_teacher_scores_each_completion_token_with_its_own_log_probability(t
 def test_a_teacher_sharing_the_students_vocabulary_scores_its_ids_as_the_text_path_does(tiny_models, gpt2_scorer,
                                                                                         monkeypatch):
     """Same targets (ids, order, probabilities to 1e-6) as decoding, re-tokenizing and aligning, for completions
-    in their canonical tokenization; no loss on EOS either way. The completion's first token is the exception:
+    in their canonical tokenization, EOS included. The completion's first token is the exception:
     across tokenizers the text path folds the teacher's whitespace variants of the first word into one ("Ann"
     and " Ann" both count for the student's " Ann"); with shared ids each variant stays its own token."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
@@ -88,7 +88,8 @@ def test_a_teacher_sharing_the_students_vocabulary_scores_its_ids_as_the_text_pa
             # what only the ids carry: tokens no text spells back to themselves (a partial UTF-8 byte, a
             # duplicate text), which text cannot name
             assert all(vocab.text(i) is None or vocab.lookup(vocab.text(i)) != i for i in set(a[0]) - set(b[0]))
-    assert by_ids[0][-1] is None and by_ids[0][0][0][0] == completions[0][0]
+    assert by_ids[0][-1][0][0] == by_text[0][-1][0][0] == tokenizer.eos_token_id  # the student learns to stop
+    assert by_ids[0][0][0][0] == completions[0][0]
 
 
 def test_the_id_path_scores_the_tokens_the_student_wrote_even_where_text_would_retokenize(tiny_models, gpt2_scorer):
@@ -131,6 +132,41 @@ def test_scored_targets_keep_the_teachers_probability_of_a_token_it_would_not_pi
     assert all(t is not None and t[0][0] == i for t, i in zip(targets[1:], ids[1:], strict=True))
 
 
+def test_a_completion_that_stopped_gets_the_teachers_probability_of_stopping_at_its_eos(tiny_models, gpt2_scorer):
+    """Across tokenizers (a Llama student, a GPT-2 teacher) the student's EOS is scored by the teacher's own EOS after
+    the completion's text; before, it got no loss, and a student trained on-policy never learned to stop."""
+    student = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    vocab = StudentVocab(student)
+    prompt = tuple(student(PROMPT, add_special_tokens=False)["input_ids"])
+    text = tuple(student(COMPLETION, add_special_tokens=False)["input_ids"])
+    stopped, running = text + (student.eos_token_id,), text
+    targets = score_completions(gpt2_scorer, student, vocab, [prompt, prompt], [stopped, running], top_k=4)
+    eos_target = targets[0][-1]
+    assert eos_target is not None and eos_target[0][0] == student.eos_token_id
+    teacher = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"]).eval()
+    ids = teacher(PROMPT + COMPLETION)["input_ids"]
+    with torch.no_grad():
+        probs = model(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)
+    assert eos_target[1][0] == pytest.approx(probs[teacher.eos_token_id].item(), rel=1e-4)
+    assert len(targets[1]) == len(running) and targets[0][:-1] == targets[1]  # the rest is scored as before
+
+
+def test_the_teachers_eos_among_its_alternatives_is_the_students_eos(tiny_models):
+    from cotdistill.alignment import END_OF_TEXT
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    vocab = StudentVocab(tokenizer)
+    ids = tokenizer("7.", add_special_tokens=False)["input_ids"]
+    texts = [tokenizer.decode(ids[:k + 1])[len(tokenizer.decode(ids[:k])):] for k in range(len(ids))]
+    teacher = [[t, math.log(0.5), [[t, math.log(0.5)], [END_OF_TEXT, math.log(0.4)]]] for t in texts]
+    teacher.append([END_OF_TEXT, math.log(0.9), [[END_OF_TEXT, math.log(0.9)], [" The", math.log(0.05)]]])
+    targets = scored_targets(teacher, [*ids, tokenizer.eos_token_id], tokenizer, vocab)
+    for target in targets[:-1]:  # "stop here" (0.4) goes to the student's EOS, not into the tail
+        assert dict(zip(*target, strict=True))[tokenizer.eos_token_id] == pytest.approx(0.4)
+    assert targets[-1][0][0] == tokenizer.eos_token_id and targets[-1][1][0] == pytest.approx(0.9)
+
+
 def test_which_micro_steps_sample_is_the_same_on_every_rank_and_resume_and_follows_lambda():
     draws = [samples_this_micro_step(42, index, 0.5) for index in range(2000)]
     assert draws == [samples_this_micro_step(42, index, 0.5) for index in range(2000)]
@@ -148,7 +184,7 @@ def test_a_cross_tokenizer_divergence_batch_puts_the_teachers_targets_on_the_com
     example = TokenizedExample(prompt + completion, (IGNORE_INDEX,) * len(prompt) + completion, True)
     assert prompt_of(example) == prompt and target_of(example) == completion
     targets = score_completions(gpt2_scorer, tokenizer, StudentVocab(tokenizer), [prompt], [completion], top_k=4)
-    assert len(targets[0]) == len(completion) and targets[0][-1] is None  # EOS: no text for the teacher to score
+    assert len(targets[0]) == len(completion) and targets[0][-1][0][0] == tokenizer.eos_token_id  # EOS: scored
     assert sum(t is not None for t in targets[0]) >= len(completion) // 2
     batch = divergence_batch([prompt], [completion], targets, True, tokenizer.pad_token_id)
     labelled = (batch["labels"][0] != IGNORE_INDEX).nonzero()[:, 0].tolist()
@@ -249,7 +285,8 @@ def test_a_seq2seq_divergence_batch_puts_the_targets_on_the_decoder_positions(ti
     example = TokenizedExample(prompt, completion, False)
     assert prompt_of(example) == prompt and target_of(example) == completion
     targets = score_completions(gpt2_scorer, tokenizer, StudentVocab(tokenizer), [prompt], [completion], top_k=4)
-    assert len(targets[0]) == len(completion) and targets[0][-1] is None  # </s>: nothing for the teacher to score
+    assert len(targets[0]) == len(completion)
+    assert targets[0][-1][0][0] == tokenizer.eos_token_id  # </s> gets the teacher's probability of its own EOS
     batch = divergence_batch([prompt, prompt[:5]], [completion, completion[:2]], [targets[0], targets[0][:2]],
                              False, tokenizer.pad_token_id)
     assert batch["input_ids"][0].tolist() == list(prompt)  # the encoder reads the prompt only
@@ -270,7 +307,7 @@ def test_a_sentencepiece_students_completion_reaches_the_teacher_with_its_leadin
     read = []
 
     class RecordingTeacher:
-        def score(self, pairs, top_k):
+        def score(self, pairs, top_k, ended=None):
             read.extend(pairs)
             return [() for _ in pairs]
 

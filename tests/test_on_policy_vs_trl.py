@@ -4,6 +4,7 @@ the same way from both trainers' logs."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -92,3 +93,19 @@ def test_a_results_file_that_cannot_be_written_stops_the_comparison_before_any_w
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--out" in proc.stderr and str(blocker) in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "work").exists()
+
+
+def test_a_warm_start_is_reused_only_when_it_was_made_with_the_same_settings(tmp_path):
+    # The script reused any finished sft/ folder: a rerun with another --seed or --sft_steps compared both trainers
+    # from the old student.
+    warm = tmp_path / "sft"
+    (warm / "final").mkdir(parents=True)
+    (warm / "final" / "config.json").write_text("{}", encoding="utf-8")
+    settings = {"recipe": "r.yaml", "overrides": ["train.seed=1", "train.max_steps=2000"], "ranks": 2}
+    assert not on_policy_vs_trl.warm_start_reusable(warm, settings)  # no mark: made by an older script
+    (warm / on_policy_vs_trl.WARM_START_MARK).write_text(json.dumps(settings), encoding="utf-8")
+    assert on_policy_vs_trl.warm_start_reusable(warm, settings)
+    assert not on_policy_vs_trl.warm_start_reusable(warm, {**settings, "overrides": ["train.seed=2",
+                                                                                    "train.max_steps=2000"]})
+    (warm / "final" / "config.json").unlink()  # an SFT run that died before its final export
+    assert not on_policy_vs_trl.warm_start_reusable(warm, settings)

@@ -47,7 +47,7 @@ def test_grade_cot_counts_wrong_malformed_duplicate_kept_and_missing():
     assert _stats(graded) == {"questions": 1, "samples": 6, "missing": 2, "malformed": 1, "no_answer": 1,
                               "wrong": 2, "correct": 3,
                               "duplicates": 1, "kept": 2, "questions_kept": 1, "first_sample_correct": 1,
-                              "majority_correct": 1, "unverified": 0}
+                              "majority_correct": 1, "unverified": 0, "truncated": 0}
     assert [r["id"] for r in graded.records] == ["gsm8k/7#cot0", "gsm8k/7#cot4"]
     first, second = graded.records
     assert first == {"id": "gsm8k/7#cot0", "problem_id": "gsm8k/7", "question": PROBLEM.question, "answer": "12",
@@ -110,6 +110,22 @@ def test_a_marker_with_a_non_answer_is_no_answer_not_wrong_and_not_kept(text):
     # The old extraction fell back to the last number (12, gold) and kept these traces.
     graded = grade_cot(PROBLEM, [(0, _s(text))], wanted=1)
     assert (graded.stats.kept, graded.stats.wrong, graded.stats.no_answer, graded.stats.malformed) == (0, 0, 1, 1)
+
+
+def test_a_sample_cut_off_at_max_tokens_is_dropped_even_when_its_last_number_is_gold():
+    # The old grading read the last number of the unfinished text (12, gold) and kept the trace.
+    cut = {"text": "She ate 8 of 20, so 20 - 8 = 12 are left. Then she buys 3 more, so 12", "finish_reason": "length"}
+    finished = _s("20 - 8 = 12. The answer is 12.")
+    graded = grade_cot(PROBLEM, [(0, cut), (1, finished)], wanted=2)
+    assert [r["sample_index"] for r in graded.records] == [1]
+    assert graded.stats.first_sample_correct == 0  # sample 0 was never finished
+    assert (graded.stats.kept, graded.stats.truncated, graded.stats.malformed, graded.stats.wrong) == (1, 1, 1, 0)
+    # an unfinished decomposition's last complete step is a sub-answer, not the answer
+    steps = {"text": "Q1: How many are left?\nA1: 20 - 8 = 12.\nQ2: How many after she buys 3?\nA2: 12 +",
+             "finish_reason": "length"}
+    decomposed = grade_decompositions(PROBLEM, [(0, steps)], wanted=1)
+    assert decomposed.records == []
+    assert (decomposed.stats.malformed, decomposed.stats.truncated) == (1, 1)
 
 
 def test_yes_no_problems_are_graded_as_yes_no():
@@ -179,7 +195,7 @@ def test_grade_decompositions_keeps_those_whose_last_answer_is_gold():
     assert _stats(graded) == {"questions": 1, "samples": 6, "missing": 1, "malformed": 2, "no_answer": 1,
                               "wrong": 1, "correct": 3,
                               "duplicates": 2, "kept": 1, "questions_kept": 1, "first_sample_correct": 1,
-                              "majority_correct": 1, "unverified": 0}
+                              "majority_correct": 1, "unverified": 0, "truncated": 0}
     assert graded.records == [{
         "id": "gsm8k/7#dec0", "problem_id": "gsm8k/7", "question": PROBLEM.question, "answer": "12",
         "steps": [{"question": "How many apples did Sam eat?", "answer": "He ate 8."},

@@ -140,6 +140,21 @@ def test_a_folder_without_manifest_is_not_a_finished_build(tmp_path):
     assert "manifest.json" in str(err.value) and str(tmp_path) in str(err.value)
 
 
+def test_shards_swapped_in_by_a_build_killed_before_its_manifest_are_refused(tmp_path):
+    # The writer renames the new data/ into place, then writes the manifest: a kill -9 in between left new shards
+    # under the old manifest, and the old reader took them with the old build's counts and settings.
+    write_shards(tmp_path, {"cot": _records(4)}, shard_size=5)
+    write_manifest(tmp_path, {"files": {"cot": write_shards(tmp_path, {"cot": _records(4)}, shard_size=5)["cot"]}})
+    assert len(read_built_dataset(tmp_path, "cot")) == 4
+    write_shards(tmp_path, {"cot": _records(3, "new")}, shard_size=5)  # same shard name, no manifest yet
+    with pytest.raises(DataError, match="is not the shard") as err:
+        read_built_dataset(tmp_path, "cot")
+    assert "cot-00000-of-00001.jsonl" in str(err.value) and "3 records, expected 4" in str(err.value)
+    (tmp_path / "data" / "cot-00000-of-00001.jsonl").unlink()
+    with pytest.raises(DataError, match="cannot be read"):
+        read_built_dataset(tmp_path, "cot")
+
+
 def test_a_product_the_build_does_not_hold_names_what_it_holds(tmp_path):
     _build(tmp_path, with_decompositions=False)
     with pytest.raises(DataError, match="no 'decompositions' product; it holds: cot"):

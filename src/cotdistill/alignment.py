@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 TeacherTarget = tuple[tuple[int, ...], tuple[float, ...]]
 
+# The text a scorer gives the teacher's end-of-sequence token (chosen or among the alternatives): it maps to the
+# student's own EOS, so a teacher that would stop here says so in the student's vocabulary, whatever either
+# tokenizer calls its EOS ("<|endoftext|>", "</s>", "<|im_end|>").
+END_OF_TEXT = "\x00<cotdistill:end-of-text>\x00"
+
 _MARKERS = str.maketrans({"▁": " ", "Ġ": " ", "Ċ": "\n"})
 _BYTE_FALLBACK = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
 _ANCHOR_TEXT = "a"
@@ -126,6 +131,7 @@ class StudentVocab:
         ids = [i for i in range(len(tokenizer)) if i not in special]
         texts = _texts_after_anchor(tokenizer, _anchor_id(tokenizer), ids)
         pieces = tokenizer.convert_ids_to_tokens(ids)
+        self.eos_id: int | None = tokenizer.eos_token_id
         self._by_text: dict[str, int] = {}
         self._by_id: dict[int, str] = {}
         fallback: set[int] = set()
@@ -283,8 +289,13 @@ while a teacher's rationale may start with none or a newline.
 def _aligned_positions(teacher_tokens: Sequence[Sequence[Any]], target_ids: Sequence[int],
                        tokenizer: PreTrainedTokenizerBase) -> list[tuple[int, Sequence[Any] | None, bool]]:
     """Per student position: (its id, the teacher token aligned to it or None, whether either is its text's first
-    token). Special tokens and unaligned positions get None."""
+    token). Special tokens and unaligned positions get None, except a final student EOS when the teacher's tokens
+    end with the teacher's own (`END_OF_TEXT`, as the on-policy scorers report it): those two are aligned."""
     target_ids = [int(i) for i in target_ids]
+    if (target_ids and teacher_tokens and str(teacher_tokens[-1][0]) == END_OF_TEXT
+            and target_ids[-1] == tokenizer.eos_token_id):
+        return [*_aligned_positions(teacher_tokens[:-1], target_ids[:-1], tokenizer),
+                (target_ids[-1], teacher_tokens[-1], False)]
     special = set(tokenizer.all_special_ids)
     student = token_texts(tokenizer, target_ids)
     teacher = [str(token[0]) for token in teacher_tokens]
@@ -330,6 +341,10 @@ def _mapped_probs(token: Sequence[Any], student_id: int, vocab: StudentVocab, fi
     probs: dict[int, float] = {}
     for text, logprob in alternatives:
         if logprob is None or not math.isfinite(float(logprob)):
+            continue
+        if text == END_OF_TEXT:
+            if vocab.eos_id is not None:
+                probs[vocab.eos_id] = probs.get(vocab.eos_id, 0.0) + math.exp(float(logprob))
             continue
         plain = normalize(text)
         if first:

@@ -772,12 +772,15 @@ def read_eval(folder: Path) -> dict[str, Any]:
             if line.strip()]
     rows.sort(key=lambda row: row["index"])
     ids = hashlib.sha256("\n".join(str(row["id"]) for row in rows).encode()).hexdigest()[:16]
+    # ids alone do not name a problem set: a generator run with other settings reuses ids for other problems
+    texts = hashlib.sha256(json.dumps([[row["id"], row.get("question"), row.get("gold")] for row in rows])
+                           .encode()).hexdigest()[:16]
     outcome = "".join("1" if row["correct"] else "0" for row in rows)
     if len(rows) != metrics["total"] or outcome.count("1") != metrics["correct"]:
         raise ExperimentError(f"{folder}: predictions.jsonl disagrees with metrics.json")
     return {"correct": metrics["correct"], "total": metrics["total"], "accuracy": metrics["accuracy"],
             "strategy": metrics.get("strategy"), "protocol": metrics.get("protocol"), "problems_sha": ids,
-            "per_problem": outcome, "folder": str(folder)}
+            "problems_text_sha": texts, "per_problem": outcome, "folder": str(folder)}
 
 
 def read_checkpoint_evals(out: Path, dataset_folder: str) -> dict[str, Any]:
@@ -1028,16 +1031,21 @@ def comparisons(runs: list[dict[str, Any]], baseline: str) -> list[tuple[str, st
     on the same problems."""
     outcomes: dict[tuple[str, str], list[str]] = {}
     problem_sets: dict[tuple[str, str], set[str]] = {}
+    texts: dict[tuple[str, str], set[str]] = {}  # results stored before problems_text_sha existed have none
     for entry in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
         for name, result in entry["evals"].items():
             outcomes.setdefault((entry["arm"], name), []).append(result.get("per_problem", ""))
             problem_sets.setdefault((entry["arm"], name), set()).add(result.get("problems_sha", ""))
+            if result.get("problems_text_sha"):
+                texts.setdefault((entry["arm"], name), set()).add(result["problems_text_sha"])
     found = []
     for (arm, name), outcome in outcomes.items():
         base = (baseline, name)
         if arm == baseline or base not in outcomes:
             continue
         if len(problem_sets[base] | problem_sets[(arm, name)]) != 1:
+            continue
+        if len(texts.get(base, set()) | texts.get((arm, name), set())) > 1:  # same ids, other questions or gold
             continue
         with contextlib.suppress(ExperimentError):
             found.append((arm, name, *paired_difference(outcome, outcomes[base])))

@@ -149,14 +149,17 @@ def score_completions(scorer: Any, tokenizer: Any, vocab: StudentVocab, prompts:
     """Per completion token, the teacher's distribution over student ids there (None: no loss there).
 
     The teacher reads the prompt and completion as text (special tokens left out) and scores the completion's
-    tokens in its own tokenizer; those are aligned to the student's tokens by their text. A local teacher with the
+    tokens in its own tokenizer; those are aligned to the student's tokens by their text, and a completion that
+    stopped gets the teacher's probability of stopping there at its EOS (`alignment.END_OF_TEXT`; a served teacher
+    does not score EOS yet, so there the student's EOS gets no loss). A local teacher with the
     student's own vocabulary reads the student's ids instead (`HFTokenScorer.score_ids`): no text round trip, and
     the very tokens the student wrote are scored."""
     shares = getattr(scorer, "shares_vocabulary", None)
     if shares is not None and shares(tokenizer):
         return scorer.score_ids(prompts, completions, top_k)
     pairs = [_prompt_and_completion_text(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
-    scored = scorer.score(pairs, top_k)
+    ended = [bool(c) and c[-1] == tokenizer.eos_token_id for c in completions]
+    scored = scorer.score(pairs, top_k, ended=ended)
     targets = []
     for tokens, completion in zip(scored, completions, strict=True):
         teacher_tokens = [[t.token, t.logprob, [[text, lp] for text, lp in t.top]] for t in tokens]

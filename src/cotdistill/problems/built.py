@@ -8,6 +8,7 @@ without a manifest is still being built, or its build failed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -36,5 +37,24 @@ def read_built_dataset(folder: str | Path, split: str = "cot") -> list[Problem]:
         raise DataError(f"{folder} has no {split!r} product; it holds: {built}")
     problems: list[Problem] = []
     for entry in files[product]:
+        _check_shard(folder, entry)
         problems += read_problem_file(folder / entry["path"])
     return problems
+
+
+def _check_shard(folder: Path, entry: dict) -> None:
+    """A shard must be the one its manifest lists (hash and record count): the builder swaps in new shards just
+    before it writes their manifest, so a build killed in between, or a shard edited by hand, would otherwise be
+    read with another build's manifest (its counts, its teacher, its settings)."""
+    path = folder / entry["path"]
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: listed in {folder / 'manifest.json'} but cannot be read ({err.strerror}); "
+                        "the build was interrupted or the folder changed: run build-data again") from None
+    records = data.count(b"\n")
+    if hashlib.sha256(data).hexdigest() != entry.get("sha256") or records != entry.get("records"):
+        raise DataError(f"{path} is not the shard {folder / 'manifest.json'} lists ({records} records, expected "
+                        f"{entry.get('records')}; the hashes differ): a build was interrupted between writing its "
+                        "shards and its manifest, or the file was edited; run build-data again (its cache keeps "
+                        "every answer)")

@@ -48,6 +48,10 @@ class TaskPlan:
         return [tuple(range(s, min(s + self.per_request, self.samples))) for s in range(0, self.samples,
                                                                                          self.per_request)]
 
+    def cache_hash(self, problem: Problem) -> str:
+        """The cache key's prompt part for one problem: the exact prompt text it is asked with."""
+        return self.prompt.request_hash(problem.question)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -83,7 +87,7 @@ def plan_jobs(plans: Sequence[TaskPlan], problems: Sequence[Problem], caches: di
         for plan in plans:
             cache = caches[plan.task]
             for group in plan.groups():
-                missing = tuple(i for i in group if not cache.has((problem.id, i, plan.prompt.hash)))
+                missing = tuple(i for i in group if not cache.has((problem.id, i, plan.cache_hash(problem))))
                 if missing:
                     jobs.append(Job(plan, problem, group, missing, seed=base_seed + group[0]))
     return jobs
@@ -130,25 +134,25 @@ async def ask_one(teacher: Teacher, job: Job, sampling: Sampling, cache: SampleC
                             sampling=sampling, seed=job.seed)
     retries: Counter = Counter()
     key = uuid.uuid4().hex[:16]
+    prompt_hash = job.plan.cache_hash(job.problem)
 
     def on_retry(cause: str) -> None:
         retries[cause] += 1
         all_retries[cause] += 1
-        cache.append_note(job.problem.id, job.plan.prompt.hash, {"retried": list(job.missing), "cause": cause,
-                                                                 "request": key})
+        cache.append_note(job.problem.id, prompt_hash, {"retried": list(job.missing), "cause": cause, "request": key})
 
     started = time.monotonic()
     try:
         response = await call_with_retries(lambda: teacher.sample(request), policy, on_retry=on_retry, rng=rng)
     except RetriesExhausted as err:
-        cache.append_note(job.problem.id, job.plan.prompt.hash, {
+        cache.append_note(job.problem.id, prompt_hash, {
             "failed": list(job.missing), "cause": err.cause, "seed": job.seed, "retries": dict(retries),
             "seconds": round(time.monotonic() - started, 4), "request": key})
         _count_failure(job, err, retries, counters)
         return
     check_response(response, len(job.group), sampling.logprobs, f"{where} ({job.problem.id})")
     by_index = dict(zip(job.group, response.completions, strict=True))
-    cache.append(job.problem.id, job.plan.prompt.hash, list(job.missing),
+    cache.append(job.problem.id, prompt_hash, list(job.missing),
                  [_serialize(by_index[i]) for i in job.missing],
                  {"seed": job.seed, "usage": dataclasses.asdict(response.usage),
                   "seconds": round(time.monotonic() - started, 4), "retries": dict(retries), "request": key})

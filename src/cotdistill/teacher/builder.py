@@ -182,6 +182,8 @@ class _TaskCaches:
             raise
 
     def jobs(self, problems: list[Problem]) -> list[Job]:
+        for plan in self.plans:
+            _warn_of_unkeyed_lines(self.by_task[plan.task], problems, plan)
         return plan_jobs(self.plans, problems, self.by_task, self.config.sampling.seed)
 
     def close(self, drop_empty: bool = False) -> None:
@@ -314,20 +316,31 @@ def _retry_policy(config: TeacherConfig) -> RetryPolicy:
     return RetryPolicy(max_retries=config.max_retries, initial=config.backoff_initial, maximum=config.backoff_max)
 
 
+def _warn_of_unkeyed_lines(cache: SampleCache, problems: Sequence[Problem], plan: TaskPlan) -> None:
+    """One line when the cache holds answers keyed by the prompt template alone (builds before 2026-12-07): they
+    cannot be tied to a question's text, so they are not reused and their questions are asked again."""
+    ids = {p.id for p in problems}
+    old = sum(1 for line in cache.lines if line["prompt_hash"] == plan.prompt.hash and line["qid"] in ids
+              and line["indices"])
+    if old:
+        log.warning("%s: %d cached answers were stored without their question's text hash (an older build); they "
+                    "are not reused, and their questions are asked again", cache.path, old)
+
+
 def _cached_samples(cache: SampleCache, problem: Problem, plan: TaskPlan) -> list[tuple[int, dict[str, Any]]]:
-    keys = ((problem.id, i, plan.prompt.hash) for i in range(plan.samples))
+    keys = ((problem.id, i, plan.cache_hash(problem)) for i in range(plan.samples))
     return [(key[1], cache.samples[key]) for key in keys if cache.has(key)]
 
 
 def _cache_totals(cache: SampleCache, problems: Sequence[Problem], plan: TaskPlan) -> dict[str, Any]:
     """Requests, token usage, retries and teacher time of the cached answers this build uses, with the retries of
     requests that failed (`failed` lines) or were cut off by a kill (`retried` lines) in any run."""
-    ids = {p.id for p in problems}
+    hashes = {p.id: plan.cache_hash(p) for p in problems}
     usage: Counter = Counter()
     retries: Counter = Counter()
     requests, seconds = 0, 0.0
     failed = 0
-    lines = [line for line in cache.lines if _counts_for(line, ids, plan)]
+    lines = [line for line in cache.lines if _counts_for(line, hashes, plan)]
     finished = {line.get("request") for line in lines if "retried" not in line}
     for line in lines:
         if "retried" in line:  # a retry line counts only where its request never finished (a killed run)
@@ -345,11 +358,11 @@ def _cache_totals(cache: SampleCache, problems: Sequence[Problem], plan: TaskPla
             "teacher_seconds": round(seconds, 3)}
 
 
-def _counts_for(line: dict[str, Any], ids: set[str], plan: TaskPlan) -> bool:
-    """Whether a cache line belongs to this build: its questions, prompt and sample range."""
+def _counts_for(line: dict[str, Any], hashes: dict[str, str], plan: TaskPlan) -> bool:
+    """Whether a cache line belongs to this build: its questions (by id and exact prompt text, `hashes`) and
+    sample range."""
     indices = line.get("failed") or line.get("retried") or line["indices"]
-    return bool(line["qid"] in ids and line["prompt_hash"] == plan.prompt.hash and indices
-                and indices[0] < plan.samples)
+    return bool(line["prompt_hash"] == hashes.get(line["qid"]) and indices and indices[0] < plan.samples)
 
 
 def _cache_path(out: Path, config: BuildConfig, plan: TaskPlan) -> Path:
@@ -430,9 +443,9 @@ def _log_summary(graded: dict[str, Graded], counters: RunCounters, manifest: Pat
         first = s["first_sample_accuracy"]
         majority = s["majority_vote_accuracy"]
         log.info("%s: kept %d of %d samples for %d of %d questions (first-sample accuracy %s, majority vote %s, "
-                 "%d wrong, %d without an answer, %d malformed in all, %d duplicates)", task, s["kept"], s["samples"],
-                 s["questions_kept"], s["questions"], _percent(first), _percent(majority), s["wrong"],
-                 s["no_answer"], s["malformed"], s["duplicates"])
+                 "%d wrong, %d without an answer, %d cut off at max_tokens, %d malformed in all, %d duplicates)",
+                 task, s["kept"], s["samples"], s["questions_kept"], s["questions"], _percent(first),
+                 _percent(majority), s["wrong"], s["no_answer"], s["truncated"], s["malformed"], s["duplicates"])
     log.info("wrote %s", manifest)
 
 

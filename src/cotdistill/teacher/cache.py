@@ -1,12 +1,12 @@
 """The append-only sample cache: every teacher answer is written once, as soon as it arrives.
 
-One JSON line per answered request, holding the question id, the prompt hash and the sample indices it
-answered. Retries (`retried`) and requests that failed after all their retries (`failed`) get lines too,
-with no samples, so the retries they cost are counted by every later build. A build killed at any moment
-(kill -9 included) loses at most the request it was writing: on the next start a torn last line is cut
-off and its samples are asked again. Lines are only appended,
-never rewritten; a sample key (question id, sample index, prompt hash) read twice keeps its first answer,
-so the cache can never yield a sample twice. An exclusive lock keeps two builds off one cache file.
+One JSON line per answered request, holding the question id, the hash of the exact prompt (template and
+question text) and the sample indices it answered. Retries (`retried`) and requests that failed after all
+their retries (`failed`) get lines too, with no samples, so the retries they cost are counted by every later
+build. A build killed at any moment (kill -9 included) loses at most the request it was writing: on the next
+start a torn last line is cut off and its samples are asked again. Lines are only appended, never rewritten;
+a sample key (question id, sample index, prompt hash) read twice keeps its first answer, so the cache can
+never yield a sample twice. An exclusive lock keeps two builds off one cache file.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ class TaskStats:
     missing: int = 0  # samples never obtained (requests that failed after all retries)
     malformed: int = 0  # nothing to grade: no extractable answer, or a decomposition that does not parse
     no_answer: int = 0  # of `malformed`: parsed, but no answer (none stated, or a marker with a non-answer)
+    truncated: int = 0  # of `malformed`: cut off at max_tokens (finish_reason "length"); never graded
     wrong: int = 0
     correct: int = 0
     duplicates: int = 0  # correct, but the same text as a sample already kept for that question
@@ -95,11 +96,20 @@ def _grade(problem: Problem, kind: str, samples: Sequence[tuple[int, Sample]], w
     """The grading both tasks share: `read` gives (content, extracted answer), content None when the
     sample does not parse; wrong, answerless and repeated (by `dedup_key`) samples are dropped and
     counted, answerless ones apart from wrong ones (a trace that states no answer is not a wrong
-    teacher); the majority vote is over all samples."""
+    teacher); the majority vote is over all samples.
+
+    A sample cut off at max_tokens is dropped unread (counted in `truncated`): its last number, or the
+    last complete step of a decomposition, is where the text stopped, not an answer the teacher gave,
+    and keeping it when that number happens to equal gold would train on an unfinished trace."""
     graded = Graded(stats=TaskStats(questions=1, samples=len(samples), missing=wanted - len(samples)))
     extracted: list[str | None] = []
     seen: set[Hashable] = set()
     for index, sample in samples:
+        if sample.get("finish_reason") == "length":
+            extracted.append(None)
+            graded.stats.malformed += 1
+            graded.stats.truncated += 1
+            continue
         content, answer = read(sample)
         extracted.append(answer)
         if answer is None:

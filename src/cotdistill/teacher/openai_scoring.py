@@ -49,7 +49,10 @@ class OpenAITokenScorer:
             self._loop.run_until_complete(self.teacher.close())
             self._loop.close()
 
-    def score(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
+    def score(self, pairs: Sequence[tuple[str, str]], top_k: int,
+              ended: Sequence[bool] | None = None) -> list[tuple[TokenLogprob, ...]]:
+        """``ended`` is not used: an echoed prompt is plain text, and whether a server reads an EOS written into
+        it as its special token differs by server, so a served teacher does not score the student's EOS."""
         return self._loop.run_until_complete(self._score_all(pairs, top_k))
 
     async def _score_all(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:

@@ -93,6 +93,12 @@ class PromptSpec:
     def render(self, question: str) -> str:
         return self.prefix.replace(QUESTION, question.strip())
 
+    def request_hash(self, question: str) -> str:
+        """The hash of the exact prompt one question is asked with: the sample cache's key, so a cached answer is
+        reused only for the same text (an id whose question changed, e.g. another data file with the same ids, is
+        asked again, never given another question's samples)."""
+        return hashlib.sha256(self.render(question).encode("utf-8")).hexdigest()[:16]
+
     def manifest_entry(self) -> dict[str, object]:
         return {"template": self.template, "prefix": self.prefix, "hash": self.hash,
                 "exemplar_ids": list(self.exemplar_ids)}

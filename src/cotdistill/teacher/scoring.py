@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from cotdistill.alignment import TeacherTarget
+from cotdistill.alignment import END_OF_TEXT, TeacherTarget
 from cotdistill.errors import ConfigError
 from cotdistill.teacher.hf_local import PRECISIONS, alternative_text, resolve_device
 from cotdistill.teacher.types import TeacherError, TokenLogprob
@@ -27,9 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class TokenScorer(Protocol):
-    """Scores (prompt, completion) pairs: per pair, the completion's tokens in the teacher's tokenizer."""
+    """Scores (prompt, completion) pairs: per pair, the completion's tokens in the teacher's tokenizer.
 
-    def score(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]: ...
+    ``ended`` says which completions stopped with the student's EOS: a scorer that can, scores its own EOS after
+    those and reports it (and its EOS among the alternatives anywhere) with the text `END_OF_TEXT`, so the
+    student learns where the teacher would stop."""
+
+    def score(self, pairs: Sequence[tuple[str, str]], top_k: int,
+              ended: Sequence[bool] | None = None) -> list[tuple[TokenLogprob, ...]]: ...
 
     def describe(self) -> dict[str, object]: ...
 
@@ -99,9 +104,12 @@ class HFTokenScorer:
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
 
-    def score(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
-        """Each pair's completion tokens with their log-probs and top-k, in the teacher's tokenizer."""
-        return self._in_batches(pairs, lambda chunk: self._score_batch(chunk, top_k))
+    def score(self, pairs: Sequence[tuple[str, str]], top_k: int,
+              ended: Sequence[bool] | None = None) -> list[tuple[TokenLogprob, ...]]:
+        """Each pair's completion tokens with their log-probs and top-k, in the teacher's tokenizer; the teacher's
+        EOS is scored after each completion that ``ended`` (see `TokenScorer`)."""
+        flags = list(ended) if ended is not None else [False] * len(pairs)
+        return self._in_batches(list(zip(pairs, flags, strict=True)), lambda chunk: self._score_batch(chunk, top_k))
 
     def shares_vocabulary(self, tokenizer: Any) -> bool:
         """Whether ``tokenizer`` (the student's) is the teacher's: the same tokens at the same ids, the same
@@ -142,7 +150,7 @@ class HFTokenScorer:
     def _score_ids_batch(self, pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
                          top_k: int) -> list[list[TeacherTarget | None]]:
         logits = self._logits([list(prompt) + list(completion) for prompt, completion in pairs])
-        vocab, special = len(self.tokenizer), set(self.tokenizer.all_special_ids)
+        vocab, special = len(self.tokenizer), self._unscored_ids()
         out: list[list[TeacherTarget | None]] = []
         for row, (prompt, completion) in enumerate(pairs):
             if not completion:
@@ -164,6 +172,10 @@ class HFTokenScorer:
             out.append(targets)
         return out
 
+    def _unscored_ids(self) -> set[int]:
+        """Special ids that get no target and are no alternative: all but EOS (a student must learn to stop)."""
+        return set(self.tokenizer.all_special_ids) - {self.tokenizer.eos_token_id}
+
     def _pad_id(self) -> int:
         return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -180,13 +192,20 @@ class HFTokenScorer:
         with torch.no_grad():
             self.model(input_ids=torch.tensor([[self._pad_id()]], device=self.device))
 
-    def _score_batch(self, pairs: Sequence[tuple[str, str]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
+    def _score_batch(self, items: Sequence[tuple[tuple[str, str], bool]], top_k: int) -> list[tuple[TokenLogprob, ...]]:
         tok = self.tokenizer
-        full = [tok(prompt + completion)["input_ids"] for prompt, completion in pairs]
+        eos = tok.eos_token_id
+        pairs = [pair for pair, _ in items]
+        full = [tok(prompt + completion)["input_ids"] + ([eos] if ended and eos is not None else [])
+                for (prompt, completion), ended in items]
         starts = [completion_start(tok(prompt)["input_ids"], ids) for (prompt, _), ids in zip(pairs, full,
                                                                                            strict=True)]
         logits = self._logits(full)
         vocab = len(tok)
+
+        def text(previous: int, token: int) -> str:
+            return END_OF_TEXT if token == eos else alternative_text(tok, previous, token)
+
         out = []
         for row, (ids, first) in enumerate(zip(full, starts, strict=True)):
             if first >= len(ids):
@@ -198,8 +217,8 @@ class HFTokenScorer:
             tokens = []
             for offset, position in enumerate(range(first, len(ids))):
                 previous = ids[position - 1]
-                top = tuple((alternative_text(tok, previous, int(i)), float(v))
+                top = tuple((text(previous, int(i)), float(v))
                             for i, v in zip(best.indices[offset].tolist(), best.values[offset].tolist(), strict=True))
-                tokens.append(TokenLogprob(alternative_text(tok, previous, ids[position]), float(chosen[offset]), top))
+                tokens.append(TokenLogprob(text(previous, ids[position]), float(chosen[offset]), top))
             out.append(tuple(tokens))
         return out
