@@ -168,6 +168,39 @@ def markdown(results: dict[str, Any]) -> str:
               f"{'met' if met else 'not met'}\n")
 
 
+def summarize_seeds(works: list[Path]) -> str:
+    """The accuracy half over several seeds (one --work folder per seed, each a finished run of this script): per
+    seed the warm start's, ours and TRL's held-out accuracy, then the mean and sd over seeds and the paired
+    differences on the same problems (`cotdistill.experiments.paired_difference`, seed-averaged per problem; the
+    interval is over problems and does not carry the seed-to-seed spread, which the sd shows)."""
+    from cotdistill.experiments import paired_difference, read_eval, sample_sd
+    from cotdistill.report import markdown_table
+
+    names = {"warm start": "start-eval", "cotdistill": "cotdistill-eval", "TRL GKD": "trl-gkd-eval"}
+    outcomes: dict[str, list[str]] = {name: [] for name in names}
+    sets: set[str] = set()
+    for work in works:
+        for name, folder in names.items():
+            result = read_eval(work / folder / "synthetic")
+            outcomes[name].append(result["per_problem"])
+            sets.add(result["problems_text_sha"])
+    if len(sets) != 1:
+        raise SystemExit(f"the seeds were evaluated on different problems ({len(sets)} problem sets): not comparable")
+    rows = []
+    for name, per_seed in outcomes.items():
+        accs = [o.count("1") / len(o) for o in per_seed]
+        sd = sample_sd(accs)
+        rows.append([name, ", ".join(f"{100 * a:.1f}" for a in accs), f"{100 * sum(accs) / len(accs):.1f}",
+                     "" if sd is None else f"{100 * sd:.1f}"])
+    table = markdown_table(["model", "held-out accuracy per seed (%)", "mean (%)", "sd (points)"], rows)
+    lines = []
+    for a, b in (("cotdistill", "TRL GKD"), ("cotdistill", "warm start"), ("TRL GKD", "warm start")):
+        d, low, high = paired_difference(outcomes[a], outcomes[b])
+        lines.append(f"- {a} minus {b}: {100 * d:+.1f} points [{100 * low:+.1f}, {100 * high:+.1f}], paired over "
+                     f"{len(outcomes[a][0])} problems, {len(works)} seeds")
+    return table + "\n\n" + "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", type=Path, default=REPO / "runs/demo-gpt2/final",
@@ -189,7 +222,12 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the throughput window")
     parser.add_argument("--eval_problems", type=int, default=300)
     parser.add_argument("--precision", default="fp32", choices=["bf16", "fp32"])
+    parser.add_argument("--summarize", type=Path, nargs="+", default=None,
+                        help="only summarize finished runs: their --work folders, one per seed")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize_seeds(args.summarize))
+        return
     args.out = args.out or args.work / "results.json"
     run_or_exit(lambda: check_output_file(args.out, make_parent=True))  # now, not after half an hour of training
 

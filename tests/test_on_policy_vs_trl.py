@@ -109,3 +109,28 @@ def test_a_warm_start_is_reused_only_when_it_was_made_with_the_same_settings(tmp
                                                                                     "train.max_steps=2000"]})
     (warm / "final" / "config.json").unlink()  # an SFT run that died before its final export
     assert not on_policy_vs_trl.warm_start_reusable(warm, settings)
+
+
+def test_seeds_are_summarized_with_paired_differences_on_the_same_problems(tmp_path):
+    def write(work, folder, outcome, questions="same"):
+        out = work / folder / "synthetic"
+        out.mkdir(parents=True)
+        rows = [{"index": i, "id": f"p{i}", "question": f"{questions} {i}", "gold": "1", "correct": c == "1"}
+                for i, c in enumerate(outcome)]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "metrics.json").write_text(json.dumps({"correct": outcome.count("1"), "total": len(outcome),
+                                                      "accuracy": outcome.count("1") / len(outcome)}))
+
+    works = [tmp_path / "seed-1", tmp_path / "seed-2"]
+    for work, (start, ours, trl) in zip(works, [("1000", "1110", "1100"), ("1100", "1111", "1100")], strict=True):
+        write(work, "start-eval", start)
+        write(work, "cotdistill-eval", ours)
+        write(work, "trl-gkd-eval", trl)
+    text = on_policy_vs_trl.summarize_seeds(works)
+    assert "| cotdistill | 75.0, 100.0 | 87.5 | 17.7 |" in text
+    assert "cotdistill minus TRL GKD: +37.5 points" in text and "4 problems, 2 seeds" in text
+    write(tmp_path / "seed-3", "start-eval", "1000", questions="other")
+    write(tmp_path / "seed-3", "cotdistill-eval", "1000", questions="other")
+    write(tmp_path / "seed-3", "trl-gkd-eval", "1000", questions="other")
+    with pytest.raises(SystemExit, match="different problems"):
+        on_policy_vs_trl.summarize_seeds([*works, tmp_path / "seed-3"])
