@@ -11,9 +11,12 @@ import pytest
 import yaml
 
 from cotdistill.experiments import (
+    INIT_MARK,
     ExperimentError,
+    InitSpec,
     LaunchRunner,
     ResultStore,
+    build_init,
     changed_from_defaults,
     comparisons,
     eval_options,
@@ -272,6 +275,24 @@ TINY = {"data.synthetic.train_size": 64, "data.synthetic.eval_size": 6, "model.t
         "model.tiny.num_layers": 1, "model.tiny.num_heads": 2, "model.tiny.d_ff": 64, "model.tiny.vocab_size": 300}
 
 
+def test_an_init_folder_is_reused_only_when_built_by_the_same_init(tmp_path):
+    # The harness kept any existing init folder: an experiment whose init changed (family, size) trained every arm
+    # from the old model.
+    spec = InitSpec("llama", RECIPE, ["model.tiny.d_model=128"])
+    folder = tmp_path / "init" / "seed-1"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(ExperimentError, match="older harness"):
+        build_init(spec, 1, folder)
+    record = {"family": "llama", "recipe": RECIPE, "overrides": ["model.tiny.d_model=128"], "seed": 1}
+    (folder / INIT_MARK).write_text(json.dumps(record))
+    assert build_init(spec, 1, folder) == folder
+    with pytest.raises(ExperimentError, match="another init"):
+        build_init(InitSpec("gpt2", RECIPE, ["model.tiny.d_model=128"]), 1, folder)
+    with pytest.raises(ExperimentError, match="another init"):
+        build_init(spec, 2, folder)
+
+
 @pytest.mark.distributed
 def test_one_real_tiny_run_end_to_end(tmp_path):
     """One DeepSpeed rank, 3 steps: the shared init is built per seed, training writes its held-out evaluation,
@@ -288,6 +309,7 @@ def test_one_real_tiny_run_end_to_end(tmp_path):
     assert run_experiment(exp, ["cot"], [1], runner, log=lambda line: None) == [("cot", 1)]
     run_dir = exp.run_dir("cot", 1)
     assert (exp.init_dir(1) / "config.json").is_file() and (run_dir / "final").is_dir()
+    assert json.loads((exp.init_dir(1) / INIT_MARK).read_text())["seed"] == 1  # what it was built with
     (entry,) = ResultStore(exp.results_file).runs()
     trained = json.loads((run_dir / "eval" / "held-out" / "metrics.json").read_text())
     held_out = entry["evals"]["held-out"]

@@ -41,7 +41,7 @@ class SeedSelection:
     by_ood: int
     ood_outcomes: dict[str, dict[int, str]]  # OOD set -> step -> its per-problem outcomes
     id_outcomes: dict[int, str]
-    ood_sets: dict[str, dict[int, float]] = field(default_factory=dict)  # each OOD set's accuracy by step
+    ood_sets: dict[str, dict[int, Fraction]] = field(default_factory=dict)  # each OOD set's accuracy by step
 
     @property
     def ood_cost(self) -> float:

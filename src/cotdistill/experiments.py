@@ -793,10 +793,25 @@ def read_checkpoint_evals(out: Path, dataset_folder: str) -> dict[str, Any]:
     return {**per_step[str(steps[-1])], "per_step": per_step}
 
 
+INIT_MARK = ".experiment_init.json"  # in an init folder: the init spec and seed it was built with
+
+
 def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """The shared tiny initialisation of ``seed`` (built once, atomically; kept when it exists)."""
+    """The shared tiny initialisation of ``seed``: built once, atomically, and kept only while the experiment's
+    ``init`` (family, recipe, overrides) is the one it was built with; an init of another family or size would
+    otherwise start every arm of the seed from a model nobody asked for."""
+    record = {"family": init.family, "recipe": init.recipe, "overrides": list(init.overrides), "seed": seed}
+    mark = out_dir / INIT_MARK
     if out_dir.exists():
-        return out_dir
+        try:
+            found = json.loads(mark.read_text(encoding="utf-8")) if mark.is_file() else None
+        except ValueError:
+            found = None
+        if found == record:
+            return out_dir
+        what = "an older harness (unmarked)" if found is None else f"another init ({found})"
+        raise ExperimentError(f"{out_dir} holds a model built by {what}, not by this experiment's init {record}; "
+                              "delete the folder to build it anew (every arm of this seed then starts from it)")
     from cotdistill.run_data import load_run_problems, run_examples
     from cotdistill.tiny import build_tiny_model
 
@@ -805,7 +820,9 @@ def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], No
     texts = [e.source + e.target for e in run_examples(config, problems)]
     log(f"   init: tiny {init.family} for seed {seed} at {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return build_tiny_model(init.family, out_dir, texts, config.model.tiny, seed=seed)
+    built = build_tiny_model(init.family, out_dir, texts, config.model.tiny, seed=seed)
+    mark.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    return built
 
 
 def _claim(folder: Path, fingerprint: str, what: str, record: dict[str, Any], mark_name: str = RUN_MARK) -> None:

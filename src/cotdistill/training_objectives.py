@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -19,6 +19,9 @@ from cotdistill.batching import TokenizedExample, collate, forward_batch, paddin
 from cotdistill.config import TrainConfig
 from cotdistill.errors import ConfigError, TeacherUnavailable
 from cotdistill.objectives import IGNORE_INDEX, distill_loss, mean_token_nll, one_hot_targets
+
+if TYPE_CHECKING:
+    from cotdistill.problems.record import Problem
 
 AUTO = "auto"
 
@@ -73,7 +76,7 @@ class TrainingSetup:
     causal: bool
     packed: bool
     world_size: int
-    problems: tuple[Any, ...] = ()  # the Problem of each training example, by its index (None: unknown)
+    problems: tuple[Problem | None, ...] = ()  # the Problem of each training example, by its index (None: unknown)
     engine: Any = None
 
 
