@@ -138,3 +138,19 @@ def test_an_unused_slot_leaves_the_token_its_placeholder_names_in_the_tail(beta)
     expected = reference(torch.tensor([[[0.5, 0.2, 0.3]]], dtype=torch.float64), bucketed(logits.softmax(-1), listed),
                          beta)
     torch.testing.assert_close(generalized_jsd(logits, ids, probs, beta).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.5, 0.9, 1.0])
+def test_with_the_whole_vocabulary_listed_the_divergence_is_trls_gkd_loss(beta, monkeypatch):
+    """The same number as TRL's GKD trainer (`generalized_jsd_loss`, per token, summed over the vocabulary) when the
+    teacher lists every token: our beta convention and mixture are TRL's."""
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental import gkd  # the gkd-peer extra, installed by `make install`
+
+    torch.manual_seed(0)
+    vocab = 12
+    student, teacher = torch.randn(2, 3, vocab) * 3, torch.randn(2, 3, vocab) * 3
+    ids = torch.arange(vocab).expand(2, 3, vocab).contiguous()
+    ours = generalized_jsd(student, ids, teacher.softmax(-1), beta)
+    trl = gkd.GKDTrainer.generalized_jsd_loss(student, teacher, beta=beta, temperature=1.0, reduction="none").sum(-1)
+    torch.testing.assert_close(ours, trl, atol=2e-5, rtol=1e-5)
