@@ -480,6 +480,7 @@ def test_the_shipped_on_policy_recipe_trains_a_llama_scored_by_a_gpt2_teacher(ti
     config = load_config(recipe)
     assert config.train.objective == "on_policy" and config.model.make_tiny == "llama"
     assert config.train.on_policy.teacher.model == "runs/demo-gpt2/final"  # what `make demo` trains
+    assert config.train.on_policy.beta == 0.0  # a random student under beta 0.5 collapses (EXPERIMENTS section 3)
     rows = two_sampled_steps(recipe, tiny_models["llama"], tiny_models["gpt2"], tmp_path)
     assert all(r["divergence"] > 0 and r["completion_tokens"] > 0 for r in rows)
 
