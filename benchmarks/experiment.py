@@ -1,6 +1,7 @@
 """The experiment harness: named arms (a recipe, overrides, evaluations) x N seeds, one results file, a report.
 
     python benchmarks/experiment.py socratic-vs-cot [--arms cot,socratic] [--seeds 3] [--ranks 2]
+    python benchmarks/experiment.py socratic-vs-cot --arms cot --only_seeds 2,3           # just these seeds
     python benchmarks/experiment.py recipes/experiments/socratic-vs-cot.yaml --report     # report only
     python benchmarks/experiment.py socratic-vs-cot --dry_run                             # the plan, no run
 
@@ -44,6 +45,9 @@ def main() -> None:
     parser.add_argument("experiment", help="experiment file, or a name in recipes/experiments/")
     parser.add_argument("--arms", default="", help="comma-separated arms to run ('': all, in file order)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the file's, else 3)")
+    parser.add_argument("--only_seeds", default="",
+                        help="comma-separated seeds to run instead of the first N (e.g. 2,3), for seeds run elsewhere "
+                             "or whose results were lost")
     parser.add_argument("--ranks", type=int, default=2, help="DeepSpeed ranks per run")
     parser.add_argument("--report", action="store_true", help="only write the report from the results so far")
     parser.add_argument("--dry_run", action="store_true", help="print the runs and their state; run nothing")
@@ -55,7 +59,7 @@ def main() -> None:
         experiment = load_experiment(find_experiment(args.experiment))
         store = ResultStore(experiment.results_file, experiment.name, str(experiment.source))
         if not args.report:
-            arms, seeds = select_arms(experiment, args.arms), select_seeds(experiment, args.seeds)
+            arms, seeds = select_arms(experiment, args.arms), select_seeds(experiment, args.seeds, args.only_seeds)
             if args.dry_run:
                 runs = plan_runs(experiment, arms, seeds)
                 done = store.done()

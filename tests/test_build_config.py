@@ -240,6 +240,25 @@ def test_answers_cached_without_question_hashes_are_asked_again_with_one_warning
     assert "1 cached answers were stored without their question's text hash" in caplog.text
 
 
+def test_planning_renders_each_problems_prompt_once_however_many_samples_it_asks(tmp_path, monkeypatch):
+    # The cache key hashes the whole rendered prompt (few-shot exemplars included): hashing it again for every
+    # sample index made planning a many-sample build cost samples x problems renders.
+    from cotdistill.teacher.builder import _cached_samples
+
+    renders = Counter()
+    original = type(SPEC).request_hash
+    monkeypatch.setattr(type(SPEC), "request_hash",
+                        lambda self, question: renders.update([question]) or original(self, question))
+    plan = TaskPlan("cot", SPEC, samples=16, per_request=1)
+    with SampleCache(tmp_path / "c.jsonl") as cache:
+        jobs = plan_jobs([plan], PROBLEMS, {"cot": cache}, base_seed=0)
+        assert len(jobs) == 16 * len(PROBLEMS)
+        assert all(count == 1 for count in renders.values()) and len(renders) == len(PROBLEMS)
+        renders.clear()
+        assert _cached_samples(cache, PROBLEMS[0], plan) == []
+        assert renders == Counter({PROBLEMS[0].question: 1})
+
+
 def test_plan_jobs_looks_in_each_tasks_own_cache(tmp_path):
     cot = TaskPlan("cot", SPEC, samples=2, per_request=2)
     dec = TaskPlan("decompose", SPEC, samples=1, per_request=1)

@@ -64,6 +64,12 @@ def test_arm_resolution(tmp_path):
     assert exp.name == "exp" and exp.seeds == [1, 2, 3] and exp.baseline == "cot" and exp.min_eval_problems == 300
     assert select_arms(exp, "") == ["cot", "mix"] and select_arms(exp, "mix, cot") == ["mix", "cot"]
     assert select_seeds(exp, None) == [1, 2, 3] and select_seeds(exp, 5) == [1, 2, 3, 4, 5]
+    assert select_seeds(exp, None, "3,2") == [3, 2]
+    for bad, message in [("2,x", "comma-separated integer"), ("2,2", "named twice")]:
+        with pytest.raises(ExperimentError, match=message):
+            select_seeds(exp, None, bad)
+    with pytest.raises(ExperimentError, match="not both"):
+        select_seeds(exp, 2, "2")
     with pytest.raises(ExperimentError, match="no arm named nope; arms: cot, mix"):
         select_arms(exp, "cot,nope")
 

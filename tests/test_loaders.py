@@ -400,3 +400,16 @@ def test_a_generic_file_with_gsm8k_solutions_gives_the_gold_number_and_the_ratio
     first, second = load_problems("jsonl", path=str(path))
     assert (first.answer, first.rationale) == ("1200", "She buys 3*4=12 eggs.")
     assert (second.answer, second.rationale) == ("7", None)
+
+
+def test_jsonl_bytes_parse_as_the_file_would_and_bad_bytes_name_the_file(tmp_path):
+    from cotdistill.problems.jsonio import iter_jsonl
+
+    path = tmp_path / "shard.jsonl"
+    records = [{"q": "a\u2028b\nc"}, {"q": "é"}]  # a line separator inside a string is not a record boundary
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n\n", encoding="utf-8")
+    from_file = [(item.where, dict(item.record)) for item in iter_jsonl(path)]
+    from_bytes = [(item.where, dict(item.record)) for item in iter_jsonl(path, path.read_bytes())]
+    assert from_bytes == from_file == [("line 1", records[0]), ("line 2", records[1])]
+    with pytest.raises(DataError, match="shard.jsonl: not UTF-8"):
+        list(iter_jsonl(path, b'{"q": "\xff"}\n'))

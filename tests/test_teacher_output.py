@@ -155,6 +155,24 @@ def test_shards_swapped_in_by_a_build_killed_before_its_manifest_are_refused(tmp
         read_built_dataset(tmp_path, "cot")
 
 
+def test_a_shard_swapped_after_its_check_is_not_what_the_reader_returns(tmp_path, monkeypatch):
+    # The reader checked a shard's bytes against the manifest, then opened the file again to parse it: a build
+    # swapping in new shards between the two reads handed the trainer data its manifest does not describe.
+    import cotdistill.problems.built as built
+
+    write_manifest(tmp_path, {"files": {"cot": write_shards(tmp_path, {"cot": _records(4)}, shard_size=5)["cot"]}})
+    checked = built._check_shard
+
+    def check_then_swap(folder, entry):
+        data = checked(folder, entry)
+        write_shards(tmp_path, {"cot": _records(3, "new")}, shard_size=5)  # a concurrent build, just after
+        return data
+
+    monkeypatch.setattr(built, "_check_shard", check_then_swap)
+    problems = read_built_dataset(tmp_path, "cot")
+    assert [p.id for p in problems] == ["r0", "r1", "r2", "r3"]
+
+
 def test_a_product_the_build_does_not_hold_names_what_it_holds(tmp_path):
     _build(tmp_path, with_decompositions=False)
     with pytest.raises(DataError, match="no 'decompositions' product; it holds: cot"):

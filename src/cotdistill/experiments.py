@@ -446,8 +446,22 @@ def select_arms(experiment: Experiment, arms: str | Iterable[str] | None) -> lis
     return list(dict.fromkeys(needed + chosen))  # an arm whose model another arm's evaluation uses runs first
 
 
-def select_seeds(experiment: Experiment, count: int | None) -> list[int]:
-    """The first ``count`` seeds (None: the experiment's); more than the file names continue the sequence."""
+def select_seeds(experiment: Experiment, count: int | None, only: str = "") -> list[int]:
+    """The first ``count`` seeds (None: the experiment's); more than the file names continue the sequence.
+
+    ``only`` ("2,3") names the seeds instead: to add seeds run elsewhere, or rerun some whose results were lost,
+    without running the others again.
+    """
+    if only:
+        if count is not None:
+            raise ExperimentError("give the number of seeds or the seeds to run (only), not both")
+        try:
+            seeds = [int(part) for part in only.split(",")]
+        except ValueError:
+            raise ExperimentError(f"only: expected comma-separated integer seeds like 2,3, got {only!r}") from None
+        if len(set(seeds)) != len(seeds):
+            raise ExperimentError(f"only: a seed is named twice in {only!r}")
+        return seeds
     if count is None:
         return list(experiment.seeds)
     if count < 1:

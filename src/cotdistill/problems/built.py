@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from cotdistill.errors import DataError
+from cotdistill.problems.jsonio import iter_jsonl
 from cotdistill.problems.record import Problem
 from cotdistill.problems.traces import read_problem_file
 
@@ -37,15 +38,16 @@ def read_built_dataset(folder: str | Path, split: str = "cot") -> list[Problem]:
         raise DataError(f"{folder} has no {split!r} product; it holds: {built}")
     problems: list[Problem] = []
     for entry in files[product]:
-        _check_shard(folder, entry)
-        problems += read_problem_file(folder / entry["path"])
+        path = folder / entry["path"]
+        problems += read_problem_file(path, records=iter_jsonl(path, _check_shard(folder, entry)))
     return problems
 
 
-def _check_shard(folder: Path, entry: dict) -> None:
-    """A shard must be the one its manifest lists (hash and record count): the builder swaps in new shards just
-    before it writes their manifest, so a build killed in between, or a shard edited by hand, would otherwise be
-    read with another build's manifest (its counts, its teacher, its settings)."""
+def _check_shard(folder: Path, entry: dict) -> bytes:
+    """The bytes of a shard, checked to be the shard its manifest lists (hash and record count): the builder swaps
+    in new shards just before it writes their manifest, so a build killed in between, or a shard edited by hand,
+    would otherwise be read with another build's manifest (its counts, its teacher, its settings). The caller
+    parses these bytes, not the file again, so a shard swapped after the check is never read."""
     path = folder / entry["path"]
     try:
         data = path.read_bytes()
@@ -58,3 +60,4 @@ def _check_shard(folder: Path, entry: dict) -> None:
                         f"{entry.get('records')}; the hashes differ): a build was interrupted between writing its "
                         "shards and its manifest, or the file was edited; run build-data again (its cache keeps "
                         "every answer)")
+    return data

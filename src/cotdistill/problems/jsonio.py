@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,21 +67,37 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({err.reason})") from err
 
 
-def iter_jsonl(path: str | Path) -> Iterator[Located]:
-    """Yield each non-blank line of a JSONL file as an object; a bad line names its 1-based number."""
-    path = require_file(path)
+def iter_jsonl(path: str | Path, content: bytes | None = None) -> Iterator[Located]:
+    """Yield each non-blank line of a JSONL file as an object; a bad line names its 1-based number.
+
+    `content`: the file's bytes when the caller has already read them (to check their hash): those bytes are
+    parsed, not the file again, so what is parsed is what was checked even if the file changes meanwhile.
+    """
+    if content is None:
+        path = require_file(path)
+        with path.open(encoding="utf-8") as handle:
+            yield from _jsonl_objects(path, handle)
+        return
+    path = Path(path)
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason})") from err
+    yield from _jsonl_objects(path, text.split("\n"))  # JSON escapes newlines in strings: "\n" ends a record
+
+
+def _jsonl_objects(path: Path, lines: Iterable[str]) -> Iterator[Located]:
     index = 0
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: {where}: not valid JSON ({err.msg})") from err
-            yield _as_object(path, where, index, record)
-            index += 1
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"line {lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: {where}: not valid JSON ({err.msg})") from err
+        yield _as_object(path, where, index, record)
+        index += 1
 
 
 def iter_json_list(path: str | Path) -> Iterator[Located]:

@@ -8,7 +8,7 @@ rules evaluation uses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,7 @@ def read_problem_file(
     answer_field: str = "answer",
     rationale_field: str = "rationale",
     id_field: str = "id",
+    records: Iterable[Located] | None = None,
 ) -> list[Problem]:
     """A generic file of {"question","answer"} records (JSON list or JSONL).
 
@@ -97,10 +98,11 @@ def read_problem_file(
     few-shot demonstrations as they are. Optional fields: "rationale", "id" (default
     `<file stem>/<index>`), "source" (default the file stem), "steps" (a list of {"question","answer"}
     objects) and "teacher_tokens" (the data builder's per-token log-probs), so saved Problems read back whole.
+    `records`: the file's records when the caller has parsed them already (e.g. from bytes it checked).
     """
-    path = require_file(path)
+    path = require_file(path) if records is None else Path(path)
     problems = []
-    for item in iter_records(path):
+    for item in iter_records(path) if records is None else records:
         answer, rationale = item.text(answer_field).strip(), item.optional_text(rationale_field)
         if "####" in answer and rationale is None:
             answer, rationale, _ = parse_solution(answer)

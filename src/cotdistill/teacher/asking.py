@@ -85,9 +85,9 @@ def plan_jobs(plans: Sequence[TaskPlan], problems: Sequence[Problem], caches: di
     jobs = []
     for problem in problems:
         for plan in plans:
-            cache = caches[plan.task]
+            cache, prompt_hash = caches[plan.task], plan.cache_hash(problem)  # one render and hash per problem
             for group in plan.groups():
-                missing = tuple(i for i in group if not cache.has((problem.id, i, plan.cache_hash(problem))))
+                missing = tuple(i for i in group if not cache.has((problem.id, i, prompt_hash)))
                 if missing:
                     jobs.append(Job(plan, problem, group, missing, seed=base_seed + group[0]))
     return jobs

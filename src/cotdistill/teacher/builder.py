@@ -328,7 +328,8 @@ def _warn_of_unkeyed_lines(cache: SampleCache, problems: Sequence[Problem], plan
 
 
 def _cached_samples(cache: SampleCache, problem: Problem, plan: TaskPlan) -> list[tuple[int, dict[str, Any]]]:
-    keys = ((problem.id, i, plan.cache_hash(problem)) for i in range(plan.samples))
+    prompt_hash = plan.cache_hash(problem)  # rendered and hashed once, not once per sample index
+    keys = ((problem.id, i, prompt_hash) for i in range(plan.samples))
     return [(key[1], cache.samples[key]) for key in keys if cache.has(key)]
 
 
