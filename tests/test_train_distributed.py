@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from conftest import SHARED_DATA, TINY_RUN, launch, read_losses
 from cotdistill.checkpoints import MARKER, complete_checkpoints
+from cotdistill.cpu_precision import cpu_computes_natively
 
 pytestmark = pytest.mark.distributed
 
@@ -69,11 +70,11 @@ def gpt2_run(tiny_models, tmp_path_factory) -> dict[str, Path]:
     model = tiny_models["gpt2"]
     # Also exercises gradient accumulation and gradient checkpointing with packed micro-batches (a causal
     # student's default) under ZeRO-3.
-    launch("launchers/train.py", train_args("gpt2", model, root / "full", "train.gradient_accumulation=2",
-                                            "train.micro_batch_size=2", "model.gradient_checkpointing=true",
-                                            "eval.every=3", "eval.limit=4", "eval.datasets=[multiarith:test]",
-                                            f"data.data_dir={SHARED_DATA}"))
-    return {"model": model, "full": root / "full", "root": root}
+    proc = launch("launchers/train.py", train_args("gpt2", model, root / "full", "train.gradient_accumulation=2",
+                                                   "train.micro_batch_size=2", "model.gradient_checkpointing=true",
+                                                   "eval.every=3", "eval.limit=4", "eval.datasets=[multiarith:test]",
+                                                   f"data.data_dir={SHARED_DATA}"))
+    return {"model": model, "full": root / "full", "root": root, "output": proc.stdout + proc.stderr}
 
 
 @pytest.mark.parametrize("which", ["t5", "gpt2"])
@@ -188,6 +189,16 @@ def test_periodic_evaluation_logs_every_dev_set_during_training(gpt2_run):
         assert [e.step for e in events.Scalars(tag)] == [3, 6], tag
     mid = gpt2_run["full"] / "eval" / "step-000003" / "multiarith_test" / "predictions.jsonl"
     assert len(mid.read_text().splitlines()) == 4
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_is_said_once_at_start_up(gpt2_run):
+    """The recipe trains in bf16 on 2 CPU ranks: one line from rank 0 where the CPU lacks bf16 kernels (every
+    step several times slower, numbers unlike an AMX machine's), none where it has them."""
+    lines = [line for line in gpt2_run["output"].splitlines() if "without native bf16 kernels" in line]
+    expected = 0 if cpu_computes_natively("bf16") else 1
+    assert len(lines) == expected, lines
+    if lines:
+        assert lines[0].startswith("[cotdistill] train.precision=bf16 on a CPU") and "train.precision=fp32" in lines[0]
 
 
 def test_a_flan_t5_keeps_its_own_lm_head_through_zero3_loading_training_and_export(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from cotdistill import checkpoints as ckpt
+from cotdistill.cpu_precision import slow_precision_note
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer, model_skeleton
@@ -120,6 +121,9 @@ def open_student(engine: Engine, target: str | Path, precision: str = "bf16", ze
         if engine.is_main:
             log.info("inference engine: %s; --zero_stage chooses another", why)
     zero_stage = int(zero_stage)
+    slow = slow_precision_note(engine.device.type, precision, "--precision")
+    if slow and engine.is_main:
+        log.warning("%s", slow)
     ds = inference_ds_config(precision, zero_stage, offload)
     dtype = DTYPES[precision]
     if checkpoint is None:

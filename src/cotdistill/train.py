@@ -31,6 +31,7 @@ from cotdistill.batching import (
 )
 from cotdistill.chat import check_chat_student
 from cotdistill.config import EvalRunConfig, EvalSpec, RunConfig, eval_spec, to_yaml, validate_run
+from cotdistill.cpu_precision import slow_precision_note
 from cotdistill.ds_config import check_precision, read_template, resolve_ds_config
 from cotdistill.engine import Engine
 from cotdistill.errors import ConfigError, TeacherUnavailable
@@ -214,6 +215,9 @@ class Trainer:
 
         model_config = AutoConfig.from_pretrained(model_path)
         check_precision(model_config.model_type, config)
+        slow = slow_precision_note(engine.device.type, t.precision, "train.precision")
+        if slow and engine.is_main:
+            log.warning("%s", slow)
         self.packed = t.pack_sequences and can_pack(model_config)
         if t.pack_sequences and not self.packed:
             log.info("packing: %s students are padded (packed micro-batches support causal LMs and %s)",

@@ -20,6 +20,7 @@ import torch
 
 from cotdistill.alignment import token_spans
 from cotdistill.batching import padded_prompts
+from cotdistill.cpu_precision import slow_precision_note
 from cotdistill.errors import ConfigError
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer
 from cotdistill.teacher.types import (
@@ -65,6 +66,9 @@ class HFTeacher:
         if self.device.type == "cpu" and precision == "fp16":
             log.warning("fp16 is not supported for generation on CPU; loading teacher %s in fp32", model)
             precision = "fp32"
+        slow = slow_precision_note(self.device.type, precision, "teacher.precision")
+        if slow:
+            log.warning("%s", slow)
         self.precision = precision
         if _looks_local(model) and not Path(model).expanduser().exists():
             raise TeacherError(f"teacher model {model!r} does not exist: no such folder")

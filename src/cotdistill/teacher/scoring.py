@@ -12,6 +12,7 @@ loaded outside ZeRO-3, see ``Engine.outside_zero3``). A served teacher (``openai
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from cotdistill.alignment import END_OF_TEXT, TeacherTarget
+from cotdistill.cpu_precision import slow_precision_note
 from cotdistill.errors import ConfigError
 from cotdistill.teacher.hf_local import PRECISIONS, alternative_text, resolve_device
 from cotdistill.teacher.types import TeacherError, TokenLogprob
@@ -71,6 +73,9 @@ class HFTokenScorer:
         self.model_name, self.batch_size, self.precision = model, batch_size, precision
         self.engine = partition_over
         self.device = partition_over.device if partition_over is not None else resolve_device(device)
+        slow = slow_precision_note(self.device.type, precision, "train.on_policy.teacher.precision")
+        if slow and os.environ.get("RANK", "0") == "0":  # every rank builds a scorer; one line is enough
+            log.warning("%s", slow)
         try:
             kind = detect_kind(model)
             if kind != "causal":
