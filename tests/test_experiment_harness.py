@@ -288,7 +288,7 @@ def test_an_init_folder_is_reused_only_when_built_by_the_same_init(tmp_path):
     folder = tmp_path / "init" / "seed-1"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
-    with pytest.raises(ExperimentError, match="older harness"):
+    with pytest.raises(ExperimentError, match="older harness or by hand"):
         build_init(spec, 1, folder)
     record = {"family": "llama", "recipe": RECIPE, "overrides": ["model.tiny.d_model=128"], "seed": 1}
     (folder / INIT_MARK).write_text(json.dumps(record))
@@ -297,6 +297,28 @@ def test_an_init_folder_is_reused_only_when_built_by_the_same_init(tmp_path):
         build_init(InitSpec("gpt2", RECIPE, ["model.tiny.d_model=128"]), 1, folder)
     with pytest.raises(ExperimentError, match="another init"):
         build_init(spec, 2, folder)
+
+
+def test_an_init_build_killed_before_its_mark_leaves_no_init_and_the_next_build_succeeds(tmp_path, monkeypatch):
+    # The model used to take its final name before the mark was written: a harness killed in between left an
+    # unmarked init that every later run refused as "built by an older harness".
+    spec = InitSpec("llama", RECIPE, [f"{k}={v}" for k, v in TINY.items()])
+    folder = tmp_path / "init" / "seed-1"
+    real_write = Path.write_text
+
+    def killed_at_the_mark(self, *args, **kwargs):
+        if self.name == INIT_MARK:
+            raise KeyboardInterrupt  # what SIGINT / the end of the job does at this point
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", killed_at_the_mark)
+    with pytest.raises(KeyboardInterrupt):
+        build_init(spec, 1, folder, log=lambda line: None)
+    monkeypatch.setattr(Path, "write_text", real_write)
+    assert not folder.exists()
+    assert build_init(spec, 1, folder, log=lambda line: None) == folder
+    assert json.loads((folder / INIT_MARK).read_text())["seed"] == 1 and (folder / "config.json").is_file()
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["seed-1"]  # the killed build's staging is gone
 
 
 @pytest.mark.distributed

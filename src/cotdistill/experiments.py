@@ -808,6 +808,7 @@ def read_checkpoint_evals(out: Path, dataset_folder: str) -> dict[str, Any]:
 
 
 INIT_MARK = ".experiment_init.json"  # in an init folder: the init spec and seed it was built with
+INIT_STAGING = ".building"  # suffix of the sibling an init is built and marked in before it takes its name
 
 
 def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], None] = print) -> Path:
@@ -823,7 +824,7 @@ def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], No
             found = None
         if found == record:
             return out_dir
-        what = "an older harness (unmarked)" if found is None else f"another init ({found})"
+        what = "an older harness or by hand (unmarked)" if found is None else f"another init ({found})"
         raise ExperimentError(f"{out_dir} holds a model built by {what}, not by this experiment's init {record}; "
                               "delete the folder to build it anew (every arm of this seed then starts from it)")
     from cotdistill.run_data import load_run_problems, run_examples
@@ -834,9 +835,15 @@ def build_init(init: InitSpec, seed: int, out_dir: Path, log: Callable[[str], No
     texts = [e.source + e.target for e in run_examples(config, problems)]
     log(f"   init: tiny {init.family} for seed {seed} at {out_dir}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    built = build_tiny_model(init.family, out_dir, texts, config.model.tiny, seed=seed)
-    mark.write_text(json.dumps(record) + "\n", encoding="utf-8")
-    return built
+    # Model and mark appear together: built and marked in a staging sibling, then renamed. A harness killed in
+    # between leaves only the staging folder (removed by the next build), never an unmarked init.
+    staging = out_dir.with_name(out_dir.name + INIT_STAGING)
+    for leftover in (staging, *out_dir.parent.glob(staging.name + ".tmp-*")):  # a killed build's
+        shutil.rmtree(leftover, ignore_errors=True)
+    build_tiny_model(init.family, staging, texts, config.model.tiny, seed=seed)
+    (staging / INIT_MARK).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    os.replace(staging, out_dir)
+    return out_dir
 
 
 def _claim(folder: Path, fingerprint: str, what: str, record: dict[str, Any], mark_name: str = RUN_MARK) -> None:
