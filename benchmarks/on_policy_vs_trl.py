@@ -72,10 +72,11 @@ def make_student(teacher: Path, out: Path, d_model: int, layers: int, heads: int
     return out
 
 
-def run(script: str, recipe: str, overrides: list[str], ranks: int, log_file: Path) -> float:
+def run(script: str, recipe: str, overrides: list[str], ranks: int, log_file: Path,
+        script_args: tuple[str, ...] = ()) -> float:
     """One training launch; returns its wall seconds (the log is kept, its tail raised on failure)."""
     cmd = [sys.executable, "launchers/launch.py", "--num_gpus", str(ranks), "--master_port", str(free_port()),
-           script, "--config", recipe, *overrides]
+           script, *script_args, "--config", recipe, *overrides]
     log("+ " + " ".join(cmd))
     started = time.monotonic()
     with open(log_file, "w", encoding="utf-8") as sink:
@@ -222,6 +223,9 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the throughput window")
     parser.add_argument("--eval_problems", type=int, default=300)
     parser.add_argument("--precision", default="fp32", choices=["bf16", "fp32"])
+    parser.add_argument("--trl_positions_from_mask", action="store_true",
+                        help="TRL's loss forwards count positions from each row's first real token "
+                             "(trl_gkd_baseline.py --positions_from_mask); off: TRL as it ships")
     parser.add_argument("--summarize", type=Path, nargs="+", default=None,
                         help="only summarize finished runs: their --work folders, one per seed")
     args = parser.parse_args()
@@ -264,12 +268,15 @@ def main() -> None:
                  f"train.on_policy.beta={args.beta}", f"train.on_policy.max_new_tokens={args.max_new_tokens}",
                  f"train.on_policy.teacher.model={args.teacher}", f"train.on_policy.teacher.precision={args.precision}"]
     results: dict[str, Any] = {"teacher": str(args.teacher), "recipe": args.recipe, "argv": sys.argv[1:],
+                               "trl_positions_from_mask": args.trl_positions_from_mask,
                                "student": {"d_model": d_model, "layers": layers, "heads": heads},
                                "warm_start": str(student), "start_eval": start, "ranks": args.ranks, "trainers": {}}
     for name, script in TRAINERS.items():
         run_dir = work / name.replace(" ", "-").lower()
         shutil.rmtree(run_dir, ignore_errors=True)
-        wall = run(script, args.recipe, [*on_policy, f"output_dir={run_dir}"], args.ranks, work / f"{run_dir.name}.log")
+        extra = ("--positions_from_mask",) if script == TRAINERS["TRL GKD"] and args.trl_positions_from_mask else ()
+        wall = run(script, args.recipe, [*on_policy, f"output_dir={run_dir}"], args.ranks, work / f"{run_dir.name}.log",
+                   extra)
         rows = step_rows(run_dir)
         results["trainers"][name] = {
             "wall_s": wall, "steps": len(rows), "throughput": throughput(rows, args.skip),

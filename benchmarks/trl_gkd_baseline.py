@@ -65,11 +65,31 @@ def gkd_rows(tokenized: list, prompts: list[str]) -> dict[str, list]:
     return rows
 
 
+def fill_positions_from_mask(model: torch.nn.Module) -> None:
+    """Make ``model`` count positions from each row's first real token on a full forward that passes a mask and
+    no positions, as TRL's ``compute_loss`` does (``--positions_from_mask``). TRL's collator pads on the left and
+    GPT-2 then scores every token of a padded row at a shifted position (benchmarks/trl_padding_positions.py).
+    Generation passes its own positions and cached steps are left alone, so only those forwards change."""
+    from cotdistill.batching import positions_from_mask
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if (not args and kwargs.get("position_ids") is None and kwargs.get("past_key_values") is None
+                and ids is not None and mask is not None and ids.shape == mask.shape):
+            kwargs = {**kwargs, "position_ids": positions_from_mask(mask)}
+        return args, kwargs
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="YAML recipe (recipes/*.yaml), as for launchers/train.py")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=20")
     parser.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # set by the launcher
+    parser.add_argument("--positions_from_mask", action="store_true",
+                        help="student and teacher count positions from each row's first real token in TRL's loss "
+                             "forwards (TRL 1.16 does not: its rows are left-padded); off: TRL as it ships")
     args = parser.parse_args()
 
     from cotdistill.engine import quiet_libraries, share_cpu_threads
@@ -122,6 +142,9 @@ def main() -> None:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[t.precision]
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     teacher = AutoModelForCausalLM.from_pretrained(op.teacher.model, dtype=dtype)
+    if args.positions_from_mask:
+        fill_positions_from_mask(model)
+        fill_positions_from_mask(teacher)
     # the HF baseline's counting wrapper reads TRL's batches too (input_ids, attention_mask, labels)
     collator = CountingCollator(DataCollatorForChatML(tokenizer=tokenizer, max_length=training_args.max_length),
                                 causal=True)
@@ -134,7 +157,8 @@ def main() -> None:
         engine = trainer.model_wrapped
         print(json.dumps({"steps": result.global_step, "train_loss": result.training_loss,
                           "final": str(final) if final else None, "world_size": training_args.world_size,
-                          "threads": torch.get_num_threads(), "engine": type(engine).__name__,
+                          "threads": torch.get_num_threads(), "positions_from_mask": args.positions_from_mask,
+                          "engine": type(engine).__name__,
                           "zero_stage": getattr(engine, "zero_optimization_stage", lambda: None)(),
                           "teacher_engine": type(trainer.teacher_model).__name__}), flush=True)
 

@@ -70,7 +70,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from trl.experimental.utils import DataCollatorForChatML
 
-    from cotdistill.batching import tokenize_examples
+    from cotdistill.batching import positions_from_mask, tokenize_examples
     from cotdistill.config import load_config
     from cotdistill.modeling import load_tokenizer
     from cotdistill.run_data import load_run_problems, run_examples
@@ -97,7 +97,7 @@ def main() -> None:
                     on_policy_layout(chunk, tokenizer.pad_token_id)
                 mask = batch["attention_mask"]
                 pads += (mask.cumsum(-1) == 0).sum(1).tolist()  # left pads: before the row's first real token
-                from_mask = (mask.cumsum(-1) - 1).clamp(min=0)
+                from_mask = positions_from_mask(mask)
                 for name, positions in (("trl", None), ("mask_positions", from_mask)):
                     nll, tokens, hits = completion_scores(model, batch, positions)
                     totals[name] = [totals[name][0] + nll, totals[name][1] + tokens, totals[name][2] + hits]

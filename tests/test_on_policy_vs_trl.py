@@ -134,3 +134,37 @@ def test_seeds_are_summarized_with_paired_differences_on_the_same_problems(tmp_p
     write(tmp_path / "seed-3", "trl-gkd-eval", "1000", questions="other")
     with pytest.raises(SystemExit, match="different problems"):
         on_policy_vs_trl.summarize_seeds([*works, tmp_path / "seed-3"])
+
+
+def test_positions_from_mask_make_a_left_padded_row_score_like_the_unpadded_row(tiny_models):
+    """TRL's loss forwards pass a mask and no positions; GPT-2 then counts positions from the first column, so a
+    left-padded row is scored at shifted positions. With --positions_from_mask it scores as if unpadded, and a
+    forward that brings its own positions (generation) is left alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_models["gpt2"]), dtype=torch.float32).eval()
+    ids = torch.tensor([[5, 9, 13, 21, 8]])
+    pads = 3
+    padded = torch.cat([torch.zeros(1, pads, dtype=torch.long), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, pads, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    with torch.inference_mode():
+        alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+        shifted = model(input_ids=padded, attention_mask=mask).logits[0, pads:]
+        own = torch.arange(padded.size(1)).unsqueeze(0)
+        given = model(input_ids=padded, attention_mask=mask, position_ids=own).logits[0, pads:]
+        trl_gkd_baseline.fill_positions_from_mask(model)
+        fixed = model(input_ids=padded, attention_mask=mask).logits[0, pads:]
+        still_given = model(input_ids=padded, attention_mask=mask, position_ids=own).logits[0, pads:]
+    assert (shifted - alone).abs().max() > 1e-3  # the mechanism: TRL's forward is not the unpadded one
+    torch.testing.assert_close(fixed, alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(still_given, given, rtol=0, atol=0)
+
+
+def test_the_trl_launch_gets_its_own_flags_before_the_shared_recipe_and_overrides(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(on_policy_vs_trl.subprocess, "call", lambda cmd, **kwargs: seen.append(cmd) or 0)
+    on_policy_vs_trl.run(on_policy_vs_trl.TRAINERS["TRL GKD"], "r.yaml", ["train.max_steps=3"], 2,
+                         tmp_path / "log", ("--positions_from_mask",))
+    (cmd,) = seen
+    script = cmd.index("benchmarks/trl_gkd_baseline.py")
+    assert cmd[script + 1:] == ["--positions_from_mask", "--config", "r.yaml", "train.max_steps=3"]

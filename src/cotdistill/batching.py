@@ -480,6 +480,12 @@ def _teacher_tensors(batch: Sequence[TokenizedExample], labels: torch.Tensor) ->
     return ids, probs
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each row's first real token (0 on the pads before it): what a left-padded row
+    needs to be scored as if unpadded. Models called with a mask but no positions count from the first column."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def padded_prompts(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> dict[str, torch.Tensor]:
     """Prompts for generation; decoder-only models need left padding so generation continues the text."""
     return {"input_ids": _pad(prompts, pad_id, left=left),

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cotdistill.alignment import StudentVocab, TeacherTarget, scored_targets
-from cotdistill.batching import TokenizedExample, collate, pack_causal, pack_seq2seq
+from cotdistill.batching import TokenizedExample, collate, pack_causal, pack_seq2seq, positions_from_mask
 from cotdistill.objectives import IGNORE_INDEX
 
 
@@ -52,7 +52,7 @@ def ancestral_samples(model: Any, input_ids: torch.Tensor, attention_mask: torch
     row and step; positions counted from each row's first real token), without generate's per-token machinery
     (logits processors, stopping criteria, cache bookkeeping), which cost a tiny student most of its sampling
     time on CPU. One forward per new token with the KV cache; stops when every row has its EOS."""
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    positions = positions_from_mask(attention_mask)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1)
     finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
