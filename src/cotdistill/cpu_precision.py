@@ -35,5 +35,5 @@ def slow_precision_note(device_type: str, precision: str, key: str) -> str | Non
     if device_type != "cpu" or cpu_computes_natively(precision):
         return None
     return (f"{key}={precision} on a CPU without native {precision} kernels (no AMX or AVX512-{precision.upper()}): "
-            f"expect steps several times slower than fp32 (6x on an AVX2 EPYC) and numbers that differ from "
+            f"expect steps several times slower than fp32 (bf16: 6x on an AVX2 EPYC) and numbers that differ from "
             f"{precision} on CPUs that have them; {key}=fp32 is faster here")
