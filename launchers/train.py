@@ -7,7 +7,6 @@ import argparse
 from cotdistill.config import describe_config, load_config
 from cotdistill.entrypoints import exit_without_teardown, run_or_exit
 from cotdistill.report import print_run_summary
-from cotdistill.train import train
 
 
 def main() -> None:
@@ -21,6 +20,10 @@ def main() -> None:
         print("\n".join(describe_config()))
         return
     config = run_or_exit(lambda: load_config(args.config, args.overrides))
+    # Imported once the config is good: torch, transformers and DeepSpeed take seconds to import, and a mistyped key
+    # or recipe should be said at once (--keys, too).
+    from cotdistill.train import train
+
     result = run_or_exit(lambda: train(config))
     print_run_summary(config, result)
 

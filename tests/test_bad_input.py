@@ -88,6 +88,24 @@ def test_launcher_lists_keys_without_starting_anything():
     assert "train.max_steps = " in proc.stdout and "data.formats = " in proc.stdout
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--keys"], "train.max_steps = "),
+    (["train.max_stepz=3"], "unknown config key 'train.max_stepz'"),
+    (["model.make_tiny=gpt3"], "model.make_tiny='gpt3' is not one of: , t5, umt5, gpt2, llama"),
+])
+def test_keys_and_recipe_mistakes_are_answered_before_torch_is_imported(args, says):
+    """Importing torch, transformers and DeepSpeed takes seconds; the key list and a recipe's mistakes (the
+    student family registry included) need none of them, so they are said at once."""
+    recipe = [] if args == ["--keys"] else ["--config", "recipes/demo-t5-synthetic.yaml"]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "launchers/train.py", *recipe, *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == (0 if args == ["--keys"] else 2), proc.stderr[-3000:]
+    assert says in proc.stdout + proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "cotdistill.config" in imported
+    assert not imported & {"torch", "transformers", "deepspeed"}, sorted(imported & {"torch", "transformers"})
+
+
 def test_existing_output_is_kept_when_a_run_fails(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

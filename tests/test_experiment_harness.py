@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cotdistill.checkpoints import MARKER
 from cotdistill.experiments import (
     INIT_MARK,
     ExperimentError,
@@ -181,6 +182,29 @@ def test_resume_after_kill_runs_only_what_is_missing(tmp_path):
     exp = load_experiment(write_experiment(tmp_path, changed))
     with pytest.raises(ExperimentError, match="cot seed 1, cot seed 2, cot seed 3 from another configuration"):
         run_experiment(exp, ["cot"], [1, 2, 3], fake_results, log=lambda line: None)
+
+
+def test_a_run_resumed_from_an_earlier_attempt_says_its_minutes_are_that_attempts_only(tmp_path):
+    """An attempt killed after a checkpoint (or after training) leaves it in the run folder; the rerun resumes
+    from it and takes less time than a whole run, so its result says so rather than passing for a run's time."""
+    exp = load_experiment(write_experiment(tmp_path, two_arms(tmp_path)))
+    for seed, left in ((1, "checkpoint"), (2, "final")):
+        run_dir = resolve_run(exp, "cot", seed).run_dir
+        if left == "checkpoint":
+            (run_dir / "checkpoints" / "step-000040").mkdir(parents=True)  # killed while writing step 60's
+            (run_dir / "checkpoints" / "step-000030").mkdir()
+            (run_dir / "checkpoints" / "step-000030" / MARKER).write_text("{}")
+        else:
+            (run_dir / "final").mkdir(parents=True)
+    lines = []
+    run_experiment(exp, ["cot"], [1, 2, 3], fake_results, log=lines.append)
+    runs = {entry["seed"]: entry for entry in json.loads(exp.results_file.read_text())["runs"]}
+    assert runs[1]["earlier_attempt"] == "resumes from the step-30 checkpoint of an earlier attempt"
+    assert runs[2]["earlier_attempt"] == "its training finished in an earlier attempt"
+    assert "earlier_attempt" not in runs[3]
+    said = [line for line in lines if "this attempt only" in line]
+    assert len(said) == 2 and said[0].startswith("   cot seed 1: held-out 150/300 ("), said
+    assert any(line.endswith("(resumes from the step-30 checkpoint of an earlier attempt)") for line in lines)
 
 
 def test_small_evaluation_sets_are_refused_naming_the_arm(tmp_path):

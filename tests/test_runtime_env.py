@@ -125,3 +125,46 @@ def test_install_time_op_build_leaves_nothing_for_an_offload_run_to_compile():
                                   "offload_param": {"device": "nvme"}}}
     expected = [] if done["AsyncIOBuilder"] == "built" else ["async_io"]
     assert ops_to_build(nvme) == expected
+
+
+MUON_PROBE = """
+import sys
+import deepspeed
+from deepspeed.runtime import compiler
+from cotdistill.engine import MUON_MODULE, import_muon_without_compiling
+before = compiler.compile
+if sys.argv[1] == "ours":
+    import_muon_without_compiling()
+    assert compiler.compile is before, "deepspeed's compile() must be restored"
+from deepspeed.runtime.zero.muon.muon_optimizer import MuonWithAuxAdam
+assert isinstance(MuonWithAuxAdam, type) and MUON_MODULE in sys.modules
+print("inductor" if "torch._inductor.compile_fx" in sys.modules else "no inductor")
+"""
+
+
+@pytest.mark.parametrize(("how", "expected"), [("plain", "inductor"), ("ours", "no inductor")])
+def test_muon_module_is_imported_without_torch_compile_so_a_zero_start_skips_inductor(how, expected):
+    """Every ZeRO set-up imports DeepSpeed's Muon module; imported plainly it wraps kernels in torch.compile and so
+    imports TorchInductor (seconds per rank); through cotdistill.engine the wrapping waits for a first call."""
+    proc = subprocess.run([sys.executable, "-c", MUON_PROBE, how], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_a_function_compiled_on_first_call_is_compiled_once_and_gives_its_results():
+    from cotdistill.engine import compile_on_first_call
+
+    compiled = []
+
+    def fake_compile(fn):
+        compiled.append(fn.__name__)
+        return lambda *args: ("compiled", fn(*args))
+
+    @compile_on_first_call(fake_compile)
+    def double(x):
+        return 2 * x
+
+    assert compiled == [] and double.__name__ == "double"
+    assert double(3) == ("compiled", 6) and double(4) == ("compiled", 8)
+    assert compiled == ["double"]

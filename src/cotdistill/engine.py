@@ -11,9 +11,12 @@ tiny test models are saved first and then loaded through this same path.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from datetime import timedelta
@@ -28,6 +31,7 @@ from cotdistill.runtime_env import ops_to_build, set_deepspeed_log_level
 log = logging.getLogger(__name__)
 
 UNIVERSAL_TAG = "universal"  # <checkpoint>/universal: a checkpoint resharded for another world size
+MUON_MODULE = "deepspeed.runtime.zero.muon.muon_optimizer"
 
 
 def _free_port() -> int:
@@ -249,6 +253,7 @@ class Engine:
                 "compiling DeepSpeed's %s op%s once into %s (about a minute on 2 CPU cores; later runs reuse it)",
                 " and ".join(missing), "s" if len(missing) > 1 else "", os.environ.get("TORCH_EXTENSIONS_DIR"))
         params = [p for p in model.parameters() if p.requires_grad]
+        import_muon_without_compiling()
         self.ds, _, _, _ = self._deepspeed.initialize(model=model, model_parameters=params, config=config)
 
     def initialize_inference(self, model: torch.nn.Module, ds_config: dict[str, Any]) -> None:
@@ -257,6 +262,7 @@ class Engine:
         config.pop("optimizer", None)
         config.pop("scheduler", None)
         self.ds_config = config
+        import_muon_without_compiling()
         self.ds, _, _, _ = self._deepspeed.initialize(model=model, config=config)
 
     def release_model(self) -> None:
@@ -578,6 +584,46 @@ def _usable_cpus() -> int:
 # DeepSpeed's CPU-accelerator ops a run may JIT-build: Adam for CPU offload, FusedAdam for ZeRO without offload
 # (the CPU accelerator's FusedAdam is the same kernel), NVMe swapping and the pinned buffers it uses.
 CPU_OPS = ("CPUAdamBuilder", "FusedAdamBuilder", "AsyncIOBuilder", "PinMemoryBuilder")
+
+
+def compile_on_first_call(compile_fn: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    """A decorator that applies ``compile_fn`` to a function at its first call rather than at once."""
+    def decorate(fn: Callable) -> Callable:
+        compiled: list[Callable] = []
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if not compiled:
+                compiled.append(compile_fn(fn))
+            return compiled[0](*args, **kwargs)
+        return call
+    return decorate
+
+
+def import_muon_without_compiling() -> None:
+    """Import DeepSpeed's Muon optimizer module with its ``torch.compile`` wrapping deferred to first use.
+
+    Every ZeRO set-up imports that module (to ask whether the optimizer is a Muon one), and the module wraps three
+    kernels in ``torch.compile`` as it is imported, which imports TorchInductor: 2-5 s per rank on 2 CPU cores, at
+    every training start, for an optimizer cotdistill never uses. ``torch.compile`` compiles at a function's first
+    call anyway, so deferring the wrapping to that call changes nothing else. A DeepSpeed without Muon is left as
+    it is."""
+    if MUON_MODULE in sys.modules:
+        return
+    try:
+        from deepspeed.runtime import compiler
+    except ImportError:
+        return
+    eager = getattr(compiler, "compile", None)
+    if eager is None:
+        return
+    compiler.compile = lambda: compile_on_first_call(eager())
+    try:
+        importlib.import_module(MUON_MODULE)
+    except ImportError:
+        pass
+    finally:
+        compiler.compile = eager
 
 
 def build_cpu_ops(names: tuple[str, ...] = CPU_OPS) -> dict[str, str]:

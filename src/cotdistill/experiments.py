@@ -760,7 +760,8 @@ def run_experiment(experiment: Experiment, arms: list[str], seeds: list[int], ru
     ran = []
     for run in todo:
         started = time.monotonic()
-        log(f"== {run.arm.name} seed {run.seed} -> {run.run_dir}")
+        earlier = earlier_attempt(run.run_dir)
+        log(f"== {run.arm.name} seed {run.seed} -> {run.run_dir}" + (f" ({earlier})" if earlier else ""))
         evals = runner(run)
         missing = [e.name for e in run.arm.evals if e.name not in evals]
         if missing:
@@ -768,11 +769,26 @@ def run_experiment(experiment: Experiment, arms: list[str], seeds: list[int], ru
         entry = {"arm": run.arm.name, "seed": run.seed, "fingerprint": run.fingerprint, "run_dir": str(run.run_dir),
                  "minutes": round((time.monotonic() - started) / 60, 2),
                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "evals": evals}
+        if earlier:
+            entry["earlier_attempt"] = earlier  # minutes then counts this attempt only
         store.add(entry)
         ran.append(run.key)
+        timing = f"{entry['minutes']} min" + (", this attempt only" if earlier else "")
         log(f"   {run.arm.name} seed {run.seed}: " + ", ".join(
-            f"{name} {e['correct']}/{e['total']}" for name, e in evals.items()) + f" ({entry['minutes']} min)")
+            f"{name} {e['correct']}/{e['total']}" for name, e in evals.items()) + f" ({timing})")
     return ran
+
+
+def earlier_attempt(run_dir: Path) -> str | None:
+    """What an interrupted earlier attempt left in a run's folder (a finished training, or its newest complete
+    checkpoint), or None. A run that resumes from it takes less time than a whole one, so its ``minutes`` (this
+    attempt's wall time) must not be read as the run's."""
+    from cotdistill.checkpoints import latest_checkpoint  # torch; the harness needs it only here
+
+    if RunFolder(run_dir).final.exists():
+        return "its training finished in an earlier attempt"
+    newest = latest_checkpoint(run_dir)
+    return f"resumes from the step-{newest.step} checkpoint of an earlier attempt" if newest else None
 
 
 def read_eval(folder: Path) -> dict[str, Any]:

@@ -22,37 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import torch
-from transformers import (
-    Gemma3TextConfig,
-    GPT2Config,
-    LlamaConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    Qwen2Config,
-    Qwen3Config,
-    T5Config,
-    UMT5Config,
-)
-
 from cotdistill.errors import ConfigError
-from cotdistill.tokenizers_train import (
-    train_gemma_tokenizer,
-    train_gpt2_tokenizer,
-    train_llama_tokenizer,
-    train_qwen_tokenizer,
-    train_t5_tokenizer,
-)
 
 if TYPE_CHECKING:
+    from transformers import GPT2Config, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
     from cotdistill.config import TinyModelConfig
 
 ModelKind = Literal["seq2seq", "causal"]
 # (size, tokenizer or None) -> config; without a tokenizer the vocabulary is the size's cap and no special ids
 # are set (what the memory planner needs before any tokenizer exists).
-TinyConfigFn = Callable[["TinyModelConfig", PreTrainedTokenizerBase | None], PretrainedConfig]
-TokenizerTrainer = Callable[[list[str], int, int], PreTrainedTokenizerBase]
+TinyConfigFn = Callable[["TinyModelConfig", "PreTrainedTokenizerBase | None"], "PretrainedConfig"]
+TokenizerTrainer = Callable[[list[str], int, int], "PreTrainedTokenizerBase"]
 
 # T5's logits are final_layer_norm(h) * d_model**-0.5 @ shared.T, so with the standard init (embedding
 # std 1, norm gain 1) their std is ~1 and the first loss sits ~25% above ln V. The decoder's final norm
@@ -154,12 +135,26 @@ def _vocab(size: TinyModelConfig, tokenizer: PreTrainedTokenizerBase | None) -> 
     return len(tokenizer) if tokenizer is not None else size.vocab_size
 
 
-def t5_like_config(config_class: type[PretrainedConfig]) -> TinyConfigFn:
+def _config_class(config_class: type[PretrainedConfig] | str) -> type[PretrainedConfig]:
+    """A config class, or the name of one of transformers' (resolved only when a config is built, so that importing
+    this registry, as validating a recipe does, does not import transformers' models)."""
+    if isinstance(config_class, str):
+        import transformers
+
+        return getattr(transformers, config_class)
+    return config_class
+
+
+def _class_name(config_class: type[PretrainedConfig] | str) -> str:
+    return config_class if isinstance(config_class, str) else config_class.__name__
+
+
+def t5_like_config(config_class: type[PretrainedConfig] | str) -> TinyConfigFn:
     """The tiny config builder of a T5-shaped family: FlanT5's gated-GELU layout, special ids the tokenizer's,
-    decoder start = pad as in T5."""
+    decoder start = pad as in T5. ``config_class``: the class or its name in ``transformers``."""
 
     def build(size: TinyModelConfig, tokenizer: PreTrainedTokenizerBase | None) -> PretrainedConfig:
-        config = config_class(
+        config = _config_class(config_class)(
             vocab_size=_vocab(size, tokenizer),
             d_model=size.d_model,
             d_kv=size.d_model // size.num_heads,
@@ -175,17 +170,21 @@ def t5_like_config(config_class: type[PretrainedConfig]) -> TinyConfigFn:
             config.decoder_start_token_id = tokenizer.pad_token_id
         return config
 
-    build.__doc__ = f"A tiny gated-GELU {config_class.__name__} over the tokenizer's vocabulary and special ids."
+    build.__doc__ = f"A tiny gated-GELU {_class_name(config_class)} over the tokenizer's vocabulary and special ids."
     return build
 
 
 def _t5_output_gain(model: PreTrainedModel) -> None:
+    import torch
+
     with torch.no_grad():
         model.decoder.final_layer_norm.weight.fill_(T5_OUTPUT_NORM_GAIN)
 
 
 def _gpt2_tiny_config(size: TinyModelConfig, tokenizer: PreTrainedTokenizerBase | None) -> GPT2Config:
     """A GPT-2 config whose bos, eos and pad ids are all the tokenizer's ``<|endoftext|>``."""
+    from transformers import GPT2Config
+
     config = GPT2Config(
         vocab_size=_vocab(size, tokenizer),
         n_positions=size.n_positions,
@@ -211,12 +210,13 @@ def tiny_kv_heads(num_heads: int) -> int:
     return num_heads // 2 if num_heads % 2 == 0 else num_heads
 
 
-def llama_like_config(config_class: type[PretrainedConfig]) -> TinyConfigFn:
+def llama_like_config(config_class: type[PretrainedConfig] | str) -> TinyConfigFn:
     """The tiny config builder of a Llama-shaped family (RoPE, RMSNorm, gated MLP, grouped-query attention,
-    tied embeddings as in the small published sizes): the config class is all that differs."""
+    tied embeddings as in the small published sizes): the config class (or its name in ``transformers``) is all
+    that differs."""
 
     def build(size: TinyModelConfig, tokenizer: PreTrainedTokenizerBase | None) -> PretrainedConfig:
-        config = config_class(
+        config = _config_class(config_class)(
             vocab_size=_vocab(size, tokenizer),
             hidden_size=size.d_model,
             intermediate_size=size.d_ff,
@@ -234,7 +234,7 @@ def llama_like_config(config_class: type[PretrainedConfig]) -> TinyConfigFn:
             config.pad_token_id = tokenizer.pad_token_id
         return config
 
-    build.__doc__ = f"A tiny {config_class.__name__} over the tokenizer's vocabulary and special ids."
+    build.__doc__ = f"A tiny {_class_name(config_class)} over the tokenizer's vocabulary and special ids."
     return build
 
 
@@ -242,10 +242,10 @@ def llama_like_config(config_class: type[PretrainedConfig]) -> TinyConfigFn:
 GEMMA3_WINDOW, GEMMA3_PATTERN = 512, 6
 
 
-def _gemma3_tiny_config(size: TinyModelConfig, tokenizer: PreTrainedTokenizerBase | None) -> Gemma3TextConfig:
+def _gemma3_tiny_config(size: TinyModelConfig, tokenizer: PreTrainedTokenizerBase | None) -> PretrainedConfig:
     """A tiny Gemma 3 text model: Llama's shape with q/k norms, embeddings scaled by sqrt(hidden), and sliding-
     window layers (every sixth global, the last one always: with 2 layers, one of each)."""
-    config = llama_like_config(Gemma3TextConfig)(size, tokenizer)
+    config = llama_like_config("Gemma3TextConfig")(size, tokenizer)
     config.query_pre_attn_scalar = config.head_dim
     config.sliding_window = min(GEMMA3_WINDOW, size.n_positions)
     config.layer_types = ["full_attention" if (i + 1) % GEMMA3_PATTERN == 0 or i == size.num_layers - 1
@@ -279,6 +279,25 @@ def with_chat_template(train: TokenizerTrainer, template: str) -> TokenizerTrain
     return trainer
 
 
+def _trainer(name: str) -> TokenizerTrainer:
+    """``cotdistill.tokenizers_train.<name>``, imported at the first call (it imports transformers' tokenizers)."""
+
+    def train(texts: list[str], vocab_size: int, model_max_length: int) -> PreTrainedTokenizerBase:
+        from cotdistill import tokenizers_train
+
+        return getattr(tokenizers_train, name)(texts, vocab_size, model_max_length)
+
+    train.__name__ = train.__qualname__ = name
+    return train
+
+
+train_t5_tokenizer = _trainer("train_t5_tokenizer")
+train_gpt2_tokenizer = _trainer("train_gpt2_tokenizer")
+train_llama_tokenizer = _trainer("train_llama_tokenizer")
+train_qwen_tokenizer = _trainer("train_qwen_tokenizer")
+train_gemma_tokenizer = _trainer("train_gemma_tokenizer")
+
+
 def _causal(name: str, label: str, model_types: tuple[str, ...], bos_first: bool, planner_shape: str,
             tiny_config: TinyConfigFn, train_tokenizer: TokenizerTrainer) -> Family:
     """A causal family that packs and is fp16-safe (GPT-2, Llama, Qwen)."""
@@ -290,24 +309,24 @@ def _causal(name: str, label: str, model_types: tuple[str, ...], bos_first: bool
 # T5 activations overflow fp16 (above 65504): training produces NaN (ds_config.check_precision).
 register(Family(name="t5", label="T5", model_types=("t5", "mt5"), kind="seq2seq", packs=True,
                 fp16_safe=False, bos_first=False, decoder_start="pad", planner_shape="t5",
-                tiny_config=t5_like_config(T5Config), train_tokenizer=train_t5_tokenizer,
+                tiny_config=t5_like_config("T5Config"), train_tokenizer=train_t5_tokenizer,
                 init_tiny=_t5_output_gain))
 # UMT5 has a relative position bias in every layer, which the packed attention's T5 hook does not cover.
 register(Family(name="umt5", label="UMT5", model_types=("umt5",), kind="seq2seq", packs=False,
                 fp16_safe=False, bos_first=False, decoder_start="pad", planner_shape="t5",
-                tiny_config=t5_like_config(UMT5Config), train_tokenizer=train_t5_tokenizer,
+                tiny_config=t5_like_config("UMT5Config"), train_tokenizer=train_t5_tokenizer,
                 init_tiny=_t5_output_gain))
 register(_causal("gpt2", "GPT-2", ("gpt2",), bos_first=False, planner_shape="gpt2",
                  tiny_config=_gpt2_tiny_config, train_tokenizer=train_gpt2_tokenizer))
 # Llama 3.x (and SmolLM2, also model_type llama): <|begin_of_text|> first.
 register(_causal("llama", "Llama", ("llama",), bos_first=True, planner_shape="llama",
-                 tiny_config=llama_like_config(LlamaConfig), train_tokenizer=train_llama_tokenizer))
+                 tiny_config=llama_like_config("LlamaConfig"), train_tokenizer=train_llama_tokenizer))
 # Qwen2/2.5 (q/k/v biases) and Qwen3 (q/k RMSNorm): no BOS, Llama's shape otherwise.
 register(_causal("qwen2", "Qwen2", ("qwen2",), bos_first=False, planner_shape="llama",
-                 tiny_config=llama_like_config(Qwen2Config),
+                 tiny_config=llama_like_config("Qwen2Config"),
                  train_tokenizer=with_chat_template(train_qwen_tokenizer, CHATML_TEMPLATE)))
 register(_causal("qwen3", "Qwen3", ("qwen3",), bos_first=False, planner_shape="llama",
-                 tiny_config=llama_like_config(Qwen3Config),
+                 tiny_config=llama_like_config("Qwen3Config"),
                  train_tokenizer=with_chat_template(train_qwen_tokenizer, CHATML_TEMPLATE)))
 # Gemma 3 text models (270M, 1B; model_type gemma3_text): <bos> first. fp16 is refused as for T5: Gemma's
 # activations are known to exceed fp16's range (its checkpoints are bf16).
