@@ -6,7 +6,8 @@ deepspeed --num_gpus 2 tests/scripts/engine_logits.py [--precision=fp32] TARGET 
 Groups after ``::`` are opened one after another in the same job (one launch for several students).
 
 --precision: the inference engine's precision (bf16 | fp16 | fp32; default bf16, as cotdistill eval). In fp32 a
-checkpoint's fp32 master weights are loaded as they are, not rounded to 16 bits.
+checkpoint's fp32 master weights are loaded as they are, not rounded to 16 bits. Given first in a group
+(``:: --precision=fp32 TARGET2 ...``) it sets that group's alone.
 """
 
 import sys
@@ -21,16 +22,17 @@ from cotdistill.student import open_student
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
-    precision = next((a.split("=", 1)[1] for a in args if a.startswith("--precision=")), "bf16")
-    args = [a for a in args if not a.startswith("--precision=")]
     groups = [[]]
     for arg in args:
         if arg == "::":
             groups.append([])
         else:
             groups[-1].append(arg)
+    default = groups[0].pop(0).split("=", 1)[1] if groups[0][0].startswith("--precision=") else "bf16"
     engine = Engine()
-    for target, out, *texts in groups:
+    for group in groups:
+        precision = group.pop(0).split("=", 1)[1] if group[0].startswith("--precision=") else default
+        target, out, *texts = group
         save_logits(engine, target, out, texts, precision)
         engine.release_model()
     engine.close()
