@@ -101,7 +101,44 @@ def test_keys_and_recipe_mistakes_are_answered_before_torch_is_imported(args, sa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == (0 if args == ["--keys"] else 2), proc.stderr[-3000:]
     assert says in proc.stdout + proc.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    imported = imported_modules(proc.stderr)
+    assert "cotdistill.config" in imported
+    assert not imported & {"torch", "transformers", "deepspeed"}, sorted(imported & {"torch", "transformers"})
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a ``python -X importtime`` process imported, from its stderr."""
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("mistake", ["dataset", "missing-model", "not-a-model", "no-complete-checkpoint",
+                                     "unwritable-output"])
+@pytest.mark.parametrize("entry", ["cli", "launcher"])
+def test_evaluation_mistakes_are_answered_before_torch_is_imported(tmp_path, entry, mistake):
+    """A misspelt data set, a model path that is not a model, a run without a complete checkpoint and an output
+    folder that cannot be written are all decided by files: cotdistill eval and launchers/evaluate.py say so in one
+    line before importing torch, transformers or DeepSpeed (seconds per rank)."""
+    model, datasets, out = tmp_path / "model", "synthetic", tmp_path / "out"
+    if mistake == "dataset":
+        datasets = "gsm9k"
+    elif mistake == "not-a-model":
+        model.mkdir()
+    elif mistake == "no-complete-checkpoint":
+        (model / "checkpoints" / "step-000004").mkdir(parents=True)
+    elif mistake == "unwritable-output":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    says = {"dataset": "unknown evaluation data set 'gsm9k'", "missing-model": "does not exist",
+            "not-a-model": "holds no config.json", "no-complete-checkpoint": "holds no complete checkpoint",
+            "unwritable-output": "not writable"}[mistake]
+    command = ["-m", "cotdistill.cli", "eval"] if entry == "cli" else ["launchers/evaluate.py"]
+    proc = subprocess.run([sys.executable, "-X", "importtime", *command, str(model), "--datasets", datasets,
+                           "--output_dir", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not out.exists()
+    imported = imported_modules(proc.stderr)
     assert "cotdistill.config" in imported
     assert not imported & {"torch", "transformers", "deepspeed"}, sorted(imported & {"torch", "transformers"})
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cotdistill import checkpoints as ckpt
+from cotdistill.rng import capture_rng, restore_rng
 
 
 def make(output_dir, step: int, complete: bool = True, meta: dict | None = None):
@@ -155,10 +156,10 @@ def test_rng_capture_and_restore_reproduce_all_streams():
     np.random.seed(2)
     torch.manual_seed(3)
     draw()
-    state = ckpt.capture_rng()
+    state = capture_rng()
     expected = draw()
     draw()
-    ckpt.restore_rng(state)
+    restore_rng(state)
     assert draw() == expected
 
 

@@ -3,6 +3,7 @@ output folder left behind (issue 15, item 7). No test here trains or evaluates a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -106,12 +107,27 @@ def test_training_refuses_a_misspelt_dataset_before_making_its_run_folder(tmp_pa
     assert not run_dir.exists()
 
 
-def test_run_failing_at_start_up_leaves_no_run_folder(tmp_path: Path):
+def test_training_refuses_a_student_folder_that_does_not_exist_before_making_its_run_folder(tmp_path: Path):
     run_dir = tmp_path / "runs" / "x"
     proc = train_cli(f"output_dir={run_dir}", f"model.name_or_path={tmp_path / 'no-model'}", "model.make_tiny=",
                      "data.synthetic.train_size=16", "data.synthetic.eval_size=4")
     assert not (tmp_path / "runs").exists()
-    assert_clean_error(proc, "no-model", "does not exist")
+    assert_clean_error(proc, "model.name_or_path", "no-model", "does not exist")
+
+
+def test_run_failing_at_start_up_leaves_no_run_folder(tmp_path: Path):
+    """A student folder with a config but no weights passes every check that reads no model and fails once the
+    run folder exists (its data tokenized): the folder, and the runs/ folder above it, are removed again."""
+    model = tmp_path / "config-only"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
+                                                   "vocab_size": 64}))
+    run_dir = tmp_path / "runs" / "x"
+    proc = train_cli(f"output_dir={run_dir}", f"model.name_or_path={model}", "model.make_tiny=",
+                     "data.synthetic.train_size=16", "data.synthetic.eval_size=4", "train.precision=fp32")
+    assert "tokens: 16 examples" in proc.stderr + proc.stdout, "the run should have started before failing"
+    assert not (tmp_path / "runs").exists()
+    assert_clean_error(proc, "config-only", "cannot load model weights")
 
 
 # ---------------------------------------------------------------------------------------------------------

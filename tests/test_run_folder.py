@@ -11,7 +11,7 @@ from cotdistill import checkpoints as ckpt
 from cotdistill.errors import ConfigError
 from cotdistill.run_folder import RunFolder
 from cotdistill.runs import resolve_strategy
-from cotdistill.student import resolve_checkpoint
+from cotdistill.targets import resolve_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cotdistill"
 

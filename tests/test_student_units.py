@@ -8,7 +8,8 @@ import pytest
 
 from cotdistill import checkpoints as ckpt
 from cotdistill.errors import ConfigError
-from cotdistill.student import inference_ds_config, resolve_checkpoint
+from cotdistill.student import inference_ds_config
+from cotdistill.targets import resolve_checkpoint
 
 
 def make_checkpoint(run_dir, step: int, complete: bool = True):

@@ -22,10 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cotdistill.errors import CotDistillError
-from cotdistill.rng import capture_rng, restore_rng  # noqa: F401 (part of this module's API)
 from cotdistill.run_folder import RunFolder
 
 MARKER = "COMPLETE"
@@ -121,6 +118,10 @@ def load_data_state(folder: Path) -> dict[str, Any] | None:
 
 
 def save_rng(folder: Path, rank: int) -> None:
+    import torch  # here: finding and reading checkpoints (cotdistill eval's checks) must not import torch
+
+    from cotdistill.rng import capture_rng
+
     torch.save(capture_rng(), folder / f"rng-rank{rank}.pt")
 
 
@@ -134,6 +135,10 @@ def load_rng(folder: Path, rank: int) -> bool:
     path = folder / f"rng-rank{rank}.pt"
     if not path.is_file():
         return False
+    import torch
+
+    from cotdistill.rng import restore_rng
+
     restore_rng(torch.load(path, weights_only=False))
     return True
 

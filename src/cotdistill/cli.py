@@ -113,9 +113,10 @@ def evaluate(model: str, **options) -> str:
     Protocols: --protocol cotdistill | kojima | lm-eval (how prompts are written and answers read).
     Across ranks: deepspeed launchers/evaluate.py MODEL [flags], with the same flags.
     """
+    request = run_or_exit(lambda: _eval_request(model, options))
     from cotdistill.evaluate import run_evaluation, settings_line, summary_table
 
-    reports = run_or_exit(lambda: run_evaluation(_eval_request(model, options)))
+    reports = run_or_exit(lambda: run_evaluation(request))
     return f"{summary_table(reports)}\n\n{settings_line(reports)}"
 
 
@@ -126,11 +127,13 @@ def _eval_request(model: str, options: dict):
     from cotdistill.config import eval_config
     from cotdistill.logs import setup_logging
     from cotdistill.runs import with_run_synthetic
+    from cotdistill.targets import check_eval_request
 
     options, note = with_run_synthetic(model, options)
     config = eval_config({"model": model, **options})
     if note:
         setup_logging(int(os.environ.get("RANK", "0"))).info(note)
+    check_eval_request(config)  # here, before the evaluator's imports (torch, transformers, DeepSpeed) take seconds
     return config
 
 
@@ -145,10 +148,11 @@ def eval_checkpoints(run_dir: str, in_distribution: str = "", output_dir: str = 
         in_distribution: the data set the best checkpoint is chosen on ('': the first of --datasets)
         output_dir: folder for the table, plot and per-checkpoint results ('': RUN_DIR/checkpoint_selection)
     """
+    options["output_dir"] = output_dir or str(RunFolder(run_dir).selection)
+    request = run_or_exit(lambda: _eval_request(run_dir, options))
     from cotdistill.checkpoint_selection import evaluate_checkpoints
 
-    options["output_dir"] = output_dir or str(RunFolder(run_dir).selection)
-    selection = run_or_exit(lambda: evaluate_checkpoints(_eval_request(run_dir, options), in_distribution))
+    selection = run_or_exit(lambda: evaluate_checkpoints(request, in_distribution))
     return selection.table()
 
 

@@ -36,6 +36,7 @@ from cotdistill.config import TinyModelConfig
 from cotdistill.errors import ConfigError
 from cotdistill.families import ModelKind, family_named, find_family
 from cotdistill.packed_attention import use_packed_attention
+from cotdistill.targets import looks_like_a_path
 
 PathLike = str | os.PathLike[str]
 # make_tiny's first argument may still be a kind, meaning the family each kind had before the registry.
@@ -49,7 +50,7 @@ def detect_kind(name_or_path: PathLike) -> ModelKind:
 
 def _read_config(name_or_path: PathLike) -> PretrainedConfig:
     """Read a config, turning transformers' many "cannot read" errors into one that names the path."""
-    if str(name_or_path).startswith(("/", "./", "../", "~")) and not Path(name_or_path).expanduser().exists():
+    if looks_like_a_path(name_or_path) and not Path(name_or_path).expanduser().exists():
         # A path, not a hub id: transformers would complain about the form of repository names.
         raise ConfigError(f"model folder {str(name_or_path)!r} does not exist")
     if Path(name_or_path).is_dir() and not (Path(name_or_path) / "config.json").is_file():

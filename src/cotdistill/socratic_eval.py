@@ -44,7 +44,8 @@ from cotdistill.socratic import (
     parse_subquestions,
     solver_prompt,
 )
-from cotdistill.student import Student, open_student, resolve_checkpoint
+from cotdistill.student import Student, open_student
+from cotdistill.targets import resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

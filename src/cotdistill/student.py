@@ -17,9 +17,8 @@ import torch
 from cotdistill import checkpoints as ckpt
 from cotdistill.cpu_precision import slow_precision_note
 from cotdistill.engine import Engine
-from cotdistill.errors import ConfigError
 from cotdistill.modeling import detect_kind, load_model, load_tokenizer, model_skeleton
-from cotdistill.run_folder import RunFolder
+from cotdistill.targets import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -75,24 +74,6 @@ def inference_ds_config(precision: str = "bf16", zero_stage: int = 3, offload: b
             "zero_optimization": zero, "steps_per_print": 10**9}
 
 
-def resolve_checkpoint(target: str | Path) -> tuple[Path, ckpt.Checkpoint] | None:
-    """(run folder, checkpoint) when ``target`` is a run folder or one of its checkpoint folders."""
-    path = Path(target).resolve()
-    if (path / ckpt.MARKER).is_file():
-        step = ckpt.Checkpoint(path, 0).meta.get("step")
-        if not isinstance(step, int):
-            raise ConfigError(f"{path / ckpt.MARKER} does not record the checkpoint's step")
-        return RunFolder.of_checkpoint(path).root, ckpt.Checkpoint(path, step)
-    if RunFolder(path).checkpoints.is_dir():
-        latest = ckpt.latest_checkpoint(path)
-        if latest is None:
-            raise ConfigError(f"{path} holds no complete checkpoint (checkpoints/step-*/COMPLETE)")
-        return path, latest
-    if path.name.startswith("step-") and path.is_dir():
-        raise ConfigError(f"{path} is an incomplete checkpoint (no {ckpt.MARKER} marker): it cannot be loaded")
-    return None
-
-
 def open_student(engine: Engine, target: str | Path, precision: str = "bf16", zero_stage: int | str = 3,
                  offload: bool = False) -> Student:
     """Collective: load ``target`` into ``engine`` for inference and return its tokenizer and kind.
@@ -100,17 +81,7 @@ def open_student(engine: Engine, target: str | Path, precision: str = "bf16", ze
     ``zero_stage`` "auto" replicates the model when it fits one device (``choose_zero_stage``), else ZeRO-3;
     the choice is logged in one line. Offload implies ZeRO-3.
     """
-    found = resolve_checkpoint(target)
-    checkpoint = None
-    model_path = str(target)
-    if found is not None:
-        run_dir, checkpoint = found
-        model_path = str(RunFolder(run_dir).hf_meta)
-        if not Path(model_path).is_dir():
-            raise ConfigError(f"{model_path} is missing: the run folder should hold the model config and tokenizer")
-    elif Path(model_path).is_dir() and not (Path(model_path) / "config.json").is_file():
-        raise ConfigError(f"{model_path} holds no config.json, checkpoints/ or checkpoint marker: give an exported "
-                          "model folder (a run's final/), a run folder or one of its checkpoints/step-* folders")
+    model_path, checkpoint = model_folder(target)
     kind = detect_kind(model_path)
     tokenizer = load_tokenizer(model_path)
     if str(zero_stage) == "auto":
