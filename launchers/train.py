@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cotdistill.config import describe_config, load_config, validate_run
+from cotdistill.config import check_launch, describe_config, load_config
 from cotdistill.entrypoints import exit_without_teardown, run_or_exit
-from cotdistill.outputs import check_output_dir
 from cotdistill.report import print_run_summary
 
 
@@ -21,7 +20,7 @@ def main() -> None:
         print("\n".join(describe_config()))
         return
     config = run_or_exit(lambda: load_config(args.config, args.overrides))
-    run_or_exit(lambda: (validate_run(config), check_output_dir(config.output_dir)))
+    run_or_exit(lambda: check_launch(config))
     # Imported once the config, the files it names and the output folder are good: transformers and DeepSpeed take
     # seconds to import, and a mistyped key, data set or recipe should be said at once (--keys, too).
     from cotdistill.train import train

@@ -17,6 +17,7 @@ from cotdistill.experiments import (
     InitSpec,
     LaunchRunner,
     ResultStore,
+    answer_notes,
     build_init,
     changed_from_defaults,
     comparisons,
@@ -273,6 +274,41 @@ def test_evaluations_of_other_problems_under_the_same_ids_are_not_paired(tmp_pat
     legacy = {**moved["evals"]["e"]}
     del legacy["problems_text_sha"]  # stored before the text hash existed: judged by its ids, as before
     assert [c[0] for c in comparisons([base, {"arm": "c", "seed": 1, "evals": {"e": legacy}}], "a")] == ["c"]
+
+
+def test_a_run_that_gives_one_answer_to_most_problems_is_named_beside_the_constant_answer_floor(tmp_path):
+    """Every on-policy seed of the fp32 rerun answered '1' to all 300 problems and scored 5.7% (the problems whose
+    answer is 1), which read as a (poor) accuracy; the report now says what a constant answer scores and names the
+    collapsed runs."""
+    golds = ["1", "2", "2", "3", "4", "2", "5", "6", "2", "7"]
+
+    def evaluated(name: str, answers: list[str | None]) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        rows = [{"index": i, "id": f"p{i}", "question": f"q{i}", "gold": g, "extracted": a, "correct": a == g}
+                for i, (g, a) in enumerate(zip(golds, answers, strict=True))]
+        (out / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        correct = sum(r["correct"] for r in rows)
+        (out / "metrics.json").write_text(json.dumps({"correct": correct, "total": len(rows),
+                                                      "accuracy": correct / len(rows)}))
+        return read_eval(out)
+
+    varied = {"arm": "sft", "seed": 1, "evals": {"e": evaluated("sft", ["1", "2", "9", "3", "4", "0", "5", "6", "2",
+                                                                       "8"])}}
+    constant = {"arm": "op", "seed": 2, "evals": {"e": evaluated("op", ["1"] * 10)}}
+    silent = {"arm": "op", "seed": 3, "evals": {"e": evaluated("silent", [None] * 6 + ["2", "3", "4", "5"])}}
+    assert constant["evals"]["e"]["answers"] == {"top": "1", "top_count": 10, "gold_top": "2", "gold_top_count": 4,
+                                                 "total": 10}
+    notes = answer_notes([varied, constant, silent])
+    assert notes[0] == "A constant answer scores at most 40.0% on e (gold answer '2' for 4 of 10 problems)."
+    assert notes[1].endswith("op seed 2 on e ('1' for 10 of 10); op seed 3 on e ('(none)' for 6 of 10).")
+    assert "sft" not in notes[1]
+    # A result stored before profiles existed is profiled from its folder's predictions, while they are there.
+    legacy = {**constant, "evals": {"e": {k: v for k, v in constant["evals"]["e"].items() if k != "answers"}}}
+    assert answer_notes([legacy]) == answer_notes([constant])
+    gone = {**legacy, "evals": {"e": {**legacy["evals"]["e"], "folder": str(tmp_path / "deleted")}}}
+    assert answer_notes([gone]) == []
+    assert answer_notes([varied]) == [notes[0]]
 
 
 def test_report_writes_markdown_and_png(tmp_path):

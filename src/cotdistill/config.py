@@ -699,8 +699,8 @@ def validate(config: RunConfig) -> None:
 def validate_run(config: RunConfig, world_size: int | None = None) -> None:
     """Everything training refuses before its first step that the config and the files it names decide, in one
     function for ``launchers/train.py`` and ``show-config`` alike: the config itself, the data set's name, split
-    and file, the format mixture, the dev sets' names, the DeepSpeed template against the run config, a local
-    student path that does not exist, and fp16 for a T5 whose type is known without a download.
+    and file, the format mixture, the dev sets' names, the DeepSpeed template against the run config, and fp16
+    for a T5 whose type is known without a download.
 
     ``world_size`` (default: $WORLD_SIZE, set by the DeepSpeed launcher) checks a template's fixed
     train_batch_size; unknown (show-config), that one value is left to the launch.
@@ -722,7 +722,6 @@ def validate_run(config: RunConfig, world_size: int | None = None) -> None:
     # The ZeRO sizes that say "auto" follow the model's hidden size, known only once it is loaded; any size
     # lets every other value be compared here.
     resolve_ds_config(template, config, world_size or 1, hidden_size=1, source=config.deepspeed_config)
-    _check_model_path(config.model)
     model_type = _known_model_type(config.model)
     if model_type:
         check_precision(model_type, config)
@@ -733,6 +732,18 @@ def validate_run(config: RunConfig, world_size: int | None = None) -> None:
         if family is not None and family.kind == "seq2seq":
             raise ConfigError(f"data.chat_template is for decoder-only students; {family.label} ({model_type}) is "
                               "seq2seq and has no chat template")
+
+
+def check_launch(config: RunConfig) -> None:
+    """What a training launch refuses before the trainer's imports (transformers, DeepSpeed: seconds per rank):
+    ``validate_run``, then what only a launch decides (the experiment harness validates runs whose student and
+    output folders are made later): a local student folder that does not exist, an output folder that cannot be
+    written."""
+    from cotdistill.outputs import check_output_dir
+
+    validate_run(config)
+    _check_model_path(config.model)
+    check_output_dir(config.output_dir)
 
 
 def _check_model_path(model: ModelConfig) -> None:

@@ -62,6 +62,11 @@ count each problem several times. (Averaging over seeds can only shrink the per-
 p(1 - p), so the interval is slightly conservative.) At n = 300 its half-width is at most 5.6 points.
 ``paired_difference`` compares two arms on the same problems: d_i = (mean over seeds of arm A's correctness on
 problem i) - (the same for arm B); the difference is mean(d), its interval mean(d) +- z * sd(d) / sqrt(n).
+
+An accuracy alone does not say whether a model reasons: one that gives the same answer to every problem scores the
+share of problems with that gold answer. The report therefore states, per evaluation, the best a constant answer
+scores (the most common gold answer's share) and names every run whose most common answer covers at least half its
+problems (``COLLAPSE_SHARE``): a collapsed model, whatever its accuracy.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -775,8 +781,22 @@ def run_experiment(experiment: Experiment, arms: list[str], seeds: list[int], ru
         ran.append(run.key)
         timing = f"{entry['minutes']} min" + (", this attempt only" if earlier else "")
         log(f"   {run.arm.name} seed {run.seed}: " + ", ".join(
-            f"{name} {e['correct']}/{e['total']}" for name, e in evals.items()) + f" ({timing})")
+            f"{name} {e['correct']}/{e['total']}{collapse_note(e)}" for name, e in evals.items()) + f" ({timing})")
     return ran
+
+
+def collapsed_answer(profile: dict[str, Any] | None) -> str:
+    """"'1' for 300 of 300" when an answer profile's most common answer covers ``COLLAPSE_SHARE`` of its problems,
+    else ''."""
+    if not profile or not profile["total"] or profile["top_count"] < COLLAPSE_SHARE * profile["total"]:
+        return ""
+    return f"{profile['top']!r} for {profile['top_count']} of {profile['total']}"
+
+
+def collapse_note(result: dict[str, Any]) -> str:
+    """The per-run log line's warning for a collapsed evaluation ('' for any other)."""
+    answer = collapsed_answer(result.get("answers"))
+    return f" (collapsed: {answer})" if answer else ""
 
 
 def earlier_attempt(run_dir: Path) -> str | None:
@@ -810,7 +830,55 @@ def read_eval(folder: Path) -> dict[str, Any]:
         raise ExperimentError(f"{folder}: predictions.jsonl disagrees with metrics.json")
     return {"correct": metrics["correct"], "total": metrics["total"], "accuracy": metrics["accuracy"],
             "strategy": metrics.get("strategy"), "protocol": metrics.get("protocol"), "problems_sha": ids,
-            "problems_text_sha": texts, "per_problem": outcome, "folder": str(folder)}
+            "problems_text_sha": texts, "per_problem": outcome, "answers": answer_profile(rows),
+            "folder": str(folder)}
+
+
+COLLAPSE_SHARE = 0.5  # a run whose most common answer covers this share of its problems is reported as collapsed
+NO_ANSWER = "(none)"  # what answer_profile calls a prediction nothing was extracted from
+
+
+def answer_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The most common extracted answer and its count, and the most common gold answer and its count: what a
+    model that always answers the same would score here."""
+    answers = Counter(NO_ANSWER if row.get("extracted") in (None, "") else str(row["extracted"]) for row in rows)
+    golds = Counter(str(row.get("gold")) for row in rows)
+    (top, top_count), (gold, gold_count) = answers.most_common(1)[0], golds.most_common(1)[0]
+    return {"top": top, "top_count": top_count, "gold_top": gold, "gold_top_count": gold_count, "total": len(rows)}
+
+
+def stored_answer_profile(result: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored evaluation's answer profile; results stored before profiles existed are read from their folder's
+    predictions when it is still there (None otherwise)."""
+    if "answers" in result:
+        return result["answers"]
+    predictions = Path(result.get("folder", "")) / "predictions.jsonl"
+    if not result.get("folder") or not predictions.is_file():
+        return None
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return answer_profile(rows) if rows else None
+
+
+def answer_notes(runs: list[dict[str, Any]]) -> list[str]:
+    """Report lines: per evaluation the best a constant answer scores, then every collapsed run (its most common
+    answer for at least ``COLLAPSE_SHARE`` of its problems), by arm and seed."""
+    floors: dict[str, dict[str, Any]] = {}
+    collapsed = []
+    for entry in sorted(runs, key=lambda r: (r["arm"], r["seed"])):
+        for name, result in entry["evals"].items():
+            profile = stored_answer_profile(result)
+            if profile is None or not profile["total"]:
+                continue
+            floors.setdefault(name, profile)
+            answer = collapsed_answer(profile)
+            if answer:
+                collapsed.append(f"{entry['arm']} seed {entry['seed']} on {name} ({answer})")
+    lines = [f"A constant answer scores at most {_pct(p['gold_top_count'] / p['total'])}% on {name} (gold answer "
+             f"{p['gold_top']!r} for {p['gold_top_count']} of {p['total']} problems)." for name, p in floors.items()]
+    if collapsed:
+        lines.append(f"Collapsed: one answer for at least {COLLAPSE_SHARE:.0%} of the problems, whatever the "
+                     f"accuracy says: {'; '.join(collapsed)}.")
+    return lines
 
 
 def read_checkpoint_evals(out: Path, dataset_folder: str) -> dict[str, Any]:
@@ -1197,6 +1265,9 @@ def write_report(experiment: Experiment, store: ResultStore | None = None) -> tu
         return None
     summaries = summarize(runs, list(experiment.arms))
     text = report_markdown(experiment.name, summaries, comparisons(runs, experiment.baseline), experiment.baseline)
+    notes = answer_notes(runs)
+    if notes:
+        text += "\n" + "\n\n".join(notes) + "\n"
     if stale:
         text += ("\nLeft out, made by another configuration than the experiment file's now (rerun them): "
                  + ", ".join(stale) + "\n")
