@@ -68,8 +68,11 @@ FAMILY_STEPS, FAMILY_EVERY = 80, 40
 # architecture's and the unified mixture's path through ZeRO-3, not the 16-bit rounding the Llama and the
 # GPT-2/T5 tests already cover.
 FP32 = ["train.precision=fp32"]
+# Resuming is the trainer's and the engine's, the same for every family: the Llama resumes in bf16 and Qwen2 (whose
+# q/k/v projections have biases) in fp32; Qwen3 and Gemma 3 are not resumed again (two launches fewer).
+RESUMED_FAMILIES = ("qwen2",)
 # The unified Socratic Llama trains long enough that, asked for its own sub-questions, it writes some ("Q1: ...").
-SOCRATIC_STEPS = 160
+SOCRATIC_STEPS = 100
 
 
 def train_args(model: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -140,23 +143,23 @@ def students(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def llama_runs(tiny_models, teacher_data, tmp_path_factory) -> dict:
-    """A Llama distilled from the teacher's distribution: once uninterrupted, once stopped at its first
-    checkpoint and resumed; then its final/ evaluated on 1 rank (replicated) and on 2 ZeRO-3 ranks."""
+    """A Llama distilled from the teacher's distribution: once uninterrupted, and a copy of it at its first
+    checkpoint resumed to the end; then its final/ evaluated on 1 rank (replicated) and on 2 ZeRO-3 ranks."""
     root = tmp_path_factory.mktemp("llama-runs")
     model = tiny_models["llama"]
     common = [*KD, f"data.path={teacher_data}", f"train.max_steps={STEPS}", f"checkpoint.every={EVERY}",
               f"train.lr={LR}"]
     full = launch("launchers/train.py", train_args(model, root / "full", *common))
-    launch("launchers/train.py", train_args(model, root / "resumed", *common, f"train.stop_after_steps={EVERY}"))
-    snapshot = {"complete": [c.step for c in complete_checkpoints(root / "resumed")],
-                "exported": (root / "resumed" / "final").exists(), "logged": logged_steps(root / "resumed")}
-    launch("launchers/train.py", train_args(model, root / "resumed", *common))
+    # The interrupted run: the uninterrupted one as it stood at its first checkpoint (how a run stops there,
+    # train.stop_after_steps or a signal, is the T5's and the Slurm tests' business).
+    resumed = copy_at_checkpoint(root / "full", root / "resumed", EVERY)
+    launch("launchers/train.py", train_args(model, resumed, *common, "eval.at_end=false"))
     evals = {"one": evaluate(root / "full" / "final", root / "eval-1", 1, "--strategy", "zero_shot_cot",
                              "--max_new_tokens", str(MAX_NEW)),
              "two": evaluate(root / "full" / "final", root / "eval-2", 2, "--strategy", "zero_shot_cot",
                              "--max_new_tokens", str(MAX_NEW), "--zero_stage", "3")}
     return {"model": model, "root": root, "full": root / "full", "resumed": root / "resumed",
-            "output": full.stdout + full.stderr, "snapshot": snapshot, "evals": evals}
+            "output": full.stdout + full.stderr, "evals": evals}
 
 
 def untied_llama(source: Path, out: Path) -> Path:
@@ -223,10 +226,6 @@ def test_the_llama_run_says_once_how_its_packed_rows_are_attended(llama_runs):
     assert len(lines) == 1 and lines[0].endswith("examples re-padded inside each attention call (SDPA)"), lines
 
 
-def test_interrupted_run_stopped_with_a_complete_checkpoint_and_no_export(llama_runs):
-    assert llama_runs["snapshot"] == {"complete": [EVERY], "exported": False, "logged": list(range(1, EVERY + 1))}
-
-
 def test_resumed_run_matches_the_uninterrupted_losses_exactly(llama_runs):
     full, resumed = read_losses(llama_runs["full"]), read_losses(llama_runs["resumed"])
     assert logged_steps(llama_runs["resumed"]) == list(range(1, STEPS + 1)), "every step logged once, in order"
@@ -235,6 +234,10 @@ def test_resumed_run_matches_the_uninterrupted_losses_exactly(llama_runs):
     lrs = [[row["lr"] for row in rows(run / "train_log.jsonl")] for run in (llama_runs["full"], llama_runs["resumed"])]
     assert lrs[0] == lrs[1]
     assert [c.step for c in complete_checkpoints(llama_runs["resumed"])] == [EVERY, STEPS]
+    exported = [load_file(str(run / "final" / "model.safetensors")) for run in (llama_runs["full"],
+                                                                                 llama_runs["resumed"])]
+    assert sorted(exported[0]) == sorted(exported[1])
+    assert all(torch.equal(exported[1][name], tensor) for name, tensor in exported[0].items())
 
 
 # --- export -------------------------------------------------------------------------------------------
@@ -366,14 +369,16 @@ def copy_at_checkpoint(run: Path, out: Path, step: int) -> Path:
         if checkpoint.step > step:
             shutil.rmtree(checkpoint.path)
     for folder in ("final", "eval"):
-        shutil.rmtree(out / folder)
+        if (out / folder).exists():
+            shutil.rmtree(out / folder)
     return out
 
 
 @pytest.fixture(scope="module")
 def family_runs(students, teacher_data, eval_file, tmp_path_factory) -> dict[str, dict]:
     """Per family: a student distilled from the teacher's distribution on 2 ZeRO-3 ranks and evaluated there at
-    its end; a copy of it at its first checkpoint resumed to the end; its final/ evaluated on 1 rank."""
+    its end; for RESUMED_FAMILIES a copy of it at its first checkpoint resumed to the end; its final/ evaluated on
+    1 rank."""
     runs = {}
     for family in FAMILIES:
         root = tmp_path_factory.mktemp(f"{family}-runs")
@@ -382,8 +387,10 @@ def family_runs(students, teacher_data, eval_file, tmp_path_factory) -> dict[str
                   f"checkpoint.every={FAMILY_EVERY}", f"train.lr={LR}", f"eval.datasets=[{eval_file}]",
                   f"eval.max_new_tokens={MAX_NEW}", f"eval.batch_size={EVAL_BATCH}"]
         full = launch("launchers/train.py", train_args(model, root / "full", *common))
-        resumed = copy_at_checkpoint(root / "full", root / "resumed", FAMILY_EVERY)
-        launch("launchers/train.py", train_args(model, resumed, *common, "eval.at_end=false"))
+        resumed = None
+        if family in RESUMED_FAMILIES:
+            resumed = copy_at_checkpoint(root / "full", root / "resumed", FAMILY_EVERY)
+            launch("launchers/train.py", train_args(model, resumed, *common, "eval.at_end=false"))
         one = root / "eval-1"
         one_process("launchers/evaluate.py", [str(root / "full" / "final"), "--datasets", str(eval_file),
                                               "--strategy", "zero_shot_cot", "--max_new_tokens", str(MAX_NEW),
@@ -406,7 +413,7 @@ def test_modern_families_distill_from_the_teachers_word_tokens_and_their_loss_fa
     assert 0 < carried <= total and carried >= total // 20, found[0]
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", RESUMED_FAMILIES)
 def test_modern_families_resume_from_a_checkpoint_with_the_uninterrupted_losses_and_weights(family_runs, family):
     full, resumed = family_runs[family]["full"], family_runs[family]["resumed"]
     assert logged_steps(resumed) == list(range(1, FAMILY_STEPS + 1)), "every step logged once, in order"

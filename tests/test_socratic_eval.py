@@ -197,28 +197,24 @@ def socratic_models(tiny_models, tmp_path_factory) -> dict[str, Path]:
     from cotdistill.objectives import mean_token_nll
     from cotdistill.problems.synthetic import SyntheticSpec, generate_problems
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
-        model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"], dtype=torch.float32)
-        train = generate_problems(SyntheticSpec(n=400, seed=3, min_steps=1, max_steps=3, operand_max=9,
-                                                   operations=("add", "sub")))
-        examples = build_examples(train, {"decomposer": 1, "solver": 1}, per_problem=True)
-        data, _ = tokenize_examples(examples, tokenizer, True, max_source_tokens=320, max_target_tokens=128)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-        rng = random.Random(0)
-        model.train()
-        for _ in range(300):
-            batch = collate(rng.sample(data, 16), tokenizer.pad_token_id)
-            labels = batch.pop("labels")
-            loss, _ = mean_token_nll(model(**batch).logits, labels, causal=True)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
+    # On every core: 83 ms a step on 2 cores here against 137 ms on one (the suite runs one test at a time).
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["gpt2"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["gpt2"], dtype=torch.float32)
+    train = generate_problems(SyntheticSpec(n=400, seed=3, min_steps=1, max_steps=3, operand_max=9,
+                                            operations=("add", "sub")))
+    examples = build_examples(train, {"decomposer": 1, "solver": 1}, per_problem=True)
+    data, _ = tokenize_examples(examples, tokenizer, True, max_source_tokens=320, max_target_tokens=128)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    rng = random.Random(0)
+    model.train()
+    for _ in range(300):
+        batch = collate(rng.sample(data, 16), tokenizer.pad_token_id)
+        labels = batch.pop("labels")
+        loss, _ = mean_token_nll(model(**batch).logits, labels, causal=True)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
     root = tmp_path_factory.mktemp("socratic")
     model.save_pretrained(root / "unified")
     tokenizer.save_pretrained(root / "unified")

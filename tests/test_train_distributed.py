@@ -36,12 +36,6 @@ def logged_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "train_log.jsonl").read_text().splitlines()]
 
 
-def engine_logits(target: Path, out: Path, precision: str = "bf16") -> dict:
-    """Logits of PROBE_TEXTS from cotdistill's 2-rank inference engine (ZeRO-3) on ``target``, in ``precision``."""
-    launch("tests/scripts/engine_logits.py", [f"--precision={precision}", str(target), str(out), *PROBE_TEXTS])
-    return torch.load(out, weights_only=False)
-
-
 def vocab_size(model: Path) -> int:
     return len(AutoTokenizer.from_pretrained(str(model)))
 
@@ -116,17 +110,29 @@ def test_checkpoints_are_marked_complete_and_record_their_step(t5_runs):
 FP32_LOGITS_ATOL = 1e-5
 
 
+@pytest.fixture(scope="module")
+def fp32_runs(tiny_models, tmp_path_factory) -> dict[str, dict]:
+    """Per architecture a short fp32 run (ZeRO-3 on 2 ranks), then the inference engine's fp32 logits on each run's
+    last checkpoint: one launch for both."""
+    root = tmp_path_factory.mktemp("fp32-runs")
+    groups: list[str] = []
+    for which in ("t5", "gpt2"):
+        launch("launchers/train.py", train_args(which, tiny_models[which], root / which, "train.precision=fp32",
+                                                "train.max_steps=3", "checkpoint.every=3", "eval.at_end=false"))
+        groups += [*(["::"] if groups else []), str(root / which), str(root / f"{which}.pt"), *PROBE_TEXTS]
+    launch("tests/scripts/engine_logits.py", ["--precision=fp32", *groups])
+    return {which: {"run": root / which, "engine": torch.load(root / f"{which}.pt", weights_only=False)}
+            for which in ("t5", "gpt2")}
+
+
 @pytest.mark.parametrize("which", ["t5", "gpt2"])
-def test_exported_weights_reload_without_deepspeed_with_the_engines_logits(which, tiny_models, tmp_path):
+def test_exported_weights_reload_without_deepspeed_with_the_engines_logits(which, tiny_models, fp32_runs):
     """A short fp32 run (ZeRO-3 on 2 ranks): its final/ opened by plain transformers in fp32 gives the logits of
     the inference engine on the run's last checkpoint (its fp32 master weights) in fp32."""
-    run = tmp_path / "fp32"
-    launch("launchers/train.py", train_args(which, tiny_models[which], run, "train.precision=fp32",
-                                            "train.max_steps=3", "checkpoint.every=3", "eval.at_end=false"))
+    run, engine = fp32_runs[which]["run"], fp32_runs[which]["engine"]
     assert [c.step for c in complete_checkpoints(run)] == [3]
     exported = load_file(str(run / "final" / "model.safetensors"))
     assert {t.dtype for t in exported.values()} == {torch.float32}, "an fp32 run exports fp32 weights"
-    engine = engine_logits(run, tmp_path / "logits.pt", precision="fp32")
     assert engine["dtype"] == "torch.float32"
     auto = AutoModelForSeq2SeqLM if which == "t5" else AutoModelForCausalLM
     model = auto.from_pretrained(str(run / "final"), dtype=torch.float32).eval()
