@@ -18,8 +18,10 @@ from cotdistill.experiments import (
     LaunchRunner,
     ResultStore,
     answer_notes,
+    answer_profile,
     build_init,
     changed_from_defaults,
+    collapse_note,
     comparisons,
     eval_options,
     load_experiment,
@@ -309,6 +311,7 @@ def test_a_run_that_gives_one_answer_to_most_problems_is_named_beside_the_consta
     gone = {**legacy, "evals": {"e": {**legacy["evals"]["e"], "folder": str(tmp_path / "deleted")}}}
     assert answer_notes([gone]) == []
     assert answer_notes([varied]) == [notes[0]]
+    assert answer_profile([])["total"] == 0 and not collapse_note({"answers": answer_profile([])})  # no predictions
 
 
 def test_report_writes_markdown_and_png(tmp_path):

@@ -750,8 +750,8 @@ def _check_model_path(model: ModelConfig) -> None:
     """A local student path that does not exist is a mistake unless model.make_tiny builds a model there."""
     from cotdistill.targets import looks_like_a_path
 
-    if not model.make_tiny and looks_like_a_path(model.name_or_path) and not Path(model.name_or_path).expanduser() \
-            .exists():
+    missing = looks_like_a_path(model.name_or_path) and not Path(model.name_or_path).expanduser().exists()
+    if missing and not model.make_tiny:
         raise ConfigError(f"model.name_or_path: model folder {model.name_or_path!r} does not exist (model.make_tiny "
                           "builds a tiny model there when set)")
 

@@ -23,6 +23,7 @@ from cotdistill.engine import Engine
 from cotdistill.eval_sets import BBH_PREFIX, EvalSet, folder_name, resolve_eval_sets
 from cotdistill.generation import ContextFit, EvalReport, Prediction, generate_texts, prompt_hash
 from cotdistill.logs import setup_logging
+from cotdistill.outputs import check_output_dir
 from cotdistill.problems.record import Problem
 from cotdistill.protocols import PROTOCOLS, Protocol, get_protocol
 from cotdistill.report import markdown_table
@@ -30,7 +31,6 @@ from cotdistill.rng import isolated_rng
 from cotdistill.runs import resolve_strategy
 from cotdistill.socratic_eval import SocraticSettings, evaluate_socratic_loaded, evaluate_socratic_sets
 from cotdistill.student import Student, open_student
-from cotdistill.targets import check_eval_request
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def resolved_spec(config: EvalRunConfig) -> EvalRunConfig:
 
 def run_evaluation(config: EvalRunConfig) -> dict[str, EvalReport]:
     """Evaluate a student on data sets across all ranks; rank 0 writes the outputs. Every rank calls this."""
-    check_eval_request(config)  # before any model loads: one error line, not a traceback per rank
+    check_output_dir(config.output_dir)  # before any model loads: one error line, not a traceback per rank
     engine = Engine()
     try:
         setup_logging(engine.rank)

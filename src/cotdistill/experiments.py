@@ -843,7 +843,8 @@ def answer_profile(rows: list[dict[str, Any]]) -> dict[str, Any]:
     model that always answers the same would score here."""
     answers = Counter(NO_ANSWER if row.get("extracted") in (None, "") else str(row["extracted"]) for row in rows)
     golds = Counter(str(row.get("gold")) for row in rows)
-    (top, top_count), (gold, gold_count) = answers.most_common(1)[0], golds.most_common(1)[0]
+    (top, top_count), = answers.most_common(1) or [("", 0)]  # no rows: a profile of total 0, never collapsed
+    (gold, gold_count), = golds.most_common(1) or [("", 0)]
     return {"top": top, "top_count": top_count, "gold_top": gold, "gold_top_count": gold_count, "total": len(rows)}
 
 
@@ -855,8 +856,8 @@ def stored_answer_profile(result: dict[str, Any]) -> dict[str, Any] | None:
     predictions = Path(result.get("folder", "")) / "predictions.jsonl"
     if not result.get("folder") or not predictions.is_file():
         return None
-    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return answer_profile(rows) if rows else None
+    return answer_profile([json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()
+                           if line.strip()])
 
 
 def answer_notes(runs: list[dict[str, Any]]) -> list[str]:

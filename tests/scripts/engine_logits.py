@@ -20,6 +20,11 @@ from cotdistill.entrypoints import exit_without_teardown
 from cotdistill.student import open_student
 
 
+def take_precision(group: list[str], default: str) -> str:
+    """The precision a group starts with (``--precision=fp32``, removed from it), else ``default``."""
+    return group.pop(0).split("=", 1)[1] if group and group[0].startswith("--precision=") else default
+
+
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
     groups = [[]]
@@ -28,10 +33,10 @@ def main() -> None:
             groups.append([])
         else:
             groups[-1].append(arg)
-    default = groups[0].pop(0).split("=", 1)[1] if groups[0][0].startswith("--precision=") else "bf16"
+    default = take_precision(groups[0], "bf16")
     engine = Engine()
     for group in groups:
-        precision = group.pop(0).split("=", 1)[1] if group[0].startswith("--precision=") else default
+        precision = take_precision(group, default)
         target, out, *texts = group
         save_logits(engine, target, out, texts, precision)
         engine.release_model()
